@@ -1,0 +1,24 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both install what is missing first (Debian packages, the virtualenv) and are safe to repeat.
+VENV ?= .venv
+BAKERY_ROOT ?= $(CURDIR)/data
+export BAKERY_ROOT
+
+.PHONY: run test deps lint format bench
+
+deps:
+	@VENV=$(VENV) scripts/install-deps
+
+run: deps
+	$(VENV)/bin/bakery serve
+
+test: deps lint
+	$(VENV)/bin/pytest
+
+lint:
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: deps
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench

@@ -1,0 +1,3 @@
+"""Bakery: Raspberry Pi as a Service."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,36 @@
+"""The REST API under /api/v1: one blueprint per resource, JSON errors, token auth."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from . import auth, bakeforms, bakes, disks, errors, health, pis, tokens
+
+BLUEPRINTS = [health.blp, bakeforms.blp, pis.blp, bakes.blp, disks.blp, tokens.blp]
+
+
+class BakeryApi(Api):
+    """flask-smorest's Api with Bakery's error format instead of its own."""
+
+    def handle_http_exception(self, error):
+        return errors.handle_http_exception(error)
+
+
+def init_app(app: Flask) -> None:
+    app.config.update(
+        API_TITLE="Bakery",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        },
+    )
+    api = BakeryApi(app)
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    errors.init_app(app)
+    auth.init_app(app)

@@ -1,0 +1,118 @@
+"""/api/v1/bakes: bake a bakeform onto a Pi, show it, unbake it, hand it settings."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from ..models import LIVE_BAKE_STATES, Bake, Disk
+from .fields import Hostname, Labels, Name, Serial
+
+blp = Blueprint("bakes", __name__, url_prefix="/api/v1/bakes", description="Bakes (BOSH VMs)")
+
+
+class BakeSchema(Schema):
+    id = fields.String()
+    serial = fields.Function(lambda bake: bake.pi.serial)
+    ip = fields.Function(lambda bake: bake.pi.last_ip)
+    mac = fields.Function(lambda bake: bake.pi.mac)
+    bakeform = fields.String(attribute="bakeform_name")
+    state = fields.String()
+    hostname = fields.String()
+    metadata = fields.Dict()
+    error = fields.String()
+    root_export = fields.Method("_root_export")
+    disks = fields.Method("_disks")
+    created_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+
+    def _root_export(self, bake: Bake) -> str:
+        fleet_ = current_app.extensions["bakery.fleet"]
+        return f"{fleet_.settings.nfs_server}:{fleet_.bake_root(bake.id)}"
+
+    def _disks(self, bake: Bake) -> list[str]:
+        return [d.id for d in Disk.select(Disk.id).where(Disk.bake == bake.id).order_by(Disk.id)]
+
+
+class BakeRequestSchema(Schema):
+    bakeform = Name(required=True)
+    serial = Serial(load_default=None)
+    labels = Labels(load_default=list)
+    model = fields.String(load_default=None, validate=validate.Length(1, 16))
+    hostname = Hostname(load_default=None)
+    agent_settings = fields.Dict(load_default=None)
+    metadata = fields.Dict(load_default=None)
+
+
+class BakeQuerySchema(Schema):
+    all = fields.Boolean(load_default=False, metadata={"description": "include unbaked bakes"})
+    serial = Serial()
+
+
+class SettingsSchema(Schema):
+    """Any JSON object (for BOSH: the agent settings)."""
+
+    class Meta:
+        unknown = "include"
+
+
+def fleet():
+    return current_app.extensions["bakery.fleet"]
+
+
+@blp.route("")
+class Bakes(MethodView):
+    @blp.arguments(BakeQuerySchema, location="query")
+    @blp.response(200, BakeSchema(many=True))
+    def get(self, args):
+        """Live bakes (the oven); ``all=true`` adds the unbaked history."""
+        query = Bake.select().order_by(Bake.created_at)
+        if not args["all"]:
+            query = query.where(Bake.state.in_(LIVE_BAKE_STATES))
+        if args.get("serial"):
+            query = query.where(Bake.pi == fleet().get_pi(args["serial"]))
+        return list(query)
+
+    @blp.arguments(BakeRequestSchema)
+    @blp.response(201, BakeSchema)
+    def post(self, args):
+        """Bake a bakeform onto a free Pi (any, a given serial, or one with all the labels).
+
+        Answers once the Pi is powered on; 503 ``no_pi_available`` when none is free."""
+        return fleet().bake(args.pop("bakeform"), **args)
+
+
+@blp.route("/<bake_id>")
+class BakeResource(MethodView):
+    @blp.response(200, BakeSchema)
+    def get(self, bake_id):
+        return fleet().get_bake(bake_id)
+
+    @blp.response(200, BakeSchema)
+    def delete(self, bake_id):
+        """Unbake: power off, unexport, delete the root and the bake's own disks."""
+        return fleet().unbake(bake_id)
+
+
+@blp.route("/<bake_id>/agent-settings")
+class AgentSettings(MethodView):
+    @blp.response(200, description="a JSON object")
+    def get(self, bake_id):
+        """The agent settings stored for this bake (the metadata endpoint's source)."""
+        return fleet().get_live_bake(bake_id).agent_settings or {}
+
+    @blp.arguments(SettingsSchema)
+    @blp.response(200, description="a JSON object")
+    def put(self, settings, bake_id):
+        return fleet().set_agent_settings(bake_id, settings).agent_settings
+
+
+@blp.route("/<bake_id>/metadata")
+class Metadata(MethodView):
+    @blp.arguments(SettingsSchema)
+    @blp.response(200, BakeSchema)
+    def put(self, metadata, bake_id):
+        """Replace the bake's metadata (BOSH set_vm_metadata)."""
+        return fleet().set_bake_metadata(bake_id, metadata)

@@ -1,0 +1,169 @@
+"""/api/v1/pis: register, list, show, update, delete, power and the boot timeline."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from ..models import Event, Pi, PiState
+from .fields import Ip, Labels, Mac, Serial
+
+blp = Blueprint("pis", __name__, url_prefix="/api/v1/pis", description="Raspberry Pis")
+
+SECRET_WORDS = ("password", "secret", "token", "key", "auth", "headers")
+STATES = [s.value for s in PiState]
+MODELS = ["unknown", "3B", "3B+", "4B", "400", "CM4", "5", "CM5", "500"]
+
+
+def redact(settings: dict) -> dict:
+    """Power settings as shown to users: secrets replaced, the rest as stored."""
+    return {
+        k: "***" if any(w in k.lower() for w in SECRET_WORDS) else v
+        for k, v in (settings or {}).items()
+    }
+
+
+class PiSchema(Schema):
+    serial = fields.String()
+    mac = fields.String(allow_none=True)
+    model = fields.String()
+    state = fields.String()
+    broken_reason = fields.String()
+    power_driver = fields.String()
+    power_settings = fields.Method("_power_settings")
+    power_state = fields.String()
+    ip = fields.String(attribute="last_ip", allow_none=True)
+    labels = fields.List(fields.String())
+    bake_id = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+    def _power_settings(self, pi: Pi) -> dict:
+        return redact(pi.power_settings)
+
+
+class PiRegisterSchema(Schema):
+    serial = Serial(required=True)
+    mac = Mac(load_default=None)
+    model = fields.String(load_default="unknown", validate=validate.OneOf(MODELS))
+    power_driver = fields.String(load_default=None, validate=validate.Length(1, 32))
+    power_settings = fields.Dict(load_default=dict)
+    labels = Labels(load_default=list)
+    ip = Ip(load_default=None)
+
+
+class PiUpdateSchema(Schema):
+    mac = Mac()
+    model = fields.String(validate=validate.OneOf(MODELS))
+    power_driver = fields.String(validate=validate.Length(1, 32))
+    power_settings = fields.Dict()
+    labels = Labels()
+    ip = Ip()
+    state = fields.String(validate=validate.OneOf(["available", "broken"]))
+    reason = fields.String(validate=validate.Length(max=500), load_default="")
+
+
+class PiQuerySchema(Schema):
+    state = fields.String(validate=validate.OneOf(STATES))
+    label = Labels()
+
+
+class PowerSchema(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(["on", "off", "cycle", "status"]))
+
+
+class PowerResultSchema(Schema):
+    serial = fields.String()
+    action = fields.String()
+    state = fields.String()
+    message = fields.String()
+
+
+class EventSchema(Schema):
+    id = fields.Integer()
+    kind = fields.String()
+    message = fields.String()
+    bake_id = fields.String(allow_none=True)
+    data = fields.Dict()
+    created_at = fields.DateTime()
+
+
+class EventQuerySchema(Schema):
+    limit = fields.Integer(load_default=200, validate=validate.Range(1, 10000))
+    bake_id = fields.String()
+
+
+def fleet():
+    return current_app.extensions["bakery.fleet"]
+
+
+@blp.route("")
+class Pis(MethodView):
+    @blp.arguments(PiQuerySchema, location="query")
+    @blp.response(200, PiSchema(many=True))
+    def get(self, args):
+        """List Pis, optionally by state and labels."""
+        query = Pi.select().order_by(Pi.serial)
+        if "state" in args:
+            query = query.where(Pi.state == args["state"])
+        wanted = set(args.get("label") or [])
+        return [pi for pi in query if wanted <= set(pi.labels or [])]
+
+    @blp.arguments(PiRegisterSchema)
+    @blp.response(201, PiSchema)
+    def post(self, args):
+        """Register a Pi; it is available for bakes at once."""
+        return fleet().register_pi(**args)
+
+
+@blp.route("/<serial>")
+class PiResource(MethodView):
+    @blp.response(200, PiSchema)
+    def get(self, serial):
+        return fleet().get_pi(serial)
+
+    @blp.arguments(PiUpdateSchema)
+    @blp.response(200, PiSchema)
+    def patch(self, args, serial):
+        """Change a Pi's description; ``state`` marks it broken or available again."""
+        state = args.pop("state", None)
+        reason = args.pop("reason", "")
+        pi = fleet().update_pi(serial, **args)
+        if state:
+            pi = fleet().set_pi_state(pi.serial, PiState(state), reason)
+        return pi
+
+    @blp.response(204)
+    def delete(self, serial):
+        fleet().delete_pi(serial)
+
+
+@blp.route("/<serial>/power")
+class PiPower(MethodView):
+    @blp.arguments(PowerSchema)
+    @blp.response(200, PowerResultSchema)
+    def post(self, args, serial):
+        """Switch a Pi on or off, power-cycle it, or ask its power state."""
+        result = fleet().operator_power(serial, args["action"])
+        return {
+            "serial": serial,
+            "action": args["action"],
+            "state": result.state,
+            "message": result.message,
+        }
+
+
+@blp.route("/<serial>/events")
+class PiEvents(MethodView):
+    @blp.arguments(EventQuerySchema, location="query")
+    @blp.response(200, EventSchema(many=True))
+    def get(self, args, serial):
+        """The Pi's timeline, oldest first: states, power calls, boot steps."""
+        pi = fleet().get_pi(serial)
+        query = Event.select().where(Event.pi == pi)
+        if "bake_id" in args:
+            query = query.where(Event.bake_id == args["bake_id"])
+        newest = query.order_by(Event.id.desc()).limit(args["limit"])
+        return list(reversed(list(newest)))

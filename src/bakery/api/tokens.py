@@ -1,0 +1,51 @@
+"""/api/v1/tokens: create (shown once), list, revoke API tokens."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+
+from .. import auth
+from ..models import ApiToken
+from .fields import Name
+
+blp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens", description="API tokens")
+
+
+class TokenSchema(Schema):
+    name = fields.String()
+    prefix = fields.String()
+    role = fields.String()
+    created_at = fields.DateTime()
+    last_used_at = fields.DateTime(allow_none=True)
+
+
+class NewTokenSchema(TokenSchema):
+    token = fields.String(metadata={"description": "the token itself; shown only now"})
+
+
+class TokenCreateSchema(Schema):
+    name = Name(required=True)
+
+
+@blp.route("")
+class Tokens(MethodView):
+    @blp.response(200, TokenSchema(many=True))
+    def get(self):
+        return list(ApiToken.select().order_by(ApiToken.name))
+
+    @blp.arguments(TokenCreateSchema)
+    @blp.response(201, NewTokenSchema)
+    def post(self, args):
+        row, plaintext = auth.create_token(args["name"])
+        row.token = plaintext
+        return row
+
+
+@blp.route("/<name>")
+class TokenResource(MethodView):
+    @blp.response(204)
+    def delete(self, name):
+        """Revoke a token; requests with it are refused from now on."""
+        auth.revoke_token(name)

@@ -1,0 +1,54 @@
+"""The Flask app factory and the one-time start-up work of a Bakery host."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from . import api, auth, models
+from .config import Settings, load_settings
+from .fleet import Fleet
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API app. Safe to call once per gunicorn worker: it only binds the
+    database and creates missing tables; recovery runs once, in ``prepare_host``."""
+    settings = settings or load_settings()
+    app = Flask("bakery")
+    app.config["MAX_CONTENT_LENGTH"] = None  # uploads are streamed; the limit is checked there
+    app.extensions["bakery.settings"] = settings
+    models.connect(settings.database)
+    models.create_schema()
+    app.extensions["bakery.fleet"] = Fleet(settings)
+    _init_db_per_request(app)
+    api.init_app(app)
+    return app
+
+
+def _init_db_per_request(app: Flask) -> None:
+    """One connection per request: cheap on SQLite, pooled by URL on PostgreSQL."""
+
+    @app.before_request
+    def _connect() -> None:
+        models.database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        if not models.database.is_closed():
+            models.database.close()
+
+
+def prepare_host(settings: Settings) -> dict:
+    """What a host does once before serving: schema, first admin token, crash
+    recovery, power restore. Runs in the gunicorn master, before workers fork."""
+    settings.root.mkdir(parents=True, exist_ok=True)
+    models.connect(settings.database)
+    models.create_schema()
+    with models.database.connection_context():
+        token_file = auth.ensure_admin_token(settings)
+        fleet = Fleet(settings)
+        counts = fleet.recover()
+        fleet.restore_power()
+    logging.getLogger(__name__).info("recovery: %s", counts)
+    return {"admin_token_file": token_file, **counts}

@@ -1,0 +1,72 @@
+"""API tokens: created once, shown once, stored only as a hash.
+
+Tokens are 256-bit random strings, so a plain sha256 is as strong as a slow
+password hash here and lets every request be checked with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+
+from . import identifiers
+from .config import Settings
+from .errors import Conflict, NotFound
+from .models import ApiToken, utcnow
+
+log = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "bky_"
+ADMIN_TOKEN_NAME = "admin"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(name: str, role: str = "admin") -> tuple[ApiToken, str]:
+    """Create a token; return the row and the plaintext, which is never stored."""
+    identifiers.name(name, "token name")
+    if ApiToken.select().where(ApiToken.name == name).exists():
+        raise Conflict(f"a token named {name!r} already exists")
+    plaintext = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken.create(
+        name=name, token_hash=hash_token(plaintext), prefix=plaintext[:10], role=role
+    )
+    return row, plaintext
+
+
+def verify_token(presented: str) -> ApiToken | None:
+    """The token row for ``presented``, or None. Updates its last use."""
+    if not presented.startswith(TOKEN_PREFIX) or len(presented) > 128:
+        return None
+    digest = hash_token(presented)
+    row = ApiToken.get_or_none(ApiToken.token_hash == digest)
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    ApiToken.update(last_used_at=utcnow()).where(ApiToken.id == row.id).execute()
+    return row
+
+
+def revoke_token(name: str) -> None:
+    if not ApiToken.delete().where(ApiToken.name == name).execute():
+        raise NotFound(f"no token named {name!r}")
+
+
+def ensure_admin_token(settings: Settings) -> str | None:
+    """On the very first start, create an admin token and write it where only root reads it.
+
+    Returns the file path written, or None when tokens already exist."""
+    if ApiToken.select().exists():
+        return None
+    _, plaintext = create_token(ADMIN_TOKEN_NAME)
+    path = settings.admin_token_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(plaintext + "\n")
+    log.warning("first start: admin API token written to %s (read it, then keep it safe)", path)
+    return str(path)

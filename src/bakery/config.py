@@ -1,0 +1,170 @@
+"""One typed settings object for the whole service.
+
+Settings are read once, at start, from an optional JSON file (the BOSH job renders one)
+and then from ``BAKERY_*`` environment variables, which win. Everything is validated
+here so that a typo in a manifest stops the service at start with one clear line,
+instead of failing on the first bake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NFS_BACKENDS = ("kernel", "ganesha", "none")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told. Field names are the JSON keys; the
+    environment variable for ``foo_bar`` is ``BAKERY_FOO_BAR``."""
+
+    #: The data directory: bakeforms, bakes, disks, lock files, the SQLite database.
+    root: Path = Path("data")
+    #: ``sqlite:///path`` or ``postgresql://user:pass@host/db``; empty = SQLite in ``root``.
+    database_url: str = ""
+    #: Address the API listens on when started with ``bakery serve``.
+    bind: str = "127.0.0.1:8080"
+    workers: int = 2
+    #: Address Pis use to reach NFS (and TFTP); rendered into cmdline.txt.
+    nfs_server: str = "127.0.0.1"
+    #: How exports are published: ``kernel`` (exportfs), ``ganesha`` or ``none``.
+    nfs_backend: str = "none"
+    #: Exports file the backend writes; empty = the backend's default.
+    exports_file: str = ""
+    #: nfs-ganesha pid file, signalled with SIGHUP to re-read exports.
+    ganesha_pid_file: str = ""
+    #: Extra options on every export line (the root needs no_root_squash).
+    export_options: str = "rw,sync,no_subtree_check,no_root_squash"
+    #: Written into each bake's /etc/resolv.conf (NetworkManager won't, see pi-netboot §3.3).
+    resolv_conf: str = "nameserver 1.1.1.1\n"
+    #: Largest bakeform upload accepted, in MiB.
+    max_upload_mib: int = 32768
+    #: Largest disk, in MiB.
+    max_disk_mib: int = 1048576
+    #: Seconds a power driver may take before its process group is killed.
+    power_timeout: float = 30.0
+    #: Attempts for a power call that fails with a retryable error.
+    power_retries: int = 3
+    #: Minimum seconds between two power-ons, fleet-wide (Pi 3 DHCP boot storms).
+    power_on_gap: float = 2.0
+    #: Power driver given to Pis registered without one.
+    default_power_driver: str = "manual"
+    #: Hostname of this bakery host; bakes are recovered only by the host that made them.
+    host_id: str = ""
+    #: Log level of the service.
+    log_level: str = "INFO"
+    #: Extra settings the service does not interpret itself (kept for forward compatibility).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.root / 'bakery.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.root / "admin-token"
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the data directory."""
+        return self.root.joinpath(*parts)
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a JSON or environment value into the field's type, or say why not."""
+    try:
+        if kind in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind in (float, "float"):
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if kind in (Path, "Path"):
+            return Path(str(raw))
+        if kind in (str, "str"):
+            if not isinstance(raw, str | int | float):
+                raise ValueError
+            return str(raw)
+        if kind in ("dict[str, Any]",):
+            value = json.loads(raw) if isinstance(raw, str) else raw
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise ConfigError(f"setting {name!r}: {raw!r} is not a valid {kind}") from None
+    raise ConfigError(f"setting {name!r}: unsupported type {kind}")
+
+
+def _validate(s: Settings) -> None:
+    if s.nfs_backend not in NFS_BACKENDS:
+        raise ConfigError(f"setting 'nfs_backend': must be one of {', '.join(NFS_BACKENDS)}")
+    try:
+        ipaddress.ip_address(s.nfs_server)
+    except ValueError:
+        raise ConfigError(f"setting 'nfs_server': {s.nfs_server!r} is not an IP address") from None
+    if s.database_url and not s.database_url.startswith(
+        ("sqlite://", "postgresql://", "postgres://", "postgresql+pool://", "postgres+pool://")
+    ):
+        raise ConfigError("setting 'database_url': must start with sqlite:// or postgresql://")
+    for name in ("workers", "max_upload_mib", "max_disk_mib", "power_retries"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"setting {name!r}: must be at least 1")
+    for name in ("power_timeout",):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"setting {name!r}: must be positive")
+    if s.power_on_gap < 0:
+        raise ConfigError("setting 'power_on_gap': must not be negative")
+    if any(c in s.export_options for c in ' \n\t()*#"'):
+        raise ConfigError("setting 'export_options': only a comma-separated option list")
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Read the JSON file (if any), then ``BAKERY_*`` variables, then ``overrides``.
+
+    ``config_file`` defaults to ``$BAKERY_CONFIG``. Unknown keys in the file are an
+    error, so a misspelt property in a BOSH manifest is caught at start.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    config_file = config_file or environ.get("BAKERY_CONFIG")
+    values: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    if config_file:
+        try:
+            loaded = json.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: not valid JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file}: must hold a JSON object")
+        unknown = sorted(set(loaded) - set(fields))
+        if unknown:
+            raise ConfigError(f"config file {config_file}: unknown setting(s) {', '.join(unknown)}")
+        values.update(loaded)
+    for name in fields:
+        env_name = f"BAKERY_{name.upper()}"
+        if env_name in environ:
+            values[name] = environ[env_name]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    typed = {name: _coerce(name, fields[name].type, raw) for name, raw in values.items()}
+    settings = Settings(**typed)
+    if not settings.host_id:
+        settings = dataclasses.replace(settings, host_id=os.uname().nodename)
+    settings = dataclasses.replace(settings, root=settings.root.absolute())
+    _validate(settings)
+    return settings

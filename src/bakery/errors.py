@@ -1,0 +1,57 @@
+"""The errors the service reports to its users.
+
+Each carries a short machine ``code``, a human ``message`` and the HTTP status the
+API answers with, so the API layer maps them without knowing what went wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BakeryError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.details = details
+
+
+class InvalidInput(BakeryError):
+    status = 422
+    code = "validation_error"
+
+
+class NotFound(BakeryError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(BakeryError):
+    status = 409
+    code = "conflict"
+
+
+class TooLarge(BakeryError):
+    status = 413
+    code = "too_large"
+
+
+class Unavailable(BakeryError):
+    """Try again later: no free Pi, a busy database, a power device not answering."""
+
+    status = 503
+    code = "unavailable"
+
+
+class NoPiAvailable(Unavailable):
+    code = "no_pi_available"
+
+
+class PowerFailed(Unavailable):
+    """A power device did not do what was asked."""
+
+    code = "power_failed"

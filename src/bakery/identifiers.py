@@ -1,0 +1,86 @@
+"""What a serial, a name or an ID may look like.
+
+Every value a user gives that later becomes part of a path, an exports line, a
+ganesha block or a command argument is checked here first, so a hostile value is
+refused at the door and never has to be escaped further down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+
+SERIAL_RE = re.compile(r"^[0-9a-f]{8}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class InvalidIdentifier(ValueError):
+    """A value does not have the shape its kind requires."""
+
+
+def serial(value: str) -> str:
+    """A Pi serial: 8 hex digits, as the Pi prints them (lower case).
+
+    Upper case is accepted and folded; shorter serials are zero-padded as the
+    bootloader does (it compares serials as integers)."""
+    text = str(value).strip().lower()
+    if text.startswith("0x"):
+        text = text[2:]
+    if not re.fullmatch(r"[0-9a-f]{1,8}", text):
+        raise InvalidIdentifier(f"serial {value!r} is not 8 hex digits")
+    return text.rjust(8, "0")
+
+
+def name(value: str, what: str = "name") -> str:
+    """A bakeform or token name: letters, digits, dot, dash, underscore; no leading dot."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
+        raise InvalidIdentifier(
+            f"{what} {value!r} must be 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def hostname(value: str) -> str:
+    """A single DNS label, lower case."""
+    if not isinstance(value, str) or not HOSTNAME_RE.fullmatch(value):
+        raise InvalidIdentifier(f"hostname {value!r} must be one DNS label: a-z, 0-9 and '-'")
+    return value
+
+
+def mac(value: str) -> str:
+    """A MAC address, normalised to lower case with colons."""
+    text = str(value).strip().lower().replace("-", ":")
+    if not MAC_RE.fullmatch(text):
+        raise InvalidIdentifier(f"MAC address {value!r} is not six colon-separated hex bytes")
+    return text
+
+
+def ip(value: str) -> str:
+    """A single host address (IPv4 or IPv6), never a network or a wildcard."""
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise InvalidIdentifier(f"address {value!r} is not a single IP address") from None
+
+
+def label(value: str) -> str:
+    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
+        raise InvalidIdentifier(f"label {value!r} must be 1-63 letters, digits, '.', '_', '/', '-'")
+    return value
+
+
+def object_id(value: str, what: str = "id") -> str:
+    """A bake or disk id: 32 lower-case hex digits (a UUID4 without dashes)."""
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise InvalidIdentifier(f"{what} {value!r} is not a valid id")
+    return value
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

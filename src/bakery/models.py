@@ -1,0 +1,192 @@
+"""The data model: Pis, bakeforms, bakes, disks, events and API tokens.
+
+Models are plain declarations bound late to a database chosen by URL (SQLite by
+default, PostgreSQL for several workers or hosts). Orchestration lives in
+``fleet.py``; this module holds data and the invariants a row can check alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from collections.abc import Callable
+from typing import Any
+
+import peewee as pw
+from playhouse import db_url, migrate
+
+database = pw.DatabaseProxy()
+
+#: Seconds SQLite waits for a lock before giving up: long enough for a clone or a
+#: burst of concurrent bakes from several workers, short enough to report a stuck DB.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class PiState(enum.StrEnum):
+    DISCOVERED = "discovered"
+    AVAILABLE = "available"
+    PREPARING = "preparing"
+    BAKED = "baked"
+    UNBAKING = "unbaking"
+    BROKEN = "broken"
+
+
+class BakeState(enum.StrEnum):
+    PREPARING = "preparing"
+    BAKED = "baked"
+    UNBAKING = "unbaking"
+    UNBAKED = "unbaked"
+    FAILED = "failed"
+
+
+LIVE_BAKE_STATES = (BakeState.PREPARING.value, BakeState.BAKED.value, BakeState.UNBAKING.value)
+
+
+class JSONField(pw.TextField):
+    """JSON stored as text: the same on SQLite and PostgreSQL."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+
+
+class Pi(BaseModel):
+    serial = pw.CharField(max_length=8, unique=True)
+    mac = pw.CharField(max_length=17, null=True, unique=True)
+    model = pw.CharField(max_length=16, default="unknown")
+    state = pw.CharField(max_length=16, default=PiState.AVAILABLE.value, index=True)
+    broken_reason = pw.TextField(default="")
+    power_driver = pw.CharField(max_length=32, default="manual")
+    power_settings = JSONField(default=dict)
+    #: What the power layer last knew: on, off or unknown.
+    power_state = pw.CharField(max_length=8, default="unknown")
+    last_ip = pw.CharField(max_length=45, null=True)
+    labels = JSONField(default=list)
+    #: The live bake on this Pi, if any (a plain id, not a foreign key, to avoid a cycle).
+    bake_id = pw.CharField(max_length=32, null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class Bakeform(BaseModel):
+    name = pw.CharField(max_length=64, unique=True)
+    sha256 = pw.CharField(max_length=64)
+    #: Bytes received (the upload, compressed or not).
+    size = pw.BigIntegerField()
+    #: Bytes of the raw image after decompression.
+    image_size = pw.BigIntegerField()
+    compression = pw.CharField(max_length=8)
+    #: How each bake's root is cloned from this bakeform's root: snapshot, reflink or copy.
+    clone_method = pw.CharField(max_length=16, default="copy")
+    #: The image's own cmdline.txt, kept to render the NFS one.
+    cmdline = pw.TextField(default="")
+    metadata = JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Bake(BaseModel):
+    id = pw.CharField(max_length=32, primary_key=True)
+    pi = pw.ForeignKeyField(Pi, backref="bakes", on_delete="CASCADE")
+    bakeform = pw.ForeignKeyField(Bakeform, backref="bakes", null=True, on_delete="SET NULL")
+    bakeform_name = pw.CharField(max_length=64)
+    state = pw.CharField(max_length=16, default=BakeState.PREPARING.value, index=True)
+    hostname = pw.CharField(max_length=63)
+    #: The host that runs this bake's steps; only it recovers the bake after a crash.
+    host_id = pw.CharField(max_length=255)
+    agent_settings = JSONField(null=True)
+    metadata = JSONField(default=dict)
+    error = pw.TextField(default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+
+class Disk(BaseModel):
+    id = pw.CharField(max_length=32, primary_key=True)
+    size_mib = pw.IntegerField()
+    bake = pw.ForeignKeyField(Bake, backref="disks", null=True, on_delete="SET NULL")
+    #: Created together with a bake (an ephemeral disk): deleted when the bake is unbaked.
+    ephemeral = pw.BooleanField(default=False)
+    metadata = JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Event(BaseModel):
+    pi = pw.ForeignKeyField(Pi, backref="events", null=True, on_delete="CASCADE")
+    bake_id = pw.CharField(max_length=32, null=True, index=True)
+    #: state, power, bake, disk, boot, dhcp, tftp ...
+    kind = pw.CharField(max_length=16)
+    message = pw.TextField()
+    data = JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+
+class ApiToken(BaseModel):
+    name = pw.CharField(max_length=64, unique=True)
+    #: sha256 of the token: tokens are long random strings, so a fast hash is enough.
+    token_hash = pw.CharField(max_length=64, unique=True)
+    #: The first characters of the token, to tell tokens apart in listings.
+    prefix = pw.CharField(max_length=12)
+    role = pw.CharField(max_length=16, default="admin")
+    created_at = pw.DateTimeField(default=utcnow)
+    last_used_at = pw.DateTimeField(null=True)
+
+
+class SchemaVersion(BaseModel):
+    version = pw.IntegerField()
+
+
+MODELS = [Pi, Bakeform, Bake, Disk, Event, ApiToken, SchemaVersion]
+
+#: Schema changes after version 1, in order: each takes a playhouse migrator.
+#: Append a function here (never edit an old one) when a model gains a column.
+MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = []
+
+
+def connect(url: str) -> pw.Database:
+    """Bind the models to the database at ``url`` and return it (not yet connected).
+
+    SQLite gets WAL (readers never wait for the writer), a busy timeout (writers
+    from several gunicorn workers queue instead of failing) and foreign keys."""
+    if url.startswith("sqlite"):
+        db = db_url.connect(
+            url,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+                "foreign_keys": 1,
+                "synchronous": "normal",
+            },
+            timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
+        )
+    else:
+        db = db_url.connect(url.replace("postgresql", "postgres", 1))
+    database.initialize(db)
+    return db
+
+
+def create_schema() -> None:
+    """Create missing tables and run pending migrations; safe on every start."""
+    with database.connection_context():
+        with database.atomic():
+            database.create_tables(MODELS, safe=True)
+            current = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 0
+            if current == 0:
+                SchemaVersion.create(version=1 + len(MIGRATIONS))
+                return
+            migrator = migrate.SchemaMigrator.from_database(database.obj)
+            for number, step in enumerate(MIGRATIONS, start=2):
+                if number > current:
+                    step(migrator)
+                    SchemaVersion.create(version=number)

@@ -1,0 +1,476 @@
+"""Per-bake root trees: cheap clones of a bakeform's root, seasoned with their own identity.
+
+The original bakery copied a whole root (``rsync -xa``) for every bake. Here a bake costs
+what the filesystem under the data directory allows: a btrfs snapshot (constant time), an
+xfs/btrfs reflink copy (metadata only) or, elsewhere, a plain but faithful copy.
+
+A root comes from an uploaded image, so its contents are hostile: every write made while
+seasoning walks the tree one component at a time with ``O_NOFOLLOW`` (see `write_in_root`)
+so that a symlink planted in the image can never redirect a write onto the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import secrets
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal, get_args
+
+from bakery import identifiers
+
+CloneMethod = Literal["snapshot", "reflink", "copy"]
+CLONE_METHODS: tuple[CloneMethod, ...] = get_args(CloneMethod)
+
+#: Inode number of the top directory of every btrfs subvolume (BTRFS_FIRST_FREE_OBJECTID).
+BTRFS_SUBVOLUME_INODE = 256
+#: ioctl that shares one file's extents with another (linux/fs.h), what ``cp --reflink`` uses.
+FICLONE = 0x40049409
+
+#: SSH host key types ssh-keygen can regenerate; any other ``ssh_host_*_key`` is only removed.
+SSH_KEY_TYPES = ("rsa", "ecdsa", "ed25519", "dsa")
+#: Generated when an image ships no host key (Raspberry Pi OS images don't). RSA is left
+#: out: it costs ~0.6 s per bake against ~5 ms for these two, and every current client
+#: accepts ed25519.
+DEFAULT_SSH_KEY_TYPES = ("ed25519", "ecdsa")
+SSH_HOST_KEY_RE = re.compile(r"^ssh_host_([a-z0-9]+)_key(\.pub)?$")
+
+#: Largest file seasoning will read back from a root (hosts, fstab): these are small text
+#: files, and a hostile image must not make the server read gigabytes.
+MAX_READ_BYTES = 1024 * 1024
+
+#: fstab mount points that are partitions of the Pi's SD card when mounted by UUID.
+SD_CARD_MOUNT_POINTS = ("/", "/boot", "/boot/firmware")
+SD_CARD_DEVICE_RE = re.compile(r"^(PARTUUID=.*|LABEL=(rootfs|bootfs)|/dev/mmcblk.*)$")
+
+DEFAULT_HOSTS = "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+class RootError(RuntimeError):
+    """A filesystem tool failed while cloning or deleting a root; the message carries
+    the tool's own explanation."""
+
+
+class SeasoningError(ValueError):
+    """A root cannot be seasoned safely, e.g. because the image put a symlink where a
+    directory of the root should be."""
+
+
+# --- which clone the filesystem allows ------------------------------------------------------
+
+
+def clone_method_for(path: Path) -> CloneMethod:
+    """The cheapest clone of `path` (existing or about to be created) its filesystem allows.
+
+    On btrfs a snapshot needs `path` to be a subvolume: an existing plain directory there
+    gets reflink copies instead.
+    """
+    probe_dir = _nearest_existing_dir(path)
+    if _filesystem_type(probe_dir) == "btrfs":
+        if not os.path.lexists(path) or _is_subvolume(path):
+            return "snapshot"
+        return "reflink"
+    return "reflink" if _reflink_works(probe_dir) else "copy"
+
+
+def create_base(path: Path) -> CloneMethod:
+    """Create `path` as an empty directory a bakeform's root tree is then extracted into.
+
+    On btrfs it is a subvolume, so that every bake of it can be a snapshot. Returns the
+    method bakes of this base will use.
+    """
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "base already exists", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    method = clone_method_for(path)
+    if method == "snapshot":
+        _run(["btrfs", "subvolume", "create", str(path)])
+    else:
+        path.mkdir(mode=0o755)
+    return method
+
+
+def _nearest_existing_dir(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, "no existing directory above", str(path))
+
+
+def _filesystem_type(path: Path) -> str:
+    return _run(["stat", "--file-system", "--format=%T", str(path)])
+
+
+def _is_subvolume(path: Path) -> bool:
+    return _has_subvolume_inode(path) and _filesystem_type(path) == "btrfs"
+
+
+def _has_subvolume_inode(path: Path) -> bool:
+    """True for every btrfs subvolume; elsewhere any directory may have this inode, so
+    the filesystem must be known to be btrfs."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_ino == BTRFS_SUBVOLUME_INODE
+
+
+def _reflink_works(directory: Path) -> bool:
+    """Try FICLONE on a probe file: the only reliable answer (xfs may be made without
+    reflink, and other filesystems gain it over time)."""
+    with tempfile.TemporaryDirectory(prefix=".bakery-reflink-probe-", dir=directory) as tmp:
+        source, target = Path(tmp, "source"), Path(tmp, "target")
+        source.write_bytes(b"\0" * 4096)
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            except OSError:
+                return False
+    return True
+
+
+# --- cloning and deleting -------------------------------------------------------------------
+
+
+def clone_root(base: Path, dest: Path, method: CloneMethod) -> None:
+    """Make `dest` (which must not exist) a writable copy of `base` using `method`.
+
+    Copies are made under a hidden sibling name and renamed into place, so `dest` either
+    is a complete clone or does not exist, even after a crash half-way.
+    """
+    if method not in CLONE_METHODS:
+        raise ValueError(f"unknown clone method {method!r}")
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, "clone destination already exists", str(dest))
+    if method == "snapshot":
+        _run(["btrfs", "subvolume", "snapshot", str(base), str(dest)])
+        return
+    staging = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+    try:
+        _copy_tree(base, staging, reflink=method == "reflink")
+        os.rename(staging, dest)
+    except BaseException:
+        delete_tree(staging)
+        raise
+
+
+def _copy_tree(source: Path, target: Path, *, reflink: bool) -> None:
+    """``cp -a``: keeps owners, modes, times, symlinks as they are, hard links, holes,
+    xattrs and ACLs; with reflink the data extents are shared, not copied."""
+    _run(
+        [
+            "cp",
+            "--archive",
+            "--no-target-directory",
+            f"--reflink={'always' if reflink else 'auto'}",
+            "--",
+            str(source),
+            str(target),
+        ]
+    )
+
+
+def delete_tree(path: Path) -> None:
+    """Remove a root, whatever clone made it; a missing `path` is already deleted.
+
+    Subvolumes are dropped with ``btrfs subvolume delete`` (instant, even for a snapshot
+    of a full OS); any other tree is removed without ever following a symlink.
+    """
+    if not os.path.lexists(path):
+        return
+    if _is_subvolume(path):
+        _delete_subvolume(path)
+    elif path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _delete_subvolume(path: Path) -> None:
+    """btrfs refuses to delete a subvolume holding another one, so on that refusal the
+    nested ones (e.g. made by software inside the bake) are deleted first."""
+    try:
+        _run(["btrfs", "subvolume", "delete", str(path)])
+        return
+    except RootError:
+        nested = list(_nested_subvolumes(path))
+        if not nested:
+            raise
+    for subvolume in reversed(nested):
+        _run(["btrfs", "subvolume", "delete", str(subvolume)])
+    _run(["btrfs", "subvolume", "delete", str(path)])
+
+
+def _nested_subvolumes(path: Path) -> Iterator[Path]:
+    """Subvolumes below the subvolume `path`, parents before children; symlinks are not
+    followed."""
+    for directory, subdirs, _files in os.walk(path):
+        for name in subdirs:
+            candidate = Path(directory, name)
+            if _has_subvolume_inode(candidate):
+                yield candidate
+
+
+def _run(args: list[str]) -> str:
+    try:
+        done = subprocess.run(args, check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise RootError(f"{' '.join(args)}: {exc.stderr.strip() or exc}") from None
+    return done.stdout.strip()
+
+
+# --- writing into a hostile tree ------------------------------------------------------------
+
+NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _parts(relpath: str) -> list[str]:
+    """The components of a path inside the root; ``..`` and ``.`` are refused outright."""
+    parts = [part for part in relpath.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise SeasoningError(f"{relpath!r} is not a plain path inside the root")
+    return parts
+
+
+@contextmanager
+def open_in_root(root: Path, reldir: str, *, create: bool = False) -> Iterator[int]:
+    """Yield a descriptor of directory `reldir` of `root`, never leaving the root.
+
+    Each component is opened relative to the previous one with ``O_NOFOLLOW``, so a
+    symlink anywhere on the way (``/etc`` -> the host's ``/etc``) is refused with
+    SeasoningError instead of being followed. Missing directories are made if `create`.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in _parts(reldir) if reldir.strip("/") else []:
+            child = _open_child_dir(fd, part, create=create, where=f"{reldir} in {root}")
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_child_dir(parent_fd: int, name: str, *, create: bool, where: str) -> int:
+    if create:
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+    try:
+        return os.open(name, NOFOLLOW_DIR, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise SeasoningError(f"{name!r} ({where}) is a symlink or not a directory") from None
+        raise
+
+
+def write_in_root(
+    root: Path, relpath: str, data: bytes, *, mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> None:
+    """Make `relpath` of `root` a regular file holding `data`, owned by `uid`:`gid`.
+
+    The file is written under a temporary name and renamed over the old entry, so an
+    old symlink at `relpath` is replaced, never followed, and no existing inode (which
+    could be hard-linked elsewhere in the tree) is modified.
+    """
+    parts = _parts(relpath)
+    with open_in_root(root, "/".join(parts[:-1]), create=True) as dir_fd:
+        temp_name = f".{parts[-1]}.bakery-{secrets.token_hex(4)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp_name, flags, 0o600, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as temp:
+                temp.write(data)
+                os.fchown(temp.fileno(), uid, gid)
+                os.fchmod(temp.fileno(), mode)
+            _rename_over(temp_name, parts[-1], dir_fd)
+        except BaseException:
+            os.unlink(temp_name, dir_fd=dir_fd)
+            raise
+
+
+def _rename_over(temp_name: str, name: str, dir_fd: int) -> None:
+    try:
+        os.rename(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except (IsADirectoryError, OSError) as exc:
+        if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise SeasoningError(f"{name!r} is a directory in the image, not a file") from None
+
+
+def read_in_root(root: Path, relpath: str) -> bytes | None:
+    """The contents of `relpath` if it is a regular file of the root, else None.
+
+    A symlink is treated as absent: following it could read a host file (``/etc/shadow``)
+    and copy it into a root its uploader can read. Device nodes and FIFOs are not even
+    opened.
+    """
+    parts = _parts(relpath)
+    try:
+        with open_in_root(root, "/".join(parts[:-1])) as dir_fd:
+            if not stat.S_ISREG(os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                return None
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        data = file.read(MAX_READ_BYTES + 1)
+    if len(data) > MAX_READ_BYTES:
+        raise SeasoningError(f"{relpath} in {root} is larger than {MAX_READ_BYTES} bytes")
+    return data
+
+
+# --- seasoning ------------------------------------------------------------------------------
+
+
+def season_root(root: Path, *, hostname: str, resolv_conf: str) -> None:
+    """Give a freshly cloned root its own identity (pi-netboot.md §3.3).
+
+    Each clone of a bakeform starts with the image's hostname, machine-id and SSH host
+    keys; two Pis sharing them confuse DHCP, journald, and every SSH client. The SD card
+    lines of fstab would make systemd wait for a device a netbooted Pi lacks, and
+    NetworkManager won't write resolv.conf for an NFS-rooted Pi.
+
+    Symlinked directories in the root raise SeasoningError; a symlink in place of a file
+    seasoning writes (``/etc/hostname`` -> ``/etc/shadow``) is replaced by a regular file.
+    Seasoning again gives the root a new identity again.
+    """
+    hostname = identifiers.hostname(hostname)
+    write_in_root(root, "etc/hostname", f"{hostname}\n".encode())
+    _season_hosts(root, hostname)
+    _season_machine_id(root)
+    _season_ssh_host_keys(root, hostname)
+    _season_fstab(root)
+    write_in_root(root, "etc/resolv.conf", resolv_conf.encode())
+
+
+def _season_hosts(root: Path, hostname: str) -> None:
+    text = _read_text(root, "etc/hosts")
+    write_in_root(root, "etc/hosts", hosts_with_hostname(text or DEFAULT_HOSTS, hostname).encode())
+
+
+def hosts_with_hostname(hosts: str, hostname: str) -> str:
+    """`hosts` with its 127.0.1.1 line naming `hostname` (Debian's convention for the
+    machine's own name), added after the localhost line if the image has none."""
+    own_line = f"127.0.1.1\t{hostname}"
+    lines = hosts.splitlines()
+    if any(_first_field(line) == "127.0.1.1" for line in lines):
+        lines = [own_line if _first_field(line) == "127.0.1.1" else line for line in lines]
+    else:
+        localhost = [i for i, line in enumerate(lines) if _first_field(line) == "127.0.0.1"]
+        lines.insert(localhost[0] + 1 if localhost else len(lines), own_line)
+    return "\n".join(lines) + "\n"
+
+
+def _season_machine_id(root: Path) -> None:
+    """A new random id; dbus keeps its own copy in older images (else a symlink to it)."""
+    machine_id = f"{secrets.token_hex(16)}\n".encode()
+    write_in_root(root, "etc/machine-id", machine_id, mode=0o444)
+    if _is_regular_file(root, "var/lib/dbus/machine-id"):
+        write_in_root(root, "var/lib/dbus/machine-id", machine_id, mode=0o444)
+
+
+def _season_ssh_host_keys(root: Path, hostname: str) -> None:
+    """Replace the image's host keys by new ones of the same types. Images without
+    ``/etc/ssh`` have no SSH server and get none."""
+    try:
+        with open_in_root(root, "etc/ssh") as ssh_dir:
+            old_keys = [name for name in os.listdir(ssh_dir) if SSH_HOST_KEY_RE.match(name)]
+            for name in old_keys:
+                os.unlink(name, dir_fd=ssh_dir)
+    except FileNotFoundError:
+        return
+    present = {SSH_HOST_KEY_RE.fullmatch(name)[1] for name in old_keys}
+    key_types = [kind for kind in SSH_KEY_TYPES if kind in present] or DEFAULT_SSH_KEY_TYPES
+    for name, data, mode in _generate_ssh_host_keys(key_types, comment=f"root@{hostname}"):
+        write_in_root(root, f"etc/ssh/{name}", data, mode=mode)
+
+
+def _generate_ssh_host_keys(
+    key_types: list[str] | tuple[str, ...], *, comment: str
+) -> list[tuple[str, bytes, int]]:
+    """New host keys as ``(file name, contents, mode)``, private and public.
+
+    ssh-keygen writes by path, so it works in a private directory off the root; the
+    types are generated in parallel because RSA alone takes most of a second.
+    """
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        raise SeasoningError("ssh-keygen not found: install openssh-client")
+    with tempfile.TemporaryDirectory(prefix="bakery-hostkeys-") as tmp:
+        jobs = {
+            kind: subprocess.Popen(
+                [keygen, "-q", "-N", "", "-t", kind, "-C", comment, "-f", _key_path(tmp, kind)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for kind in key_types
+        }
+        errors = {kind: job.communicate()[1] for kind, job in jobs.items()}
+        for kind, job in jobs.items():
+            if job.returncode != 0:
+                raise SeasoningError(f"ssh-keygen -t {kind}: {errors[kind].decode().strip()}")
+        return [key for kind in key_types for key in _read_key_pair(tmp, kind)]
+
+
+def _key_path(directory: str, kind: str) -> str:
+    return os.path.join(directory, f"ssh_host_{kind}_key")
+
+
+def _read_key_pair(directory: str, kind: str) -> list[tuple[str, bytes, int]]:
+    private = Path(_key_path(directory, kind))
+    public = private.with_name(private.name + ".pub")
+    return [(private.name, private.read_bytes(), 0o600), (public.name, public.read_bytes(), 0o644)]
+
+
+def _season_fstab(root: Path) -> None:
+    text = _read_text(root, "etc/fstab")
+    if text is not None:
+        write_in_root(root, "etc/fstab", fstab_without_sd_card(text).encode())
+
+
+def fstab_without_sd_card(fstab: str) -> str:
+    """`fstab` minus the lines mounting the SD card (a netbooted Pi has none, and systemd
+    would wait for it); proc, tmpfs, NFS lines and comments stay."""
+    kept = [line for line in fstab.splitlines() if not _mounts_sd_card(line)]
+    return "\n".join(kept) + "\n" if kept else ""
+
+
+def _mounts_sd_card(line: str) -> bool:
+    fields = line.split()
+    if not fields or fields[0].startswith("#"):
+        return False
+    if SD_CARD_DEVICE_RE.match(fields[0]):
+        return True
+    if not fields[0].startswith("UUID=") or len(fields) < 2:
+        return False
+    return (fields[1].rstrip("/") or "/") in SD_CARD_MOUNT_POINTS
+
+
+def _first_field(line: str) -> str:
+    fields = line.split()
+    return fields[0] if fields else ""
+
+
+def _read_text(root: Path, relpath: str) -> str | None:
+    data = read_in_root(root, relpath)
+    return None if data is None else data.decode("utf-8", errors="surrogateescape")
+
+
+def _is_regular_file(root: Path, relpath: str) -> bool:
+    parts = _parts(relpath)
+    try:
+        with open_in_root(root, "/".join(parts[:-1])) as dir_fd:
+            info = os.stat(parts[-1], dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(info.st_mode)

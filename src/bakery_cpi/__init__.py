@@ -1,0 +1,1 @@
+"""The BOSH CPI for Bakery (talks to Bakery over HTTP only)."""

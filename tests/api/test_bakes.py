@@ -1,0 +1,129 @@
+"""/api/v1/bakes: bake onto a free Pi, show, unbake, agent settings, metadata."""
+
+from __future__ import annotations
+
+from .conftest import assert_error, register
+
+
+def bake(client, **body):
+    return client.post("/api/v1/bakes", json={"bakeform": "raspios", **body})
+
+
+def test_bake_on_any_free_pi_clones_seasons_and_exports(client, bakeform, pis, settings):
+    response = bake(client)
+    assert response.status_code == 201, response.json
+    made = response.json
+    assert made["state"] == "baked"
+    serial = made["serial"]
+    assert made["hostname"] == f"pi-{serial}"
+    root = settings.path("bakes", made["id"], "root")
+    assert (root / "etc" / "hostname").read_text().strip() == f"pi-{serial}"
+    assert made["root_export"] == f"{settings.nfs_server}:{root}"
+    pi = client.get(f"/api/v1/pis/{serial}").json
+    assert pi["state"] == "baked" and pi["bake_id"] == made["id"]
+    exports = open(settings.exports_file).read()
+    assert str(root) in exports and pi["ip"] in exports
+    assert [b["id"] for b in client.get("/api/v1/bakes").json] == [made["id"]]
+
+
+def test_bake_a_given_serial_or_by_labels(client, bakeform):
+    register(client, "00000001", labels=["usb"], ip="127.0.0.11")
+    register(client, "00000002", ip="127.0.0.12")
+    assert bake(client, serial="00000002").json["serial"] == "00000002"
+    assert bake(client, labels=["usb"]).json["serial"] == "00000001"
+
+
+def test_no_free_pi_is_a_clean_503(client, bakeform):
+    register(client, "00000001", labels=["usb"])
+    assert_error(bake(client, labels=["gpu"]), 503, "no_pi_available", "gpu")
+    assert bake(client).status_code == 201
+    assert_error(bake(client), 503, "no_pi_available")
+    assert_error(bake(client, serial="00000001"), 503, "no_pi_available", "00000001")
+
+
+def test_bake_rejects_bad_input(client, bakeform, pis):
+    assert_error(bake(client, hostname="Not_A_Host"), 422, "validation_error", "hostname")
+    assert_error(bake(client, serial="zz"), 422, "validation_error", "serial")
+    assert_error(bake(client, labels="x"), 422, "validation_error", "labels")
+    assert_error(client.post("/api/v1/bakes", json={}), 422, "validation_error", "bakeform")
+    assert_error(client.post("/api/v1/bakes", json={"bakeform": "nope"}), 404, "not_found")
+    assert_error(bake(client, serial="0000abcd"), 404, "not_found", "0000abcd")
+    assert client.get("/api/v1/bakes").json == []
+    assert {p["state"] for p in client.get("/api/v1/pis").json} == {"available"}
+
+
+def test_unbake_removes_root_exports_and_frees_the_pi(client, bakeform, pis, settings):
+    made = bake(client, hostname="worker-1").json
+    root = settings.path("bakes", made["id"])
+    unbaked = client.delete(f"/api/v1/bakes/{made['id']}")
+    assert unbaked.status_code == 200 and unbaked.json["state"] == "unbaked"
+    assert not root.exists()
+    assert made["id"] not in open(settings.exports_file).read()
+    assert client.get(f"/api/v1/pis/{made['serial']}").json["state"] == "available"
+    assert client.get("/api/v1/bakes").json == []
+    assert client.get("/api/v1/bakes?all=true").json[0]["state"] == "unbaked"
+    assert_error(client.delete(f"/api/v1/bakes/{made['id']}"), 404, "not_found", "unbaked")
+
+
+def test_bake_ids_are_never_reused(client, bakeform):
+    register(client, "00000001", ip="127.0.0.11")
+    seen = set()
+    for _ in range(3):
+        made = bake(client).json
+        assert made["id"] not in seen
+        seen.add(made["id"])
+        client.delete(f"/api/v1/bakes/{made['id']}")
+
+
+def test_timeline_shows_every_step(client, bakeform, pis):
+    made = bake(client, serial="00000001").json
+    client.delete(f"/api/v1/bakes/{made['id']}")
+    messages = [e["message"] for e in client.get("/api/v1/pis/00000001/events").json]
+    for step in [
+        "claimed for a bake",
+        "root cloned",
+        "root seasoned",
+        "baked",
+        "unbaking",
+        "unbaked",
+    ]:
+        assert any(m.startswith(step) for m in messages), (step, messages)
+    assert any(e["kind"] == "power" for e in client.get("/api/v1/pis/00000001/events").json)
+
+
+def test_failed_power_on_rolls_the_bake_back_completely(client, bakeform, settings, tmp_path):
+    ppi = tmp_path / "ppi"
+    ppi.write_text(
+        '#!/bin/sh\necho \'{"ok": false, "error": {"type": "fatal", "message": "no relay"}}\'\n'
+    )
+    ppi.chmod(0o755)
+    register(
+        client, "00000001", ip="127.0.0.11", power_driver="ppi", power_settings={"path": str(ppi)}
+    )
+    assert_error(bake(client), 503, "power_failed", "no relay")
+    assert client.get("/api/v1/pis/00000001").json["state"] == "available"
+    assert list(settings.path("bakes").iterdir()) == []
+    assert "00000001" not in open(settings.exports_file).read()
+    assert client.get("/api/v1/bakes?all=true").json[0]["state"] == "failed"
+
+
+def test_agent_settings_and_metadata(client, bakeform, pis):
+    made = bake(client).json
+    url = f"/api/v1/bakes/{made['id']}"
+    assert client.get(f"{url}/agent-settings").json == {}
+    body = {"agent_id": "agent-1", "mbus": "https://mbus", "env": {"bosh": {}}}
+    assert client.put(f"{url}/agent-settings", json=body).json == body
+    assert client.get(f"{url}/agent-settings").json == body
+    assert client.put(f"{url}/metadata", json={"job": "web"}).json["metadata"] == {"job": "web"}
+    assert_error(client.put(f"{url}/agent-settings", json=[1, 2]), 422, "validation_error")
+    assert_error(
+        client.put(f"{url}/metadata", data="x", content_type="application/json"), 400, "bad_request"
+    )
+    missing = "/api/v1/bakes/0123456789abcdef0123456789abcdef"
+    assert_error(client.get(f"{missing}/agent-settings"), 404, "not_found")
+    assert_error(client.get("/api/v1/bakes/../etc"), 404, "not_found")
+
+
+def test_a_pi_with_a_live_bake_cannot_be_deleted(client, bakeform, pis):
+    made = bake(client).json
+    assert_error(client.delete(f"/api/v1/pis/{made['serial']}"), 409, "conflict", "unbake")

@@ -1,0 +1,74 @@
+"""A real Bakery server (``bakery serve``: gunicorn and its workers) in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from .postgres import free_port
+from .wait import wait_until
+
+
+class LiveServer:
+    """Start, SIGKILL and restart ``bakery serve`` on one config file."""
+
+    def __init__(self, config: dict, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_file = workdir / "bakery.json"
+        self.config_file.write_text(json.dumps({**config, "bind": f"127.0.0.1:{self.port}"}))
+        self.log_file = workdir / "server.log"
+        self.process: subprocess.Popen | None = None
+        self.root = Path(config["root"])
+
+    def start(self, timeout: float = 60.0) -> LiveServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BAKERY_")}
+        env["BAKERY_CONFIG"] = str(self.config_file)
+        log = open(self.log_file, "ab")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("bakery")), "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        wait_until(self._healthy, timeout, what=f"bakery serve on {self.url} (log {self.log_file})")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"bakery serve exited:\n{self.log_file.read_text()[-4000:]}")
+        try:
+            return requests.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    @property
+    def token(self) -> str:
+        return (self.root / "admin-token").read_text().strip()
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.token}"
+        return session
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: master and workers die mid-request."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
