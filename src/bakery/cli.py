@@ -25,8 +25,8 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 @dataclass
 class Context:
-    url: str
-    token: str | None
+    url: str = DEFAULT_URL
+    token: str | None = None
     json: bool = False
 
     @functools.cached_property

@@ -424,20 +424,32 @@ class Fleet:
         root = self.bake_root(bake.id)
         root.parent.mkdir(parents=True, exist_ok=True)
         roots.clone_root(self.bakeform_dir(bakeform.name) / "root", root, bakeform.clone_method)
-        self.record(pi, "bake", "root cloned", bake.id, method=bakeform.clone_method)
+        self._step(bake, "cloned", "root cloned", method=bakeform.clone_method)
         roots.season_root(root, hostname=bake.hostname, resolv_conf=self.settings.resolv_conf)
-        self.record(pi, "bake", "root seasoned", bake.id, hostname=bake.hostname)
+        self._step(bake, "seasoned", "root seasoned", hostname=bake.hostname)
         self.publish_exports()
+        self._step(bake, "exported", "root exported", ip=pi.last_ip)
+        self._step(bake, "powering_on", "powering on")
         self.power_pi(pi, "on")
+        self._step(bake, "powered_on", "powered on")
         with database.atomic():
             Bake.update(state=BakeState.BAKED.value).where(Bake.id == bake.id).execute()
             self.transition(pi, PiState.BAKED, expect=PiState.PREPARING)
         return Bake.get_by_id(bake.id)
 
+    def _step(self, bake: Bake, step: str, message: str, **data: Any) -> None:
+        """Journal a bake step, so a rollback knows what to undo, and show it in the timeline."""
+        Bake.update(step=step).where(Bake.id == bake.id).execute()
+        bake.step = step
+        self.record(bake.pi, "bake", message, bake.id, **data)
+
     def _roll_back(self, bake: Bake, reason: str) -> None:
-        """Undo a bake that never became ``baked``: exports, disks, root, claim."""
+        """Undo a bake that never became ``baked``: power, exports, disks, root, claim."""
         log.warning("rolling back bake %s: %s", bake.id, reason)
         pi = Pi.get_by_id(bake.pi_id)
+        if bake.step in ("powering_on", "powered_on"):
+            with contextlib.suppress(PowerError):
+                self.power_pi(pi, "off")
         Bake.update(state=BakeState.FAILED.value, error=reason[:2000], finished_at=utcnow()).where(
             Bake.id == bake.id
         ).execute()
@@ -613,7 +625,10 @@ class Fleet:
         return result
 
     def publish_exports(self) -> None:
-        exports.publish(self.settings, self.desired_exports())
+        """Rewrite the exports from the database. The list is read under the same lock
+        as it is written, so a slower writer never replaces a newer list with an older one."""
+        with self._lock("exports-plan"):
+            exports.publish(self.settings, self.desired_exports())
 
     # -- crash recovery ------------------------------------------------------------------
 

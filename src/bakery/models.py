@@ -102,6 +102,9 @@ class Bake(BaseModel):
     bakeform = pw.ForeignKeyField(Bakeform, backref="bakes", null=True, on_delete="SET NULL")
     bakeform_name = pw.CharField(max_length=64)
     state = pw.CharField(max_length=16, default=BakeState.PREPARING.value, index=True)
+    #: The last step a bake reached (claimed, cloned, seasoned, exported, powering_on,
+    #: powered_on): what a rollback after a crash has to undo.
+    step = pw.CharField(max_length=16, default="claimed")
     hostname = pw.CharField(max_length=63)
     #: The host that runs this bake's steps; only it recovers the bake after a crash.
     host_id = pw.CharField(max_length=255)

@@ -1,0 +1,108 @@
+"""SIGKILL the server mid-bake and mid-upload: after a restart nothing half-made is
+listed, exported or left on disk."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import textwrap
+
+import pytest
+
+from tests.support.server import LiveServer
+from tests.support.wait import wait_until
+
+GATED_PPI = """\
+    import json, os, sys, time
+    request = json.load(sys.stdin)
+    if request["action"] == "poweron":
+        open("{gate}/started", "w").close()
+        while not os.path.exists("{gate}/open"):   # the relay is stuck until the test opens it
+            time.sleep(0.05)
+    print("ok")
+"""
+
+
+@pytest.fixture
+def server(tmp_path, db_url):
+    config = {
+        "root": str(tmp_path / "data"),
+        "database_url": db_url,
+        "workers": 2,
+        "power_on_gap": 0,
+        "power_timeout": 120,
+        "nfs_backend": "ganesha",
+        "exports_file": str(tmp_path / "exports.conf"),
+        "log_level": "WARNING",
+    }
+    live = LiveServer(config, tmp_path).start()
+    yield live
+    live.stop()
+
+
+def on_disk(path) -> list[str]:
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    ppi = tmp_path / "gated_ppi.py"
+    ppi.write_text(textwrap.dedent(GATED_PPI).format(gate=gate))
+    api = server.session()
+    with open(sd_image_file, "rb") as image:
+        assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201
+    pi = {"serial": "00000001", "ip": "127.0.0.11", "power_driver": "ppi",
+          "power_settings": {"path": sys.executable, "args": [str(ppi)]}}
+    assert api.post(f"{server.url}/api/v1/pis", json=pi).status_code == 201
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", "/api/v1/bakes", body=json.dumps({"bakeform": "raspios"}),
+                       headers={**api.headers, "Content-Type": "application/json"})
+    try:
+        wait_until(lambda: (gate / "started").exists(), what="the bake to reach power-on")
+        bake_dirs = on_disk(server.root / "bakes")
+        assert len(bake_dirs) == 1
+        assert bake_dirs[0] in (tmp_path / "exports.conf").read_text()
+        server.kill()
+    finally:
+        (gate / "open").touch()
+        connection.close()
+
+    server.start()
+    api = server.session()
+    assert api.get(f"{server.url}/api/v1/bakes").json() == []
+    history = api.get(f"{server.url}/api/v1/bakes?all=true").json()
+    assert [b["state"] for b in history] == ["failed"]
+    assert "restart" in history[0]["error"]
+    assert api.get(f"{server.url}/api/v1/pis/00000001").json()["state"] == "available"
+    assert on_disk(server.root / "bakes") == []
+    assert bake_dirs[0] not in (tmp_path / "exports.conf").read_text()
+    events = api.get(f"{server.url}/api/v1/pis/00000001/events").json()
+    assert any(e["message"].startswith("bake rolled back") for e in events)
+    assert any(e["kind"] == "power" and e["data"].get("action") == "off" for e in events)
+
+
+def test_sigkill_in_the_middle_of_an_upload(server, sd_image_file):
+    data = sd_image_file.read_bytes()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.putrequest("PUT", "/api/v1/bakeforms/halfway")
+    connection.putheader("Authorization", f"Bearer {server.token}")
+    connection.putheader("Content-Type", "application/octet-stream")
+    connection.putheader("Content-Length", str(len(data)))
+    connection.endheaders()
+    connection.send(data[: len(data) // 2])
+    forms = server.root / "bakeforms"
+    try:
+        wait_until(lambda: any(n.startswith(".incoming-") for n in on_disk(forms)),
+                   what="the upload to reach the server's staging dir")
+        server.kill()
+    finally:
+        connection.close()
+
+    server.start()
+    api = server.session()
+    assert api.get(f"{server.url}/api/v1/bakeforms").json() == []
+    assert on_disk(forms) == []
+    assert api.get(f"{server.url}/api/v1/bakeforms/halfway").status_code == 404
