@@ -1,0 +1,90 @@
+"""The ``bakery`` CLI against a real server: tables for people, --json for scripts,
+one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bakery.cli import main
+from tests.support.server import LiveServer
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    config = {"root": str(tmp / "data"), "power_on_gap": 0, "log_level": "WARNING"}
+    live = LiveServer(config, tmp).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def bakery(server, monkeypatch):
+    monkeypatch.setenv("BAKERY_URL", server.url)
+    monkeypatch.setenv("BAKERY_TOKEN", server.token)
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True):
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert (result.exit_code == 0) == ok, (args, result.output)
+        return result
+
+    return run
+
+
+def test_pi_lifecycle_in_tables_and_json(bakery, sd_image_file):
+    bakery("pi", "register", "00c0ffee", "--mac", "dc:a6:32:aa:bb:cc", "--model", "4B",
+           "--ip", "127.0.0.40", "--label", "rack1")
+    listing = bakery("pi", "list").output
+    assert listing.splitlines()[0].split()[:3] == ["SERIAL", "MODEL", "STATE"]
+    assert "00c0ffee" in listing and "available" in listing
+    assert json.loads(bakery("--json", "fridge").output)[0]["serial"] == "00c0ffee"
+
+    upload = bakery("bakeform", "upload", "raspios", str(sd_image_file))
+    assert "sha256" in upload.output
+    assert "raspios" in bakery("bakeform", "list").output
+
+    made = json.loads(bakery("bake", "raspios", "--label", "rack1", "--json").output)
+    assert made["serial"] == "00c0ffee" and made["state"] == "baked"
+    assert made["id"] in bakery("oven").output
+    assert "(no available Pis)" in bakery("fridge").output
+
+    disk = json.loads(bakery("disk", "create", "64", "--bake", made["id"], "--json").output)
+    assert disk["bake_id"] == made["id"]
+    bakery("disk", "detach", disk["id"])
+    bakery("disk", "delete", disk["id"])
+
+    shown = bakery("pi", "show", "00c0ffee").output
+    assert "root seasoned" in shown and "claimed for a bake" in shown
+    assert "unbaked" in bakery("unbake", made["id"]).output
+    assert "00c0ffee" in bakery("fridge").output
+
+
+def test_errors_are_one_line_and_exit_non_zero(bakery):
+    result = bakery("pi", "show", "0badf00d", ok=False)
+    assert result.output.strip() == "Error: no Pi with serial 0badf00d"
+    result = bakery("pi", "register", "not-hex", ok=False)
+    assert "serial" in result.output and len(result.output.strip().splitlines()) == 1
+    result = bakery("bake", "nothing-here", ok=False)
+    assert "no bakeform named 'nothing-here'" in result.output
+    result = bakery("pi", "register", "00000077", "--power-settings", "{oops", ok=False)
+    assert "--power-settings" in result.output
+
+
+def test_wrong_token_and_unreachable_server(server, monkeypatch):
+    runner = CliRunner()
+    result = runner.invoke(main, ["--url", server.url, "--token", "bky_wrong", "pi", "list"])
+    assert result.exit_code == 1 and "invalid or revoked token" in result.output
+    result = runner.invoke(main, ["--url", "http://127.0.0.1:9", "--token", "x", "fridge"])
+    assert result.exit_code == 1 and "cannot reach Bakery" in result.output
+
+
+def test_tokens(bakery):
+    created = json.loads(bakery("token", "create", "director", "--json").output)
+    assert created["token"].startswith("bky_")
+    assert "director" in bakery("token", "list").output
+    bakery("token", "revoke", "director")
+    assert "director" not in bakery("token", "list").output

@@ -1,0 +1,52 @@
+"""Settings: one validated object from a JSON file and BAKERY_* variables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bakery.config import ConfigError, load_settings
+
+
+def test_defaults_use_sqlite_in_the_data_dir(tmp_path):
+    settings = load_settings(environ={}, root=tmp_path)
+    assert settings.database == f"sqlite:///{tmp_path}/bakery.db"
+    assert settings.nfs_backend == "none"
+
+
+def test_environment_overrides_the_file(tmp_path):
+    config = tmp_path / "bakery.json"
+    config.write_text(json.dumps({"workers": 3, "nfs_server": "10.0.0.1"}))
+    env = {"BAKERY_CONFIG": str(config), "BAKERY_WORKERS": "5", "BAKERY_POWER_ON_GAP": "0.5"}
+    settings = load_settings(environ=env)
+    assert (settings.workers, settings.nfs_server, settings.power_on_gap) == (5, "10.0.0.1", 0.5)
+
+
+@pytest.mark.parametrize(
+    ("values", "word"),
+    [
+        ({"nfs_backend": "samba"}, "nfs_backend"),
+        ({"nfs_server": "pi-server.local"}, "nfs_server"),
+        ({"workers": 0}, "workers"),
+        ({"workers": "many"}, "workers"),
+        ({"database_url": "mysql://x"}, "database_url"),
+        ({"export_options": "rw) *(rw"}, "export_options"),
+        ({"power_on_gap": -1}, "power_on_gap"),
+        ({"wrokers": 2}, "wrokers"),
+    ],
+)
+def test_a_bad_setting_is_one_clear_error(tmp_path, values, word):
+    config = tmp_path / "bakery.json"
+    config.write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match=word):
+        load_settings(config, environ={})
+
+
+def test_unreadable_or_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="No such file"):
+        load_settings(tmp_path / "missing.json", environ={})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_settings(bad, environ={})

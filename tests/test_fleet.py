@@ -1,0 +1,139 @@
+"""The fleet's rules: the Pi state table, conditional transitions, rollback, recovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from bakery import fleet as fleet_module
+from bakery.errors import Conflict
+from bakery.fleet import TRANSITIONS, allowed
+from bakery.models import Bake, Bakeform, Disk, Pi, PiState
+
+S = PiState
+
+
+def test_the_state_table_is_the_architecture_lifecycle():
+    lifecycle = [S.AVAILABLE, S.PREPARING, S.BAKED, S.UNBAKING, S.AVAILABLE]
+    for current, target in zip(lifecycle, lifecycle[1:], strict=False):
+        assert allowed(current, target)
+    assert allowed(S.DISCOVERED, S.AVAILABLE)
+    assert allowed(S.PREPARING, S.AVAILABLE)  # rollback
+    assert all(allowed(state, S.BROKEN) for state in PiState if state is not S.BROKEN)
+    assert allowed(S.BROKEN, S.AVAILABLE)
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [(S.AVAILABLE, S.BAKED), (S.BAKED, S.AVAILABLE), (S.DISCOVERED, S.PREPARING),
+     (S.UNBAKING, S.BAKED), (S.BROKEN, S.PREPARING), (S.BROKEN, S.BROKEN)],
+)
+def test_shortcuts_are_not_allowed(current, target):
+    assert not allowed(current, target)
+    assert (current, target) not in TRANSITIONS
+
+
+def test_a_transition_applies_only_if_the_pi_is_still_where_we_saw_it(fleet):
+    pi = fleet.register_pi("00000001")
+    stale = Pi.get_by_id(pi.id)
+    fleet.transition(pi, S.BROKEN, "operator")
+    with pytest.raises(Conflict):
+        fleet.transition(stale, S.PREPARING)
+    assert Pi.get_by_id(pi.id).state == "broken"
+
+
+def test_a_clone_failure_rolls_the_bake_back(fleet, sd_image_file, monkeypatch):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi("00000001", ip="127.0.0.11")
+
+    def broken_clone(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fleet_module.roots, "clone_root", broken_clone)
+    with pytest.raises(OSError):
+        fleet.bake("raspios")
+    assert Pi.get(Pi.serial == "00000001").state == "available"
+    assert Bake.get().state == "failed" and "No space" in Bake.get().error
+    assert list(fleet.settings.path("bakes").iterdir()) == []
+
+
+def test_recover_removes_files_no_row_owns(fleet, sd_image_file):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    strays = [
+        fleet.settings.path("bakes", "0" * 32, "root"),
+        fleet.settings.path("bakeforms", ".incoming-1234", "root"),
+        fleet.settings.path("bakeforms", ".trash-1234"),
+        fleet.settings.path("disks", ".incoming-" + "1" * 32),
+        fleet.settings.path("disks", "2" * 32),
+    ]
+    for path in strays:
+        path.mkdir(parents=True)
+    kept_disk = fleet.create_disk(4)
+    counts = fleet.recover()
+    assert counts["stray_paths"] == 5
+    assert not any(p.exists() for p in strays)
+    assert Bakeform.get().name == "raspios"
+    assert fleet.settings.path("bakeforms", "raspios", "root", "etc").is_dir()
+    assert Disk.get_by_id(kept_disk.id)
+    assert fleet.settings.path("disks", kept_disk.id, "disk.img").is_file()
+
+
+def test_recover_finishes_an_interrupted_unbake(fleet, sd_image_file):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    bake = fleet.bake("raspios")
+    Bake.update(state="unbaking").where(Bake.id == bake.id).execute()
+    Pi.update(state="unbaking").execute()
+    assert fleet.recover()["unbaked"] == 1
+    assert Bake.get_by_id(bake.id).state == "unbaked"
+    assert Pi.get().state == "available" and Pi.get().bake_id is None
+    assert not fleet.bake_dir(bake.id).exists()
+
+
+def test_recover_leaves_another_hosts_bakes_alone(fleet, sd_image_file):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    bake = fleet.bake("raspios")
+    Bake.update(state="preparing", host_id="other-host").where(Bake.id == bake.id).execute()
+    Pi.update(state="preparing").execute()
+    assert fleet.recover()["rolled_back"] == 0
+    assert Bake.get_by_id(bake.id).state == "preparing"
+
+
+STATEFUL_PPI = """\
+import json, pathlib, sys
+request = json.load(sys.stdin)
+state_file = pathlib.Path(sys.argv[1])
+if request["op"] in ("on", "off"):
+    state_file.write_text(request["op"])
+state = state_file.read_text() if state_file.exists() else "off"
+print(json.dumps({"ok": True, "state": state}))
+"""
+
+
+def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, sd_image_file,
+                                                                   tmp_path):
+    import sys
+
+    ppi = tmp_path / "relay.py"
+    ppi.write_text(STATEFUL_PPI)
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    relays = {}
+    for serial in ("00000001", "00000002"):
+        relays[serial] = tmp_path / f"relay-{serial}"
+        fleet.register_pi(serial, ip=f"127.0.0.{int(serial)}", power_driver="ppi",
+                          power_settings={"path": sys.executable,
+                                          "args": [str(ppi), str(relays[serial])]})
+    bake = fleet.bake("raspios", serial="00000001")
+    assert relays["00000001"].read_text() == "on"
+    relays["00000001"].write_text("off")  # the rack lost power while bakery was down
+    relays["00000002"].write_text("on")  # and a free Pi came up on its own
+    fleet.restore_power()
+    assert relays["00000001"].read_text() == "on"
+    assert relays["00000002"].read_text() == "off"
+    assert Pi.get(Pi.serial == "00000001").power_state == "on"
+    assert Bake.get_by_id(bake.id).state == "baked"
