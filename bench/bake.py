@@ -76,23 +76,31 @@ def timed(copy: Callable[[], None], dest: Path) -> float:
     return time.perf_counter() - start
 
 
-def bakery_seconds(base: Path, method: str, repeats: int) -> float:
-    """Median of `repeats` clones (a snapshot is a few ms: one run would be noise)."""
-    runs = []
-    for _ in range(repeats):
-        dest = base.parent / "bake"
-        runs.append(timed(lambda dest=dest: clone_root(base, dest, method), dest))
-        delete_tree(dest)
-    return statistics.median(runs)
+def bakery_run(base: Path, method: str) -> float:
+    dest = base.parent / "bake"
+    seconds = timed(lambda: clone_root(base, dest, method), dest)
+    delete_tree(dest)
+    return seconds
 
 
-def rsync_seconds(base: Path) -> float:
+def rsync_run(base: Path) -> float:
     dest = base.parent / "rsync"
     seconds = timed(
         lambda: subprocess.run(["rsync", "-xa", f"{base}/", f"{dest}/"], check=True), dest
     )
     delete_tree(dest)
     return seconds
+
+
+def read_everything(base: Path) -> None:
+    """Read the base once, untimed: the first read of freshly written loop images is
+    slower (the VM's disk cache beneath ours), and that must not land on whoever runs
+    first."""
+    for path in base.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as file:
+                while file.read(4 * MIB):
+                    pass
 
 
 def prepared_base(stack: ExitStack, fstype: str, files: int, size_mib: int, workdir: Path) -> tuple:
@@ -110,11 +118,17 @@ def prepared_base(stack: ExitStack, fstype: str, files: int, size_mib: int, work
 
 
 def compare(fstype: str, files: int, size_mib: int, workdir: Path, repeats: int) -> float:
-    """Print one ratio line for `fstype`; returns Bakery's clone time."""
+    """Print one ratio line for `fstype`; returns Bakery's clone time.
+
+    Bakery and rsync runs alternate and each side's median counts, so a drift in the
+    machine's speed during the run is shared by both.
+    """
     with ExitStack() as stack:
         base, method = prepared_base(stack, fstype, files, size_mib, workdir)
-        bakery = bakery_seconds(base, method, repeats)
-        rsync = rsync_seconds(base)
+        read_everything(base)
+        runs = [(bakery_run(base, method), rsync_run(base)) for _ in range(repeats)]
+    bakery = statistics.median(run[0] for run in runs)
+    rsync = statistics.median(run[1] for run in runs)
     ratio = rsync / bakery
     verdict = "ok" if ratio >= TARGETS[fstype] else "MISSED"
     print(
@@ -129,7 +143,8 @@ def btrfs_flatness(files: int, size_mib: int, workdir: Path, repeats: int, first
     """A snapshot must not cost more with more files: clone twice the files, same bytes."""
     with ExitStack() as stack:
         base, method = prepared_base(stack, "btrfs", files * 2, size_mib, workdir)
-        doubled = bakery_seconds(base, method, repeats)
+        read_everything(base)
+        doubled = statistics.median(bakery_run(base, method) for _ in range(repeats))
     ratio = doubled / first
     verdict = "ok" if ratio < 2 else "MISSED"
     print(
@@ -145,13 +160,13 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1536)
     parser.add_argument("--fs", default="btrfs,xfs,ext4", help="comma-separated, in run order")
     parser.add_argument("--workdir", type=Path, default=None, help="where loop images go")
-    parser.add_argument("--repeats", type=int, default=3, help="bakery clones per filesystem")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side")
     args = parser.parse_args()
     unknown = set(args.fs.split(",")) - set(TARGETS)
     if unknown:
         parser.error(f"unknown filesystem(s): {', '.join(sorted(unknown))}")
     workdir = args.workdir or Path(tempfile.gettempdir())
-    print(f"cold caches, {args.files} files, {args.size_mib} MiB, median of {args.repeats} clones")
+    print(f"cold caches, {args.files} files, {args.size_mib} MiB, median of {args.repeats} runs")
     for fstype in args.fs.split(","):
         bakery = compare(fstype, args.files, args.size_mib, workdir, args.repeats)
         if fstype == "btrfs":

@@ -36,8 +36,19 @@ def bakery(server, monkeypatch):
 
 
 def test_pi_lifecycle_in_tables_and_json(bakery, sd_image_file):
-    bakery("pi", "register", "00c0ffee", "--mac", "dc:a6:32:aa:bb:cc", "--model", "4B",
-           "--ip", "127.0.0.40", "--label", "rack1")
+    bakery(
+        "pi",
+        "register",
+        "00c0ffee",
+        "--mac",
+        "dc:a6:32:aa:bb:cc",
+        "--model",
+        "4B",
+        "--ip",
+        "127.0.0.40",
+        "--label",
+        "rack1",
+    )
     listing = bakery("pi", "list").output
     assert listing.splitlines()[0].split()[:3] == ["SERIAL", "MODEL", "STATE"]
     assert "00c0ffee" in listing and "available" in listing

@@ -62,4 +62,4 @@ def test_forty_bakes_at_once_on_ten_pis_never_share_a_pi(server, sd_image_file):
     assert sorted(b["id"] for b in live) == sorted(b["id"] for b in made)
     exports = (server.root.parent / "exports.conf").read_text()
     for b in made:
-        assert exports.count(f"/bakes/{b['id']}/root\";") == 2  # Path and Pseudo of one export
+        assert exports.count(f'/bakes/{b["id"]}/root";') == 2  # Path and Pseudo of one export

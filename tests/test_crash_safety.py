@@ -53,13 +53,21 @@ def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path):
     api = server.session()
     with open(sd_image_file, "rb") as image:
         assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201
-    pi = {"serial": "00000001", "ip": "127.0.0.11", "power_driver": "ppi",
-          "power_settings": {"path": sys.executable, "args": [str(ppi)]}}
+    pi = {
+        "serial": "00000001",
+        "ip": "127.0.0.11",
+        "power_driver": "ppi",
+        "power_settings": {"path": sys.executable, "args": [str(ppi)]},
+    }
     assert api.post(f"{server.url}/api/v1/pis", json=pi).status_code == 201
 
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    connection.request("POST", "/api/v1/bakes", body=json.dumps({"bakeform": "raspios"}),
-                       headers={**api.headers, "Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/api/v1/bakes",
+        body=json.dumps({"bakeform": "raspios"}),
+        headers={**api.headers, "Content-Type": "application/json"},
+    )
     try:
         wait_until(lambda: (gate / "started").exists(), what="the bake to reach power-on")
         bake_dirs = on_disk(server.root / "bakes")
@@ -95,8 +103,10 @@ def test_sigkill_in_the_middle_of_an_upload(server, sd_image_file):
     connection.send(data[: len(data) // 2])
     forms = server.root / "bakeforms"
     try:
-        wait_until(lambda: any(n.startswith(".incoming-") for n in on_disk(forms)),
-                   what="the upload to reach the server's staging dir")
+        wait_until(
+            lambda: any(n.startswith(".incoming-") for n in on_disk(forms)),
+            what="the upload to reach the server's staging dir",
+        )
         server.kill()
     finally:
         connection.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bakery import fleet as fleet_module
-from bakery.errors import Conflict
+from bakery.errors import Conflict, StorageFailed
 from bakery.fleet import TRANSITIONS, allowed
 from bakery.models import Bake, Bakeform, Disk, Pi, PiState
 
@@ -24,8 +24,14 @@ def test_the_state_table_is_the_architecture_lifecycle():
 
 @pytest.mark.parametrize(
     ("current", "target"),
-    [(S.AVAILABLE, S.BAKED), (S.BAKED, S.AVAILABLE), (S.DISCOVERED, S.PREPARING),
-     (S.UNBAKING, S.BAKED), (S.BROKEN, S.PREPARING), (S.BROKEN, S.BROKEN)],
+    [
+        (S.AVAILABLE, S.BAKED),
+        (S.BAKED, S.AVAILABLE),
+        (S.DISCOVERED, S.PREPARING),
+        (S.UNBAKING, S.BAKED),
+        (S.BROKEN, S.PREPARING),
+        (S.BROKEN, S.BROKEN),
+    ],
 )
 def test_shortcuts_are_not_allowed(current, target):
     assert not allowed(current, target)
@@ -50,7 +56,7 @@ def test_a_clone_failure_rolls_the_bake_back(fleet, sd_image_file, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(fleet_module.roots, "clone_root", broken_clone)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageFailed, match="No space left"):
         fleet.bake("raspios")
     assert Pi.get(Pi.serial == "00000001").state == "available"
     assert Bake.get().state == "failed" and "No space" in Bake.get().error
@@ -114,8 +120,7 @@ print(json.dumps({"ok": True, "state": state}))
 """
 
 
-def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, sd_image_file,
-                                                                   tmp_path):
+def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, sd_image_file, tmp_path):
     import sys
 
     ppi = tmp_path / "relay.py"
@@ -125,9 +130,12 @@ def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, sd_ima
     relays = {}
     for serial in ("00000001", "00000002"):
         relays[serial] = tmp_path / f"relay-{serial}"
-        fleet.register_pi(serial, ip=f"127.0.0.{int(serial)}", power_driver="ppi",
-                          power_settings={"path": sys.executable,
-                                          "args": [str(ppi), str(relays[serial])]})
+        fleet.register_pi(
+            serial,
+            ip=f"127.0.0.{int(serial)}",
+            power_driver="ppi",
+            power_settings={"path": sys.executable, "args": [str(ppi), str(relays[serial])]},
+        )
     bake = fleet.bake("raspios", serial="00000001")
     assert relays["00000001"].read_text() == "on"
     relays["00000001"].write_text("off")  # the rack lost power while bakery was down

@@ -196,11 +196,8 @@ def assert_only_empty_root(staging: Path):
 class TestFaithfulImport:
     pytestmark = needs_root_and_tools
 
-    @pytest.mark.parametrize("loop_mount", [False, True], ids=["debugfs", "loop_mount"])
-    def test_root_tree_matches_the_source_file_by_file(
-        self, image, source_root, staging, loop_mount
-    ):
-        import_file(image, staging, loop_mount=loop_mount)
+    def test_root_tree_matches_the_source_file_by_file(self, image, source_root, staging):
+        import_file(image, staging)
         assert describe_tree(staging / "root") == describe_tree(source_root)
 
     def test_owners_setuid_sticky_and_symlinks_survive(self, image, staging):

@@ -55,3 +55,9 @@ class PowerFailed(Unavailable):
     """A power device did not do what was asked."""
 
     code = "power_failed"
+
+
+class StorageFailed(Unavailable):
+    """The data directory refused a write (full disk, failed snapshot)."""
+
+    code = "storage_failed"

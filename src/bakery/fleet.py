@@ -24,7 +24,15 @@ from typing import Any, BinaryIO
 
 from . import disks, exports, identifiers, images, roots
 from .config import Settings
-from .errors import Conflict, InvalidInput, NoPiAvailable, NotFound, PowerFailed, TooLarge
+from .errors import (
+    Conflict,
+    InvalidInput,
+    NoPiAvailable,
+    NotFound,
+    PowerFailed,
+    StorageFailed,
+    TooLarge,
+)
 from .models import (
     LIVE_BAKE_STATES,
     Bake,
@@ -36,6 +44,7 @@ from .models import (
     PiState,
     database,
     utcnow,
+    write_transaction,
 )
 from .power import PowerController, PowerError, PowerResult, PowerTarget, driver_class
 
@@ -314,7 +323,7 @@ class Fleet:
             clone_method=clone_method,
             created_at=utcnow(),
         )
-        with self._lock("bakeforms"), database.atomic():
+        with self._lock("bakeforms"), write_transaction():
             existing = Bakeform.get_or_none(Bakeform.name == name)
             if existing and not replace:
                 raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
@@ -367,9 +376,7 @@ class Fleet:
             return self._prepare(bake, bakeform)
         except BaseException as exc:
             self._roll_back(bake, f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, PowerError):
-                raise PowerFailed(f"bake failed: power on: {exc.message}") from None
-            raise
+            raise _as_user_error(exc) from None
 
     def _candidates(self, serial: str | None, labels: Sequence[str], model: str | None) -> list[Pi]:
         query = Pi.select().where(Pi.state == PiState.AVAILABLE.value)
@@ -697,3 +704,14 @@ class Fleet:
             path.unlink()
         elif path.is_dir():
             roots.delete_tree(path)
+
+
+def _as_user_error(exc: BaseException) -> BaseException:
+    """What a failed bake step means to the user who asked for the bake."""
+    if isinstance(exc, PowerError):
+        return PowerFailed(f"bake failed: power on: {exc.message}")
+    if isinstance(exc, roots.SeasoningError):
+        return InvalidInput(f"bake failed: unsafe bakeform root: {exc}", code="unsafe_bakeform")
+    if isinstance(exc, roots.RootError | OSError):
+        return StorageFailed(f"bake failed: could not make the Pi's root: {exc}")
+    return exc

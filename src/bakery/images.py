@@ -120,26 +120,19 @@ def import_image(
     *,
     max_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
-    loop_mount: bool = False,
 ) -> ImportedImage:
     """Receive ``stream``, validate it and extract it into ``staging/boot`` and ``staging/root``.
 
     ``staging/root`` must exist and be empty (it may be a btrfs subvolume, so it is filled,
     never recreated). On failure ``staging`` is put back as it was (only the empty
     ``root``), no child process is left running, and ImageError says why.
-
-    ``loop_mount`` is the opt-in fast path: once the image passed every check (partition
-    table, headers and the debugfs walk of the whole tree), its root is mounted read-only
-    through a loop device and copied with ``cp -a`` (faithful, xattrs included, and about
-    2x faster than rdump). It hands validated but uploaded bytes to the kernel's ext4
-    driver, so it is off by default; without loop devices or root it falls back silently.
     """
     raw = staging / RAW_NAME
     try:
         sha256, size, compression = _receive(stream, raw, max_bytes, progress)
         image_size = raw.stat().st_size
         layout = read_layout(raw)
-        cmdline = _extract(raw, layout, staging, loop_mount=loop_mount)
+        cmdline = _extract(raw, layout, staging)
     except BaseException:
         _reset_staging(staging)
         raise
@@ -427,13 +420,13 @@ def read_layout(raw: Path) -> Layout:
 # ---------------------------------------------------------------- extraction
 
 
-def _extract(raw: Path, layout: Layout, staging: Path, *, loop_mount: bool) -> str:
+def _extract(raw: Path, layout: Layout, staging: Path) -> str:
     """Boot and root in parallel (each is one child process most of the time)."""
     boot_dir = staging / "boot"
     boot_dir.mkdir()
     with ThreadPoolExecutor(max_workers=2) as pool:
         boot = pool.submit(_extract_boot, raw, layout.boot, boot_dir)
-        root = pool.submit(_extract_root, raw, layout.root, staging / "root", loop_mount)
+        root = pool.submit(_extract_root, raw, layout.root, staging / "root")
         errors = [f.exception() for f in (boot, root)]
     for error in errors:
         if error is not None:
@@ -477,40 +470,14 @@ class Entry:
     size: int
 
 
-def _extract_root(raw: Path, partition: Partition, dest: Path, loop_mount: bool) -> None:
+def _extract_root(raw: Path, partition: Partition, dest: Path) -> None:
     # debugfs splits its command line on blanks, so it runs inside ``dest`` with relative
     # paths; ``?offset=`` makes libext2fs read the partition in place.
     device = f"{os.path.relpath(raw, dest)}?offset={partition.offset}"
     entries = list_root_tree(device, dest)
-    if loop_mount and _copied_from_loop_mount(raw, partition, dest):
-        return
     details = _inode_details(device, dest, entries)
     _debugfs(device, dest, ["rdump / ."], code="extract_failed")
     _restore(dest, entries, details)
-
-
-def _copied_from_loop_mount(raw: Path, partition: Partition, dest: Path) -> bool:
-    """Copy the validated root from a read-only loop mount; False if it cannot be mounted.
-
-    ``noload`` keeps the kernel from replaying a journal the upload brought along.
-    """
-    mountpoint = raw.with_name(".root-mount")
-    mountpoint.mkdir()
-    try:
-        options = (
-            f"loop,ro,noload,nosuid,nodev,noexec,offset={partition.offset},"
-            f"sizelimit={partition.sectors * SECTOR}"
-        )
-        mount = ["mount", "-t", "ext4", "-o", options, str(raw), str(mountpoint)]
-        if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
-            return False
-        try:
-            _run(["cp", "-a", f"{mountpoint}/.", f"{dest}/"], env=None, code="extract_failed")
-        finally:
-            subprocess.run(["umount", str(mountpoint)], capture_output=True, check=True)
-    finally:
-        mountpoint.rmdir()
-    return True
 
 
 def list_root_tree(device: str, cwd: Path) -> list[Entry]:

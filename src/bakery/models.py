@@ -179,6 +179,17 @@ def connect(url: str) -> pw.Database:
     return db
 
 
+def write_transaction() -> pw._atomic:
+    """A transaction for read-then-write work.
+
+    On SQLite it takes the write lock at BEGIN (IMMEDIATE): a deferred transaction
+    that reads first fails at once, without waiting, when another worker wrote in
+    between. PostgreSQL's row locks need no such help."""
+    if isinstance(database.obj, pw.SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
 def create_schema() -> None:
     """Create missing tables and run pending migrations; safe on every start."""
     with database.connection_context():

@@ -127,3 +127,12 @@ def test_agent_settings_and_metadata(client, bakeform, pis):
 def test_a_pi_with_a_live_bake_cannot_be_deleted(client, bakeform, pis):
     made = bake(client).json
     assert_error(client.delete(f"/api/v1/pis/{made['serial']}"), 409, "conflict", "unbake")
+
+
+def test_listing_bakes_validates_its_filters(client, bakeform, pis):
+    made = bake(client, serial="00000002").json
+    bake(client, serial="00000003")
+    assert [b["id"] for b in client.get("/api/v1/bakes?serial=00000002").json] == [made["id"]]
+    assert_error(client.get("/api/v1/bakes?serial=zz"), 422, "validation_error", "serial")
+    assert_error(client.get("/api/v1/bakes?all=maybe"), 422, "validation_error", "all")
+    assert_error(client.get("/api/v1/bakes?serial=0000ffff"), 404, "not_found")
