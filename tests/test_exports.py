@@ -398,8 +398,9 @@ def test_exportfs_refusal_is_an_export_error_carrying_its_message(
 
 # --- nfs-ganesha, for real ------------------------------------------------------------------------
 
+MISSING_NFS_TOOLS = missing_tools()
 needs_ganesha = pytest.mark.skipif(
-    bool(missing_tools()), reason=f"missing tools: {', '.join(missing_tools())}"
+    bool(MISSING_NFS_TOOLS), reason=f"missing tools: {', '.join(MISSING_NFS_TOOLS)}"
 )
 
 
@@ -416,6 +417,10 @@ class NfsLab:
     def cat(self, source_ip: str, relative: str) -> subprocess.CompletedProcess[str]:
         server = self.owner.host_ip
         return nfs_cat(f"{self.root}/{relative}", self.ganesha.port, source_ip, server)
+
+    def ls(self, source_ip: str, relative: str) -> subprocess.CompletedProcess[str]:
+        server = self.owner.host_ip
+        return nfs_ls(f"{self.root}/{relative}", self.ganesha.port, source_ip, server)
 
     def reloaded(self, count: int) -> None:
         wait_until(lambda: self.ganesha.reloads() >= count, 20, f"{count} ganesha reload(s)")
@@ -447,10 +452,7 @@ def test_ganesha_serves_a_published_root_to_its_owner_only(nfs_lab: NfsLab):
     assert (owner.returncode, owner.stdout) == (0, "pi-1234abcd\n")
     assert stranger.returncode != 0 and "NFS4ERR_NOENT" in stranger.stderr
     assert host.returncode != 0 and "NFS4ERR_NOENT" in host.stderr
-    listing = nfs_ls(
-        f"{nfs_lab.root}/etc", nfs_lab.ganesha.port, nfs_lab.owner.client_ip, nfs_lab.owner.host_ip
-    )
-    assert listing.stdout.split()[-1] == "hostname"
+    assert nfs_lab.ls(nfs_lab.owner.client_ip, "etc").stdout.split()[-1] == "hostname"
 
 
 @pytest.mark.root

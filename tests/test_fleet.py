@@ -145,3 +145,47 @@ def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, sd_ima
     assert relays["00000002"].read_text() == "off"
     assert Pi.get(Pi.serial == "00000001").power_state == "on"
     assert Bake.get_by_id(bake.id).state == "baked"
+
+
+def test_an_unknown_pi_booting_is_recorded_as_discovered(fleet):
+    assert fleet.boot_target("CAFEBABE", "127.0.0.33", "4B") is None
+    pi = Pi.get(Pi.serial == "cafebabe")
+    assert (pi.state, pi.last_ip, pi.model) == ("discovered", "127.0.0.33", "4B")
+    assert fleet.boot_target("cafebabe", "127.0.0.33") is None  # not yet accepted
+    fleet.set_pi_state("cafebabe", S.AVAILABLE)
+    assert Pi.get(Pi.serial == "cafebabe").state == "available"
+
+
+def test_auto_accept_makes_new_pis_available(fleet, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(fleet, "settings", dataclasses.replace(fleet.settings, auto_accept=True))
+    fleet.boot_target("0000beef", "127.0.0.34")
+    assert Pi.get(Pi.serial == "0000beef").state == "available"
+
+
+def test_booting_a_baked_pi_pins_its_address_and_exports(fleet, sd_image_file):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    fleet.register_pi("00000002", ip="127.0.0.12")
+    bake = fleet.bake("raspios", serial="00000001")
+    target = fleet.boot_target("1", "127.0.0.12")  # DHCP gave it the other Pi's old address
+    assert target.bake_id == bake.id
+    assert (
+        f"nfsroot={fleet.settings.nfs_server}:{fleet.bake_root(bake.id)},vers=3" in target.cmdline
+    )
+    assert (target.boot_dir / "start4.elf").is_file()
+    assert Pi.get(Pi.serial == "00000001").last_ip == "127.0.0.12"
+    assert Pi.get(Pi.serial == "00000002").last_ip is None
+    exports = open(fleet.settings.exports_file).read()
+    assert "Clients = 127.0.0.12;" in exports and "127.0.0.11" not in exports
+
+
+def test_pis_without_a_live_bake_get_nothing_to_boot(fleet):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    assert fleet.boot_target("00000001", "127.0.0.11") is None
+    fleet.turn_away("00000001")
+    assert any("powering off" in e.message for e in Pi.get().events)
+    fleet.set_pi_state("00000001", S.BROKEN, "smoke")
+    assert fleet.boot_target("00000001", "127.0.0.11") is None

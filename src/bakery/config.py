@@ -12,6 +12,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,32 @@ class Settings:
     power_on_gap: float = 2.0
     #: Power driver given to Pis registered without one.
     default_power_driver: str = "manual"
+    #: Where the TFTP server listens; empty = ``<nfs_server>:69``.
+    tftp_bind: str = ""
+    #: Largest TFTP blksize granted (1468 fits one Ethernet frame; Pi 4 asks for it).
+    tftp_max_blksize: int = 1468
+    #: Seconds before a TFTP block is sent again, and how many times.
+    tftp_timeout: float = 1.0
+    tftp_retries: int = 5
+    #: Files served to requests without a serial prefix (the Pi 3 ROM's bootcode.bin);
+    #: empty = ``<root>/firmware``.
+    firmware_dir: str = ""
+    #: config.txt settings removed from what Pis are served.
+    config_txt_drop: list[str] = field(default_factory=lambda: ["auto_initramfs"])
+    #: Pis seen on the wire for the first time become ``available`` rather than ``discovered``.
+    auto_accept: bool = False
+    #: Run dnsmasq (proxy DHCP) as a child of ``bakery serve``.
+    dnsmasq_enabled: bool = False
+    dnsmasq_binary: str = "dnsmasq"
+    #: The interface facing the Pis, and its network address for ``dhcp-range=<net>,proxy``.
+    pi_interface: str = ""
+    proxy_range: str = ""
+    #: Seconds dnsmasq waits before answering (Pi 3 ROM timing, pi-netboot §1.4); 0 = off.
+    dhcp_reply_delay: int = 0
+    #: MAC prefixes of Raspberry Pi boards (pi-netboot §4): only these get proxy offers.
+    pi_ouis: list[str] = field(
+        default_factory=lambda: ["b8:27:eb", "dc:a6:32", "e4:5f:01", "d8:3a:dd", "2c:cf:67"]
+    )
     #: Hostname of this bakery host; bakes are recovered only by the host that made them.
     host_id: str = ""
     #: Log level of the service.
@@ -69,6 +96,15 @@ class Settings:
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.root / 'bakery.db'}"
+
+    @property
+    def tftp_address(self) -> tuple[str, int]:
+        host, _, port = (self.tftp_bind or f"{self.nfs_server}:69").rpartition(":")
+        return host, int(port)
+
+    @property
+    def firmware_path(self) -> Path:
+        return Path(self.firmware_dir) if self.firmware_dir else self.root / "firmware"
 
     @property
     def admin_token_file(self) -> Path:
@@ -96,6 +132,19 @@ def _coerce(name: str, kind: Any, raw: Any) -> Any:
             if not isinstance(raw, str | int | float):
                 raise ValueError
             return str(raw)
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError
+            return text in ("1", "true", "yes", "on")
+        if kind in ("list[str]",):
+            if isinstance(raw, str):
+                raw = json.loads(raw) if raw.strip().startswith("[") else raw.split(",")
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                raise ValueError
+            return [x.strip() for x in raw if x.strip()]
         if kind in ("dict[str, Any]",):
             value = json.loads(raw) if isinstance(raw, str) else raw
             if not isinstance(value, dict):
@@ -125,6 +174,7 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"setting {name!r}: must be positive")
     if s.power_on_gap < 0:
         raise ConfigError("setting 'power_on_gap': must not be negative")
+    _validate_netboot(s)
     if any(c in s.export_options for c in ' \n\t()*#"'):
         raise ConfigError("setting 'export_options': only a comma-separated option list")
 
@@ -168,3 +218,34 @@ def load_settings(
     settings = dataclasses.replace(settings, root=settings.root.absolute())
     _validate(settings)
     return settings
+
+
+def _validate_netboot(s: Settings) -> None:
+    host, _, port = (s.tftp_bind or f"{s.nfs_server}:69").rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        if not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"setting 'tftp_bind': {s.tftp_bind!r} is not <ip>:<port>") from None
+    if not 512 <= s.tftp_max_blksize <= 65464:
+        raise ConfigError("setting 'tftp_max_blksize': must be between 512 and 65464")
+    if s.tftp_timeout <= 0 or s.tftp_retries < 1:
+        raise ConfigError("settings 'tftp_timeout'/'tftp_retries': must be positive")
+    for oui in s.pi_ouis:
+        if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}", oui):
+            raise ConfigError(f"setting 'pi_ouis': {oui!r} is not a MAC prefix like dc:a6:32")
+    for key in s.config_txt_drop:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", key):
+            raise ConfigError(f"setting 'config_txt_drop': {key!r} is not a config.txt key")
+    if s.pi_interface and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", s.pi_interface):
+        raise ConfigError(f"setting 'pi_interface': {s.pi_interface!r} is not an interface name")
+    if s.proxy_range:
+        try:
+            ipaddress.ip_address(s.proxy_range)
+        except ValueError:
+            raise ConfigError(
+                f"setting 'proxy_range': {s.proxy_range!r} is not a network address"
+            ) from None
+    if s.dhcp_reply_delay < 0:
+        raise ConfigError("setting 'dhcp_reply_delay': must not be negative")

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import peewee as pw
+
 from . import disks, exports, identifiers, images, roots
 from .config import Settings
 from .errors import (
@@ -46,6 +48,7 @@ from .models import (
     utcnow,
     write_transaction,
 )
+from .netboot import bootfiles
 from .power import PowerController, PowerError, PowerResult, PowerTarget, driver_class
 
 log = logging.getLogger(__name__)
@@ -636,6 +639,97 @@ class Fleet:
         as it is written, so a slower writer never replaces a newer list with an older one."""
         with self._lock("exports-plan"):
             exports.publish(self.settings, self.desired_exports())
+
+    # -- netboot -------------------------------------------------------------------------
+
+    def boot_target(
+        self, serial: str, ip: str, model: str | None = None
+    ) -> bootfiles.BootTarget | None:
+        """What the Pi asking for boot files from ``ip`` should boot, or None.
+
+        A Pi never seen before is recorded (``discovered``, or ``available`` with
+        ``auto_accept``). The address a Pi boots from becomes its address, and its
+        exports follow it, before it is told where its root is."""
+        serial, ip = identifiers.serial(serial), identifiers.ip(ip)
+        pi = Pi.get_or_none(Pi.serial == serial)
+        if pi is None:
+            self.discover_pi(serial, ip, model)
+            return None
+        if pi.last_ip != ip:
+            pi = self.pin_address(pi, ip)
+        bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi.bake_id else None
+        live = (BakeState.PREPARING.value, BakeState.BAKED.value)
+        if bake is None or bake.state not in live or pi.state == S.BROKEN.value:
+            return None
+        cmdline = bootfiles.render_cmdline(
+            bake.bakeform.cmdline if bake.bakeform else "",
+            self.settings.nfs_server,
+            self.bake_root(bake.id),
+        )
+        return bootfiles.BootTarget(
+            serial=pi.serial,
+            bake_id=bake.id,
+            boot_dir=self.bakeform_dir(bake.bakeform_name) / "boot",
+            cmdline=cmdline,
+        )
+
+    def discover_pi(self, serial: str, ip: str, model: str | None = None) -> Pi | None:
+        """Record a Pi seen on the wire; a race with another request is harmless."""
+        state = S.AVAILABLE if self.settings.auto_accept else S.DISCOVERED
+        try:
+            with database.atomic():
+                self._release_address(ip)
+                pi = Pi.create(
+                    serial=serial,
+                    last_ip=ip,
+                    model=model or "unknown",
+                    state=state.value,
+                    power_driver="manual",
+                )
+        except pw.IntegrityError:
+            return None
+        self.record(pi, "state", f"discovered at {ip}", state=state.value, model=pi.model)
+        return pi
+
+    def pin_address(self, pi: Pi, ip: str) -> Pi:
+        """Make ``ip`` the Pi's address (DHCP may move a Pi) and re-export to it."""
+        with database.atomic():
+            self._release_address(ip, keep=pi.id)
+            Pi.update(last_ip=ip, updated_at=utcnow()).where(Pi.id == pi.id).execute()
+        self.record(pi, "boot", f"address is now {ip}", pi.bake_id, previous=pi.last_ip, ip=ip)
+        if pi.bake_id:
+            self.publish_exports()
+        return Pi.get_by_id(pi.id)
+
+    def _release_address(self, ip: str, keep: int | None = None) -> None:
+        """An address belongs to one Pi: whoever had it before no longer does."""
+        query = Pi.update(last_ip=None).where(Pi.last_ip == ip)
+        if keep is not None:
+            query = query.where(Pi.id != keep)
+        query.execute()
+
+    def turn_away(self, serial: str) -> None:
+        """A Pi with no live bake is booting: switch it off, as the original bakery did."""
+        pi = Pi.get_or_none(Pi.serial == identifiers.serial(serial))
+        if pi is None or pi.state != S.AVAILABLE.value:
+            return
+        self.record(pi, "boot", "booting without a bake: powering off")
+        try:
+            self.power_pi(pi, "off")
+        except PowerError as exc:
+            log.warning("could not power off idle Pi %s: %s", pi.serial, exc.message)
+
+    def record_boot(self, serial: str, message: str, **data: Any) -> None:
+        """A boot-timeline event (TFTP file served, transfer failed, DHCP offer...)."""
+        pi = Pi.get_or_none(Pi.serial == identifiers.serial(serial))
+        if pi is not None:
+            self.record(pi, "boot", message, pi.bake_id, **data)
+
+    def record_dhcp(self, mac: str, message: str, **data: Any) -> None:
+        """A DHCP event for the Pi with this MAC (dnsmasq's log, seen by ``serve``)."""
+        pi = Pi.get_or_none(Pi.mac == identifiers.mac(mac))
+        if pi is not None:
+            self.record(pi, "dhcp", message, pi.bake_id, mac=pi.mac, **data)
 
     # -- crash recovery ------------------------------------------------------------------
 

@@ -169,21 +169,10 @@ class ClientNamespace:
     host_ip: str
     client_ip: str
 
-    def run(
-        self, argv: list[str], timeout: float = NFS_TIMEOUT
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ip", "netns", "exec", self.name, *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
 
 @contextmanager
 def client_namespace() -> Iterator[ClientNamespace]:
-    """A client with its own address: host side ``.1``, namespace side ``.2`` of a free /30.
+    """A client with its own address: the host side and the namespace side share a free /30.
 
     The namespace's default route points at the host, so it can reach a server bound to
     any host address (the host delivers locally whatever interface a packet came in on).
