@@ -65,6 +65,9 @@ class ExportError(RuntimeError):
 
 
 class ExportBackend(Protocol):
+    """Makes exactly the given exports visible; raises ValueError before writing anything
+    if one is bad, ExportError if the NFS server could not be told."""
+
     def publish(self, exports: Sequence[Export]) -> None: ...
 
 
@@ -243,8 +246,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 @contextmanager
 def exports_lock(settings: Settings) -> Iterator[None]:
-    """Serialise write + reload across processes (gunicorn workers, the TFTP server):
-    two interleaved publishes could otherwise reload the server with the older list."""
+    """Serialise read + write + reload across processes (gunicorn workers, the TFTP server):
+    interleaved publishes could reload the server with the older list, or hand out
+    Export_Ids from a file another process is about to replace."""
     lock_file = settings.path("locks", "exports.lock")
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a") as stream:

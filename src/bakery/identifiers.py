@@ -63,8 +63,11 @@ def mac(value: str) -> str:
 
 def ip(value: str) -> str:
     """A single host address (IPv4 or IPv6), never a network or a wildcard."""
+    text = str(value).strip()
+    if "%" in text:
+        raise InvalidIdentifier(f"address {value!r}: scoped addresses are not accepted")
     try:
-        return str(ipaddress.ip_address(str(value).strip()))
+        return str(ipaddress.ip_address(text))
     except ValueError:
         raise InvalidIdentifier(f"address {value!r} is not a single IP address") from None
 

@@ -7,6 +7,7 @@ live in one place and are unit-tested without a network.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,3 +77,96 @@ def adjust_config_txt(text: str, drop_keys: tuple[str, ...] | list[str]) -> str:
         if line.split("=", 1)[0].strip() not in dropped
     ]
     return "".join(lines)
+
+
+# -- TFTP request paths ---------------------------------------------------------------------
+
+SERIAL_PREFIX_RE = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+class UnsafePath(ValueError):
+    """A requested path that could name something outside a boot tree, or is not a
+    path a Pi bootloader sends; the request is refused without touching the disk."""
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """A TFTP file name split into the Pi's serial (None for unprefixed requests such
+    as the Pi 3 ROM's ``bootcode.bin``) and the file's path inside the boot tree."""
+
+    serial: str | None
+    relative: str
+
+
+def parse_request_path(raw: str) -> RequestPath:
+    """Split and check a requested file name.
+
+    Empty components are collapsed (the Pi 5 asks ``<serial>//config.txt``); ``..``,
+    ``.``, absolute paths, backslashes and control characters are refused. A first
+    component of 8 hex digits is the serial, compared as a number (``%08x``); any other
+    path with a directory in it is refused, so only bare file names reach the
+    firmware directory."""
+    if not raw or any(ord(c) < 0x20 or c == "\\" for c in raw):
+        raise UnsafePath(f"file name {raw!r} has control characters or backslashes")
+    if raw.startswith("/"):
+        raise UnsafePath(f"file name {raw!r} is absolute")
+    parts = [part for part in raw.split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise UnsafePath(f"file name {raw!r} is not a plain relative path")
+    if len(parts) == 1:
+        return RequestPath(None, parts[0])
+    if not SERIAL_PREFIX_RE.fullmatch(parts[0]):
+        raise UnsafePath(f"file name {raw!r} does not start with a serial")
+    serial = f"{int(parts[0], 16) & 0xFFFFFFFF:08x}"
+    return RequestPath(serial, "/".join(parts[1:]))
+
+
+def find_boot_file(tree: Path, relative: str) -> Path | None:
+    """The regular file ``relative`` names inside ``tree``, matching names
+    case-insensitively as FAT does, or None.
+
+    Each component is looked up among the real entries of the directory reached so
+    far, so the result is always a path built from ``tree`` and names that exist in
+    it; symlinks are never followed (a boot partition extracted from FAT has none)."""
+    current = tree
+    for part in relative.split("/"):
+        if part in ("", ".", ".."):
+            return None
+        entry = _directory_entry(current, part)
+        if entry is None:
+            return None
+        current = entry
+    return current if current.is_file() and not current.is_symlink() else None
+
+
+def _directory_entry(directory: Path, name: str) -> Path | None:
+    """The entry of ``directory`` called ``name`` (exact match first, then ignoring
+    case), never a symlink."""
+    if directory.is_symlink() or not directory.is_dir():
+        return None
+    exact = directory / name
+    if exact.exists() and not exact.is_symlink():
+        return exact
+    folded = name.casefold()
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.casefold() == folded and not entry.is_symlink():
+                    return directory / entry.name
+    except OSError:
+        return None
+    return None
+
+
+def guess_model(requested: list[str]) -> str | None:
+    """The board family a Pi's requested file names point to (pi-netboot §2): the Pi 4
+    loads start4.elf, the Pi 3 bootcode.bin/start.elf, the Pi 5 no start*.elf at all
+    but kernel_2712.img."""
+    names = {name.rsplit("/", 1)[-1].lower() for name in requested}
+    if names & {"start4.elf", "fixup4.dat", "start4x.elf", "start4cd.elf", "start4db.elf"}:
+        return "4B"
+    if names & {"bootcode.bin", "start.elf", "fixup.dat"}:
+        return "3B"
+    if "kernel_2712.img" in names or "initramfs_2712" in names:
+        return "5"
+    return None

@@ -1,0 +1,158 @@
+"""Two network namespaces joined by a veth pair: a private Ethernet segment for tests.
+
+DHCP is broadcast on port 67/68, so testing a DHCP server on the host's own
+interfaces would reach (and be reached by) whatever else lives there. A pair of
+fresh namespaces gives each test a wire of its own: a server on one end, a client
+on the other, nothing else on the segment.
+
+Code runs inside a namespace in two ways: a command through ``ip netns exec`` (or
+``Namespace.popen`` for servers), or a Python callable through ``Namespace.call``,
+which runs it in a fresh thread that entered the namespace with ``setns(2)``. A
+network namespace is a per-thread attribute, and a socket stays in the namespace it
+was created in, so a socket made by ``call`` can be used from the test's own thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: From <sched.h>; ``os.CLONE_NEWNET`` only exists from Python 3.12.
+CLONE_NEWNET = 0x40000000
+COMMAND_TIMEOUT = 30.0
+
+
+def missing_tools() -> list[str]:
+    """What this machine lacks to build namespaces (for pytest skip messages)."""
+    return [tool for tool in ("ip",) if shutil.which(tool) is None]
+
+
+@dataclass(frozen=True)
+class End:
+    """One end of the veth pair: its interface name, optional ``addr/prefix`` and MAC."""
+
+    interface: str
+    address: str | None = None
+    mac: str | None = None
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A named network namespace (``ip netns``) holding one end of the pair."""
+
+    name: str
+    interface: str
+
+    def run(
+        self, argv: list[str], timeout: float = COMMAND_TIMEOUT, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace and wait for it."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
+        """Start a long-running command inside the namespace (the caller stops it)."""
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kwargs)
+
+    def call(self, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` run in a thread that entered this namespace; its result or error."""
+        outcome: dict[str, Any] = {}
+
+        def enter_and_call() -> None:
+            try:
+                _enter(self.name)
+                outcome["value"] = func(*args)
+            except BaseException as exc:  # handed to the calling thread below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=enter_and_call, name=f"netns-{self.name}")
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def pids(self) -> list[int]:
+        """Processes living in the namespace (all started by the test that made it)."""
+        listed = subprocess.run(
+            ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
+        )
+        return [int(pid) for pid in listed.stdout.split()]
+
+
+def _enter(name: str) -> None:
+    """Move the calling thread into namespace ``name``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into {name}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def joined_namespaces(left: End, right: End) -> Iterator[tuple[Namespace, Namespace]]:
+    """Two new namespaces whose only link is a veth pair between ``left`` and ``right``.
+
+    Both ends and both loopbacks are up. On exit every process still inside either
+    namespace is killed and the namespaces are deleted (which deletes the pair),
+    whatever happened in the body."""
+    suffix = uuid.uuid4().hex[:8]
+    with ExitStack() as cleanup:
+        namespaces = []
+        for end, side in ((left, "a"), (right, "b")):
+            namespace = Namespace(f"bakery-{side}-{suffix}", end.interface)
+            _ip("netns", "add", namespace.name)
+            cleanup.callback(_delete, namespace)
+            namespaces.append(namespace)
+        # Made inside the left namespace with its peer sent right: the host never
+        # sees these interface names, so parallel runs cannot collide on them.
+        _ip(
+            *("-n", namespaces[0].name, "link", "add", left.interface, "type", "veth"),
+            *("peer", "name", right.interface, "netns", namespaces[1].name),
+        )
+        for namespace, end in zip(namespaces, (left, right), strict=True):
+            _configure(namespace, end)
+        yield namespaces[0], namespaces[1]
+
+
+def _configure(namespace: Namespace, end: End) -> None:
+    """Give one end its MAC and address and bring it (and loopback) up."""
+    link = ("-n", namespace.name, "link", "set", "dev", end.interface)
+    if end.mac:
+        _ip(*link, "address", end.mac)
+    if end.address:
+        _ip("-n", namespace.name, "addr", "add", end.address, "dev", end.interface)
+    _ip(*link, "up")
+    _ip("-n", namespace.name, "link", "set", "dev", "lo", "up")
+
+
+def _delete(namespace: Namespace) -> None:
+    for pid in namespace.pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _ip("netns", "del", namespace.name)
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True)
