@@ -48,6 +48,11 @@ class Settings:
     export_options: str = "rw,sync,no_subtree_check,no_root_squash"
     #: Written into each bake's /etc/resolv.conf (NetworkManager won't, see pi-netboot §3.3).
     resolv_conf: str = "nameserver 1.1.1.1\n"
+    #: Where a bake's agent settings are written inside its root: the File settings
+    #: source that the stemcell's agent.json names.
+    agent_settings_path: str = "var/vcap/bosh/bakery-agent-env.json"
+    #: Where the list of attached disks is written inside each root, for the disk agent.
+    disks_list_path: str = "var/lib/bakery/disks"
     #: Largest bakeform upload accepted, in MiB.
     max_upload_mib: int = 32768
     #: Largest disk, in MiB.
@@ -175,6 +180,10 @@ def _validate(s: Settings) -> None:
     if s.power_on_gap < 0:
         raise ConfigError("setting 'power_on_gap': must not be negative")
     _validate_netboot(s)
+    for name in ("agent_settings_path", "disks_list_path"):
+        parts = getattr(s, name).split("/")
+        if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
+            raise ConfigError(f"setting {name!r}: must be a relative path inside the Pi's root")
     if any(c in s.export_options for c in ' \n\t()*#"'):
         raise ConfigError("setting 'export_options': only a comma-separated option list")
 

@@ -6,6 +6,8 @@ never leaves a half-made disk where the listing or the exports would see it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +17,8 @@ from .config import Settings
 
 DISK_FILE = "disk.img"
 STAGING_PREFIX = ".incoming-"
+#: ioctl(2) FICLONE: share all extents of one file with another (btrfs, xfs reflink=1).
+FICLONE = 0x40049409
 
 
 def disks_dir(settings: Settings) -> Path:
@@ -50,9 +54,35 @@ def delete_disk_image(settings: Settings, disk_id: str) -> None:
     shutil.rmtree(disk_dir(settings, disk_id), ignore_errors=True)
 
 
-def stray_disk_dirs(settings: Settings, known_ids: set[str]) -> list[Path]:
-    """Directories under ``disks/`` that no disk row owns (left by a crash)."""
-    base = disks_dir(settings)
+def snapshot_dir(settings: Settings, snapshot_id: str) -> Path:
+    return settings.path("snapshots", identifiers.object_id(snapshot_id, "snapshot id"))
+
+
+def snapshot_disk_image(settings: Settings, disk_id: str, snapshot_id: str) -> bool:
+    """Reflink-copy a disk image into ``snapshots/<id>/``; False where the filesystem
+    cannot share extents (a full copy would be a slow, surprising "snapshot")."""
+    final = snapshot_dir(settings, snapshot_id)
+    staging = final.with_name(f"{STAGING_PREFIX}{snapshot_id}")
+    staging.mkdir(parents=True)
+    try:
+        with open(disk_dir(settings, disk_id) / DISK_FILE, "rb") as source:
+            with open(staging / DISK_FILE, "xb") as copy:
+                fcntl.ioctl(copy.fileno(), FICLONE, source.fileno())
+        os.rename(staging, final)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+            return False
+        raise
+    return True
+
+
+def delete_snapshot_image(settings: Settings, snapshot_id: str) -> None:
+    shutil.rmtree(snapshot_dir(settings, snapshot_id), ignore_errors=True)
+
+
+def stray_dirs(base: Path, known_ids: set[str]) -> list[Path]:
+    """Directories under ``disks/`` or ``snapshots/`` that no row owns (left by a crash)."""
     if not base.is_dir():
         return []
     return [p for p in base.iterdir() if p.name not in known_ids]

@@ -35,6 +35,13 @@ class Conflict(BakeryError):
     code = "conflict"
 
 
+class NotSupported(BakeryError):
+    """The request is valid but this installation cannot do it (e.g. no reflinks)."""
+
+    status = 501
+    code = "not_supported"
+
+
 class TooLarge(BakeryError):
     status = 413
     code = "too_large"

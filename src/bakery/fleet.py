@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import random
@@ -31,6 +32,7 @@ from .errors import (
     InvalidInput,
     NoPiAvailable,
     NotFound,
+    NotSupported,
     PowerFailed,
     StorageFailed,
     TooLarge,
@@ -44,6 +46,7 @@ from .models import (
     Event,
     Pi,
     PiState,
+    Snapshot,
     database,
     utcnow,
     write_transaction,
@@ -366,17 +369,24 @@ class Fleet:
         hostname: str | None = None,
         agent_settings: dict | None = None,
         metadata: dict | None = None,
+        disk_ids: Sequence[str] = (),
     ) -> Bake:
-        """Put a bakeform on a free Pi and power it on; undo everything on failure."""
+        """Put a bakeform on a free Pi and power it on; undo everything on failure.
+
+        ``disk_ids`` are detached disks to attach before the Pi powers on (a BOSH
+        ephemeral disk made beforehand, so its id can go into the agent settings)."""
         bakeform = self.get_bakeform(bakeform_name)
         if hostname is not None:
             try:
                 identifiers.hostname(hostname)
             except identifiers.InvalidIdentifier as exc:
                 raise InvalidInput(str(exc)) from None
+        for disk_id in disk_ids:
+            if self.get_disk(disk_id).bake_id:
+                raise Conflict(f"disk {disk_id} is attached to another bake")
         bake = self._claim(bakeform, serial, labels, model, hostname, agent_settings, metadata)
         try:
-            return self._prepare(bake, bakeform)
+            return self._prepare(bake, bakeform, disk_ids)
         except BaseException as exc:
             self._roll_back(bake, f"{type(exc).__name__}: {exc}")
             raise _as_user_error(exc) from None
@@ -429,7 +439,7 @@ class Fleet:
             f"no {wanted} available" + (f" with labels {list(labels)}" if labels else "")
         )
 
-    def _prepare(self, bake: Bake, bakeform: Bakeform) -> Bake:
+    def _prepare(self, bake: Bake, bakeform: Bakeform, disk_ids: Sequence[str]) -> Bake:
         pi = bake.pi
         root = self.bake_root(bake.id)
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -437,6 +447,9 @@ class Fleet:
         self._step(bake, "cloned", "root cloned", method=bakeform.clone_method)
         roots.season_root(root, hostname=bake.hostname, resolv_conf=self.settings.resolv_conf)
         self._step(bake, "seasoned", "root seasoned", hostname=bake.hostname)
+        for disk_id in disk_ids:
+            self._attach(Disk.get_by_id(disk_id), bake)
+        self.write_bake_files(bake)
         self.publish_exports()
         self._step(bake, "exported", "root exported", ip=pi.last_ip)
         self._step(bake, "powering_on", "powering on")
@@ -527,7 +540,31 @@ class Fleet:
     def set_agent_settings(self, bake_id: str, agent_settings: dict) -> Bake:
         bake = self.get_live_bake(bake_id)
         Bake.update(agent_settings=agent_settings).where(Bake.id == bake.id).execute()
-        return Bake.get_by_id(bake.id)
+        bake = Bake.get_by_id(bake.id)
+        self.write_bake_files(bake)
+        return bake
+
+    def write_bake_files(self, bake: Bake) -> None:
+        """Write what the Pi reads from its own root: the agent settings (the BOSH
+        agent's File settings source) and the list of attached disks (the disk
+        agent). Written symlink-safely: the root came from an uploaded image."""
+        root = self.bake_root(bake.id)
+        if bake.agent_settings is not None:
+            text = json.dumps(bake.agent_settings, indent=2, sort_keys=True) + "\n"
+            roots.write_in_root(root, self.settings.agent_settings_path, text.encode(), mode=0o600)
+        lines = [
+            f"{disk.id} {self.settings.nfs_server}:{disks.disk_dir(self.settings, disk.id)}\n"
+            for disk in Disk.select().where(Disk.bake == bake.id).order_by(Disk.created_at)
+        ]
+        roots.write_in_root(root, self.settings.disks_list_path, "".join(lines).encode())
+
+    def agent_settings_for_address(self, ip: str) -> dict:
+        """The agent settings of the live bake on the Pi at ``ip`` (the metadata service)."""
+        pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
+        bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
+        if bake is None or bake.state not in LIVE_BAKE_STATES or bake.agent_settings is None:
+            raise NotFound(f"no agent settings for {ip}")
+        return bake.agent_settings
 
     def set_bake_metadata(self, bake_id: str, metadata: dict) -> Bake:
         bake = self.get_live_bake(bake_id)
@@ -585,23 +622,64 @@ class Fleet:
         bake = self.get_live_bake(bake_id)
         if disk.bake_id == bake.id:
             return disk
+        self._attach(disk, bake)
+        self.write_bake_files(bake)
+        self.publish_exports()
+        return Disk.get_by_id(disk.id)
+
+    def _attach(self, disk: Disk, bake: Bake) -> None:
         attached = (
             Disk.update(bake=bake.id).where(Disk.id == disk.id, Disk.bake.is_null()).execute()
         )
         if not attached:
-            raise Conflict(f"disk {disk.id} is attached to bake {disk.bake_id}")
-        self.publish_exports()
+            raise Conflict(f"disk {disk.id} is attached to another bake")
         self.record(bake.pi, "disk", f"disk {disk.id} attached", bake.id)
-        return Disk.get_by_id(disk.id)
 
     def detach_disk(self, disk_id: str) -> Disk:
         disk = self.get_disk(disk_id)
         if not disk.bake_id:
             return disk
         Disk.update(bake=None, ephemeral=False).where(Disk.id == disk.id).execute()
+        bake = Bake.get_by_id(disk.bake_id)
+        if bake.state in LIVE_BAKE_STATES:
+            self.write_bake_files(bake)
         self.publish_exports()
-        self.record(None, "disk", f"disk {disk.id} detached", disk.bake_id)
+        self.record(bake.pi, "disk", f"disk {disk.id} detached", bake.id)
         return Disk.get_by_id(disk.id)
+
+    def set_disk_metadata(self, disk_id: str, metadata: dict) -> Disk:
+        disk = self.get_disk(disk_id)
+        Disk.update(metadata=metadata).where(Disk.id == disk.id).execute()
+        return Disk.get_by_id(disk.id)
+
+    def snapshot_disk(self, disk_id: str, metadata: dict | None = None) -> Snapshot:
+        """A copy-on-write snapshot of a disk image (reflink filesystems only)."""
+        disk = self.get_disk(disk_id)
+        snapshot_id = identifiers.new_id()
+        if not disks.snapshot_disk_image(self.settings, disk.id, snapshot_id):
+            raise NotSupported(
+                "snapshots need a data dir on a filesystem with reflinks (btrfs or xfs)"
+            )
+        try:
+            return Snapshot.create(
+                id=snapshot_id, disk_id=disk.id, size_mib=disk.size_mib, metadata=metadata or {}
+            )
+        except BaseException:
+            disks.delete_snapshot_image(self.settings, snapshot_id)
+            raise
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        found = identifiers.ID_RE.match(snapshot_id) and Snapshot.get_or_none(
+            Snapshot.id == snapshot_id
+        )
+        if not found:
+            raise NotFound(f"no snapshot {snapshot_id!r}")
+        return found
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        snapshot = self.get_snapshot(snapshot_id)
+        snapshot.delete_instance()
+        disks.delete_snapshot_image(self.settings, snapshot.id)
 
     def resize_disk(self, disk_id: str, size_mib: int) -> Disk:
         disk = self.get_disk(disk_id)
@@ -767,7 +845,12 @@ class Fleet:
         forms_dir = self.settings.path("bakeforms")
         if forms_dir.is_dir():
             yield from (p for p in forms_dir.iterdir() if p.name not in forms)
-        yield from disks.stray_disk_dirs(self.settings, {d.id for d in Disk.select(Disk.id)})
+        yield from disks.stray_dirs(
+            disks.disks_dir(self.settings), {d.id for d in Disk.select(Disk.id)}
+        )
+        yield from disks.stray_dirs(
+            self.settings.path("snapshots"), {s.id for s in Snapshot.select(Snapshot.id)}
+        )
 
     def restore_power(self) -> None:
         """After a restart, bring queryable Pis back to the power state their state implies."""

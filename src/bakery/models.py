@@ -125,6 +125,15 @@ class Disk(BaseModel):
     created_at = pw.DateTimeField(default=utcnow)
 
 
+class Snapshot(BaseModel):
+    id = pw.CharField(max_length=32, primary_key=True)
+    #: The disk it was taken of; kept as a plain id so snapshots outlive their disk.
+    disk_id = pw.CharField(max_length=32, index=True)
+    size_mib = pw.IntegerField()
+    metadata = JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
 class Event(BaseModel):
     pi = pw.ForeignKeyField(Pi, backref="events", null=True, on_delete="CASCADE")
     bake_id = pw.CharField(max_length=32, null=True, index=True)
@@ -150,7 +159,7 @@ class SchemaVersion(BaseModel):
     version = pw.IntegerField()
 
 
-MODELS = [Pi, Bakeform, Bake, Disk, Event, ApiToken, SchemaVersion]
+MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ApiToken, SchemaVersion]
 
 #: Schema changes after version 1, in order: each takes a playhouse migrator.
 #: Append a function here (never edit an old one) when a model gains a column.

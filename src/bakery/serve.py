@@ -31,6 +31,10 @@ class BakeryGunicorn(BaseApplication):
         self.cfg.set("errorlog", "-")
         self.cfg.set("loglevel", self.settings.log_level.lower())
         self.cfg.set("proc_name", "bakery")
+        if "control_socket" in self.cfg.settings:
+            # One control socket per data dir, not one per user: several bakeries
+            # (or test servers) on a host must not fight over ~/.gunicorn.
+            self.cfg.set("control_socket", str(self.settings.path("run", "gunicorn.ctl")))
 
     def load(self):
         return create_app(self.settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from .conftest import assert_error, register
 
 
@@ -136,3 +138,71 @@ def test_listing_bakes_validates_its_filters(client, bakeform, pis):
     assert_error(client.get("/api/v1/bakes?serial=zz"), 422, "validation_error", "serial")
     assert_error(client.get("/api/v1/bakes?all=maybe"), 422, "validation_error", "all")
     assert_error(client.get("/api/v1/bakes?serial=0000ffff"), 404, "not_found")
+
+
+def test_agent_settings_are_written_into_the_bakes_root(client, bakeform, pis, settings):
+    body = {"agent_id": "agent-7", "mbus": "nats://10.0.0.6:4222"}
+    made = bake(client, agent_settings=body).json
+    path = settings.path("bakes", made["id"], "root", settings.agent_settings_path)
+    assert json.loads(path.read_text()) == body
+    assert (path.stat().st_mode & 0o777) == 0o600
+    client.put(f"/api/v1/bakes/{made['id']}/agent-settings", json={**body, "agent_id": "agent-8"})
+    assert json.loads(path.read_text())["agent_id"] == "agent-8"
+
+
+def test_a_hostile_root_cannot_redirect_the_settings_file(
+    client, settings, sd_image_file, tmp_path
+):
+    """An image whose /var/vcap is a symlink to a host directory must not make Bakery
+    write the agent settings (with its secrets) outside the Pi's root."""
+    outside = tmp_path / "host-dir"
+    outside.mkdir()
+    forms = settings.path("bakeforms")
+    with open(sd_image_file, "rb") as image:
+        client.put("/api/v1/bakeforms/raspios", data=image, content_type="application/octet-stream")
+    (forms / "raspios" / "root" / "var" / "vcap").symlink_to(outside)
+    register(client, "00000001", ip="127.0.0.11")
+    response = bake(client, agent_settings={"agent_id": "a"})
+    assert_error(response, 422, "unsafe_bakeform")
+    assert list(outside.iterdir()) == []
+    assert client.get("/api/v1/pis/00000001").json["state"] == "available"
+
+
+def test_disks_given_to_a_bake_are_attached_before_it_powers_on(client, bakeform, pis, settings):
+    disk = client.post("/api/v1/disks", json={"size_mib": 8, "ephemeral": True}).json
+    made = bake(client, disk_ids=[disk["id"]]).json
+    assert made["disks"] == [disk["id"]]
+    listing = settings.path("bakes", made["id"], "root", settings.disks_list_path).read_text()
+    assert listing == f"{disk['id']} {settings.nfs_server}:{settings.path('disks', disk['id'])}\n"
+    client.delete(f"/api/v1/bakes/{made['id']}")
+    assert_error(client.get(f"/api/v1/disks/{disk['id']}"), 404, "not_found")
+
+
+def test_a_disk_of_another_bake_cannot_be_given_to_a_new_one(client, bakeform, pis):
+    disk = client.post("/api/v1/disks", json={"size_mib": 8}).json
+    bake(client, disk_ids=[disk["id"]])
+    assert_error(bake(client, disk_ids=[disk["id"]]), 409, "conflict")
+    assert_error(bake(client, disk_ids=["nope"]), 422, "validation_error", "disk_ids")
+
+
+def test_the_disks_list_in_the_root_follows_attach_and_detach(client, bakeform, pis, settings):
+    made = bake(client).json
+    listing = settings.path("bakes", made["id"], "root", settings.disks_list_path)
+    assert listing.read_text() == ""
+    disk = client.post("/api/v1/disks", json={"size_mib": 8}).json
+    client.post(f"/api/v1/disks/{disk['id']}/attach", json={"bake_id": made["id"]})
+    assert listing.read_text().split()[0] == disk["id"]
+    client.post(f"/api/v1/disks/{disk['id']}/detach")
+    assert listing.read_text() == ""
+
+
+def test_a_pi_reads_its_own_agent_settings_without_a_token(client, anonymous, bakeform, pis):
+    made = bake(client, agent_settings={"agent_id": "agent-1"}).json
+    mine = anonymous.get(
+        "/api/v1/metadata/agent-settings", environ_base={"REMOTE_ADDR": made["ip"]}
+    )
+    assert mine.status_code == 200 and mine.json == {"agent_id": "agent-1"}
+    other = anonymous.get(
+        "/api/v1/metadata/agent-settings", environ_base={"REMOTE_ADDR": "127.0.0.99"}
+    )
+    assert_error(other, 404, "not_found")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from .conftest import assert_error
 
 NO_SUCH = "0123456789abcdef0123456789abcdef"
@@ -94,3 +96,23 @@ def test_unknown_and_malformed_ids_are_404_or_422(client):
     assert_error(
         client.post("/api/v1/disks", json={"size_mib": 1, "bake_id": NO_SUCH}), 404, "not_found"
     )
+
+
+def test_disk_metadata(client):
+    disk = client.post("/api/v1/disks", json={"size_mib": 1}).json
+    url = f"/api/v1/disks/{disk['id']}/metadata"
+    assert client.put(url, json={"deployment": "cf"}).json["metadata"] == {"deployment": "cf"}
+    assert_error(client.put(url, json=["x"]), 422, "validation_error")
+    assert_error(client.put(f"/api/v1/disks/{NO_SUCH}/metadata", json={}), 404, "not_found")
+
+
+def test_snapshots_need_a_reflink_filesystem(client, settings):
+    """The test data dir is on the machine's own filesystem (no reflinks): a clear 501."""
+    disk = client.post("/api/v1/disks", json={"size_mib": 1}).json
+    response = client.post(f"/api/v1/disks/{disk['id']}/snapshots", json={})
+    if response.status_code == 201:
+        pytest.skip("this machine's temp dir has reflinks; tests/test_disks.py covers it")
+    assert_error(response, 501, "not_supported", "reflink")
+    assert not settings.path("snapshots").exists() or not os.listdir(settings.path("snapshots"))
+    assert_error(client.get(f"/api/v1/snapshots/{NO_SUCH}"), 404, "not_found")
+    assert_error(client.delete(f"/api/v1/snapshots/{NO_SUCH}"), 404, "not_found")

@@ -5,9 +5,18 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from . import auth, bakeforms, bakes, disks, errors, health, pis, tokens
+from . import auth, bakeforms, bakes, disks, errors, health, metadata, pis, tokens
 
-BLUEPRINTS = [health.blp, bakeforms.blp, pis.blp, bakes.blp, disks.blp, tokens.blp]
+BLUEPRINTS = [
+    health.blp,
+    metadata.blp,
+    bakeforms.blp,
+    pis.blp,
+    bakes.blp,
+    disks.blp,
+    disks.snapshots,
+    tokens.blp,
+]
 
 
 class BakeryApi(Api):

@@ -7,7 +7,9 @@ from flask import Flask, g, request
 from .. import auth
 from .errors import error_response
 
-PUBLIC_ENDPOINTS = {"health.Health", "static"}
+#: Routes open without a token: the health check, and the metadata a Pi asks about
+#: itself (answered by the caller's address, see api/metadata.py).
+PUBLIC_ENDPOINTS = {"health.Health", "metadata.AgentSettingsForCaller"}
 
 
 def require_token():

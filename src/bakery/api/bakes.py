@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from ..models import LIVE_BAKE_STATES, Bake, Disk
-from .fields import Hostname, Labels, Name, Serial
+from .fields import Hostname, Labels, Name, ObjectId, Serial
 
 blp = Blueprint("bakes", __name__, url_prefix="/api/v1/bakes", description="Bakes (BOSH VMs)")
 
@@ -44,6 +44,7 @@ class BakeRequestSchema(Schema):
     hostname = Hostname(load_default=None)
     agent_settings = fields.Dict(load_default=None)
     metadata = fields.Dict(load_default=None)
+    disk_ids = fields.List(ObjectId(), load_default=list)
 
 
 class BakeQuerySchema(Schema):

@@ -8,7 +8,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from ..disks import disk_dir
-from ..models import Disk
+from ..models import Disk, Snapshot
 from .fields import ObjectId
 
 blp = Blueprint("disks", __name__, url_prefix="/api/v1/disks", description="Disks")
@@ -41,6 +41,21 @@ class AttachSchema(Schema):
 
 class ResizeSchema(Schema):
     size_mib = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+class SnapshotSchema(Schema):
+    id = fields.String()
+    disk_id = fields.String()
+    size_mib = fields.Integer()
+    metadata = fields.Dict()
+    created_at = fields.DateTime()
+
+
+class MetadataSchema(Schema):
+    """Any JSON object of labels (BOSH set_disk_metadata, snapshot metadata)."""
+
+    class Meta:
+        unknown = "include"
 
 
 class DiskQuerySchema(Schema):
@@ -102,3 +117,42 @@ class Resize(MethodView):
     def post(self, args, disk_id):
         """Grow a disk; shrinking is refused."""
         return fleet().resize_disk(disk_id, args["size_mib"])
+
+
+@blp.route("/<disk_id>/metadata")
+class DiskMetadata(MethodView):
+    @blp.arguments(MetadataSchema)
+    @blp.response(200, DiskSchema)
+    def put(self, metadata, disk_id):
+        """Replace the disk's metadata (BOSH set_disk_metadata)."""
+        return fleet().set_disk_metadata(disk_id, metadata)
+
+
+@blp.route("/<disk_id>/snapshots")
+class DiskSnapshots(MethodView):
+    @blp.response(200, SnapshotSchema(many=True))
+    def get(self, disk_id):
+        disk = fleet().get_disk(disk_id)
+        return list(Snapshot.select().where(Snapshot.disk_id == disk.id))
+
+    @blp.arguments(MetadataSchema)
+    @blp.response(201, SnapshotSchema)
+    def post(self, metadata, disk_id):
+        """Take a copy-on-write snapshot; 501 where the data dir has no reflinks."""
+        return fleet().snapshot_disk(disk_id, metadata)
+
+
+snapshots = Blueprint(
+    "snapshots", __name__, url_prefix="/api/v1/snapshots", description="Disk snapshots"
+)
+
+
+@snapshots.route("/<snapshot_id>")
+class SnapshotResource(MethodView):
+    @snapshots.response(200, SnapshotSchema)
+    def get(self, snapshot_id):
+        return fleet().get_snapshot(snapshot_id)
+
+    @snapshots.response(204)
+    def delete(self, snapshot_id):
+        fleet().delete_snapshot(snapshot_id)

@@ -1,0 +1,27 @@
+"""/api/v1/metadata: what a baked Pi may ask about itself, without a token.
+
+Like a cloud's metadata service, the answer depends on who asks: the bake on the
+Pi whose address the request comes from (the address its NFS root is exported to).
+The BOSH agent can use it as an HTTP settings source instead of the File source.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+blp = Blueprint(
+    "metadata", __name__, url_prefix="/api/v1/metadata", description="Per-Pi metadata (no token)"
+)
+
+
+@blp.route("/agent-settings")
+class AgentSettingsForCaller(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200, description="the caller's agent settings")
+    def get(self):
+        """The agent settings of the bake on the Pi at the caller's address."""
+        return current_app.extensions["bakery.fleet"].agent_settings_for_address(
+            request.remote_addr or ""
+        )
