@@ -370,11 +370,14 @@ class Fleet:
         agent_settings: dict | None = None,
         metadata: dict | None = None,
         disk_ids: Sequence[str] = (),
+        power_on: bool = True,
     ) -> Bake:
         """Put a bakeform on a free Pi and power it on; undo everything on failure.
 
         ``disk_ids`` are detached disks to attach before the Pi powers on (a BOSH
-        ephemeral disk made beforehand, so its id can go into the agent settings)."""
+        ephemeral disk made beforehand, so its id can go into the agent settings).
+        With ``power_on=False`` the bake is complete but the Pi stays off until
+        ``power_bake``: a client can first write settings that name the bake or the Pi."""
         bakeform = self.get_bakeform(bakeform_name)
         if hostname is not None:
             try:
@@ -386,7 +389,7 @@ class Fleet:
                 raise Conflict(f"disk {disk_id} is attached to another bake")
         bake = self._claim(bakeform, serial, labels, model, hostname, agent_settings, metadata)
         try:
-            return self._prepare(bake, bakeform, disk_ids)
+            return self._prepare(bake, bakeform, disk_ids, power_on)
         except BaseException as exc:
             self._roll_back(bake, f"{type(exc).__name__}: {exc}")
             raise _as_user_error(exc) from None
@@ -439,7 +442,9 @@ class Fleet:
             f"no {wanted} available" + (f" with labels {list(labels)}" if labels else "")
         )
 
-    def _prepare(self, bake: Bake, bakeform: Bakeform, disk_ids: Sequence[str]) -> Bake:
+    def _prepare(
+        self, bake: Bake, bakeform: Bakeform, disk_ids: Sequence[str], power_on: bool
+    ) -> Bake:
         pi = bake.pi
         root = self.bake_root(bake.id)
         root.parent.mkdir(parents=True, exist_ok=True)
@@ -452,9 +457,10 @@ class Fleet:
         self.write_bake_files(bake)
         self.publish_exports()
         self._step(bake, "exported", "root exported", ip=pi.last_ip)
-        self._step(bake, "powering_on", "powering on")
-        self.power_pi(pi, "on")
-        self._step(bake, "powered_on", "powered on")
+        if power_on:
+            self._step(bake, "powering_on", "powering on")
+            self.power_pi(pi, "on")
+            self._step(bake, "powered_on", "powered on")
         with database.atomic():
             Bake.update(state=BakeState.BAKED.value).where(Bake.id == bake.id).execute()
             self.transition(pi, PiState.BAKED, expect=PiState.PREPARING)
@@ -536,6 +542,13 @@ class Fleet:
                 disks.delete_disk_image(self.settings, disk.id)
             else:
                 Disk.update(bake=None).where(Disk.id == disk.id).execute()
+
+    def power_bake(self, bake_id: str, action: str) -> PowerResult:
+        """Switch the Pi of a live bake (start it, reboot it with ``cycle``)."""
+        bake = self.get_live_bake(bake_id)
+        if bake.state != BakeState.BAKED.value:
+            raise Conflict(f"bake {bake.id} is {bake.state}", code="invalid_state")
+        return self.operator_power(bake.pi.serial, action)
 
     def set_agent_settings(self, bake_id: str, agent_settings: dict) -> Bake:
         bake = self.get_live_bake(bake_id)

@@ -206,3 +206,25 @@ def test_a_pi_reads_its_own_agent_settings_without_a_token(client, anonymous, ba
         "/api/v1/metadata/agent-settings", environ_base={"REMOTE_ADDR": "127.0.0.99"}
     )
     assert_error(other, 404, "not_found")
+
+
+def test_a_bake_can_wait_for_its_settings_before_powering_on(client, bakeform, pis):
+    made = bake(client, power_on=False).json
+    events = client.get(f"/api/v1/pis/{made['serial']}/events").json
+    assert not [e for e in events if e["kind"] == "power"]
+    assert made["state"] == "baked"
+    client.put(f"/api/v1/bakes/{made['id']}/agent-settings", json={"vm": {"name": made["id"]}})
+    powered = client.post(f"/api/v1/bakes/{made['id']}/power", json={"action": "on"})
+    assert powered.status_code == 200 and powered.json["serial"] == made["serial"]
+    events = client.get(f"/api/v1/pis/{made['serial']}/events").json
+    assert [e["data"]["action"] for e in events if e["kind"] == "power"] == ["on"]
+    assert_error(
+        client.post(f"/api/v1/bakes/{made['id']}/power", json={"action": "dance"}),
+        422,
+        "validation_error",
+        "action",
+    )
+    client.delete(f"/api/v1/bakes/{made['id']}")
+    assert_error(
+        client.post(f"/api/v1/bakes/{made['id']}/power", json={"action": "on"}), 404, "not_found"
+    )

@@ -9,6 +9,7 @@ from marshmallow import Schema, fields, validate
 
 from ..models import LIVE_BAKE_STATES, Bake, Disk
 from .fields import Hostname, Labels, Name, ObjectId, Serial
+from .pis import PowerResultSchema, PowerSchema
 
 blp = Blueprint("bakes", __name__, url_prefix="/api/v1/bakes", description="Bakes (BOSH VMs)")
 
@@ -45,6 +46,9 @@ class BakeRequestSchema(Schema):
     agent_settings = fields.Dict(load_default=None)
     metadata = fields.Dict(load_default=None)
     disk_ids = fields.List(ObjectId(), load_default=list)
+    power_on = fields.Boolean(
+        load_default=True, metadata={"description": "false: leave the Pi off until /power"}
+    )
 
 
 class BakeQuerySchema(Schema):
@@ -95,6 +99,22 @@ class BakeResource(MethodView):
     def delete(self, bake_id):
         """Unbake: power off, unexport, delete the root and the bake's own disks."""
         return fleet().unbake(bake_id)
+
+
+@blp.route("/<bake_id>/power")
+class BakePower(MethodView):
+    @blp.arguments(PowerSchema)
+    @blp.response(200, PowerResultSchema)
+    def post(self, args, bake_id):
+        """Power the bake's Pi on or off, or power-cycle it (BOSH reboot_vm)."""
+        result = fleet().power_bake(bake_id, args["action"])
+        serial = fleet().get_bake(bake_id).pi.serial
+        return {
+            "serial": serial,
+            "action": args["action"],
+            "state": result.state,
+            "message": result.message,
+        }
 
 
 @blp.route("/<bake_id>/agent-settings")
