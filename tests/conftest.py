@@ -14,6 +14,7 @@ from bakery import auth, models
 from bakery.app import create_app
 from bakery.config import load_settings
 from tests.support.postgres import create_database, pg_bindir, postgres_server
+from tests.support.server import LiveServer
 
 DATABASES = [
     "sqlite",
@@ -56,6 +57,31 @@ def settings(tmp_path, db_url):
         nfs_backend="ganesha",
         exports_file=str(tmp_path / "exports.conf"),
     )
+
+
+@pytest.fixture
+def live_server(tmp_path, db_url):
+    """Start a real ``bakery serve`` (gunicorn) on this test's database; stop it after.
+
+    Call it with setting overrides: ``server = live_server(workers=4)``."""
+    started = []
+
+    def start(**overrides) -> LiveServer:
+        config = {
+            "root": str(tmp_path / "data"),
+            "database_url": db_url,
+            "power_on_gap": 0,
+            "nfs_backend": "ganesha",
+            "exports_file": str(tmp_path / "exports.conf"),
+            "log_level": "WARNING",
+            **overrides,
+        }
+        started.append(LiveServer(config, tmp_path).start())
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

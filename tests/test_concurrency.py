@@ -7,26 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.support.server import LiveServer
-
 PIS = 10
 REQUESTS = 40
 
 
 @pytest.fixture
-def server(tmp_path, db_url):
-    config = {
-        "root": str(tmp_path / "data"),
-        "database_url": db_url,
-        "workers": 4,
-        "power_on_gap": 0,
-        "nfs_backend": "ganesha",
-        "exports_file": str(tmp_path / "exports.conf"),
-        "log_level": "WARNING",
-    }
-    live = LiveServer(config, tmp_path).start()
-    yield live
-    live.stop()
+def server(live_server):
+    return live_server(workers=4)
 
 
 def test_forty_bakes_at_once_on_ten_pis_never_share_a_pi(server, sd_image_file):

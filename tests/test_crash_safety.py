@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 
-from tests.support.server import LiveServer
 from tests.support.wait import wait_until
 
 GATED_PPI = """\
@@ -25,20 +24,8 @@ GATED_PPI = """\
 
 
 @pytest.fixture
-def server(tmp_path, db_url):
-    config = {
-        "root": str(tmp_path / "data"),
-        "database_url": db_url,
-        "workers": 2,
-        "power_on_gap": 0,
-        "power_timeout": 120,
-        "nfs_backend": "ganesha",
-        "exports_file": str(tmp_path / "exports.conf"),
-        "log_level": "WARNING",
-    }
-    live = LiveServer(config, tmp_path).start()
-    yield live
-    live.stop()
+def server(live_server):
+    return live_server(workers=2, power_timeout=120)
 
 
 def on_disk(path) -> list[str]:
