@@ -85,6 +85,8 @@ class Settings:
     #: The interface facing the Pis, and its network address for ``dhcp-range=<net>,proxy``.
     pi_interface: str = ""
     proxy_range: str = ""
+    #: Pad the "Raspberry Pi Boot" menu text as Pi 3B (non-plus) ROMs need (pi-netboot §1.4).
+    pi3b_padding: bool = False
     #: Seconds dnsmasq waits before answering (Pi 3 ROM timing, pi-netboot §1.4); 0 = off.
     dhcp_reply_delay: int = 0
     #: MAC prefixes of Raspberry Pi boards (pi-netboot §4): only these get proxy offers.
@@ -256,5 +258,9 @@ def _validate_netboot(s: Settings) -> None:
             raise ConfigError(
                 f"setting 'proxy_range': {s.proxy_range!r} is not a network address"
             ) from None
+    if s.dnsmasq_enabled and not (s.pi_interface and (s.proxy_range or s.tftp_bind)):
+        raise ConfigError(
+            "settings 'pi_interface' and 'proxy_range' are needed when dnsmasq_enabled is set"
+        )
     if s.dhcp_reply_delay < 0:
         raise ConfigError("setting 'dhcp_reply_delay': must not be negative")

@@ -5,11 +5,12 @@ interfaces would reach (and be reached by) whatever else lives there. A pair of
 fresh namespaces gives each test a wire of its own: a server on one end, a client
 on the other, nothing else on the segment.
 
-Code runs inside a namespace in two ways: a command through ``ip netns exec`` (or
-``Namespace.popen`` for servers), or a Python callable through ``Namespace.call``,
-which runs it in a fresh thread that entered the namespace with ``setns(2)``. A
-network namespace is a per-thread attribute, and a socket stays in the namespace it
-was created in, so a socket made by ``call`` can be used from the test's own thread.
+Code runs inside a namespace in two ways: a command through ``ip netns exec``
+(``Namespace.run``), or a Python callable through ``Namespace.call``, which runs it
+in a fresh thread that entered the namespace with ``setns(2)``. A network namespace
+is a per-thread attribute inherited by threads and processes that thread starts, and
+a socket stays in the namespace it was created in: a socket made by ``call`` can be
+used from the test's own thread, and a server started by ``call`` runs inside.
 """
 
 from __future__ import annotations
@@ -65,10 +66,6 @@ class Namespace:
             timeout=timeout,
             check=check,
         )
-
-    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen:
-        """Start a long-running command inside the namespace (the caller stops it)."""
-        return subprocess.Popen(["ip", "netns", "exec", self.name, *argv], **kwargs)
 
     def call(self, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` run in a thread that entered this namespace; its result or error."""

@@ -1,0 +1,340 @@
+"""Proxy DHCP for Pis: dnsmasq's configuration, and dnsmasq run as a supervised child.
+
+A netbooting Pi needs a second DHCP answer besides its address: a proxy OFFER whose
+option 43 carries the PXE boot menu entry "Raspberry Pi Boot" and whose option 54
+names the TFTP server (pi-netboot §1.2). dnsmasq gives exactly that in proxy mode,
+next to the site's own DHCP server, so Bakery renders its configuration rather than
+speaking DHCP itself. ``bakery serve`` runs it as a child, restarts it when it dies,
+and turns its log lines into ``dhcp`` events on each Pi's boot timeline.
+
+Facts checked with dnsmasq 2.90 (network namespaces, see the tests):
+- In proxy mode option 54 is always dnsmasq's own address on the Pi interface in the
+  ``dhcp-range`` subnet (``dhcp-option=54`` does not override it), so bakery's TFTP
+  server must listen on that address.
+- A client whose MAC has no ``rpi`` tag still gets a proxy OFFER (with an empty
+  menu) unless ``dhcp-ignore=tag:!rpi``; ignoring it leaves x86 PXE clients on the
+  same segment to their own boot servers.
+- ``dhcp-no-override`` only matters for ``dhcp-boot`` file/server fields, which a
+  Pi proxy reply does not use, so it is not rendered.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import logging
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import models
+from ..config import Settings
+
+if TYPE_CHECKING:
+    from ..fleet import Fleet
+
+log = logging.getLogger(__name__)
+
+#: The PXE menu text every Pi bootloader looks for in option 43 (pi-netboot §1.2).
+BOOT_MENU_TEXT = "Raspberry Pi Boot"
+#: The Pi 3B ROM (BCM2837A0) compares one length too many: it needs 3 trailing spaces.
+#: Later bootloaders match a substring, so the padded text boots every model.
+PI3B_PADDING = "   "
+
+INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
+OUI_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}")
+
+#: A transaction line of dnsmasq's DHCP log, e.g. (with ``log-dhcp``, which adds the xid)
+#: ``dnsmasq-dhcp[7]: 2346026701 PXE(eth1) dc:a6:32:01:02:03 proxy`` or
+#: ``dnsmasq-dhcp[7]: DHCPOFFER(eth1) 10.0.0.9 dc:a6:32:01:02:03``.
+DHCP_LINE_RE = re.compile(
+    r"^dnsmasq-dhcp\[\d+\]: (?:(?P<xid>\d+) )?"
+    r"(?P<message>(?P<packet>[A-Z0-9]+)\((?P<interface>[^)\s]+)\) "
+    r"(?:(?P<address>\d{1,3}(?:\.\d{1,3}){3}) )?"
+    r"(?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})(?: .*)?)$"
+)
+#: dnsmasq logs this once its sockets are bound and it answers.
+STARTED_RE = re.compile(r"^dnsmasq\[\d+\]: started, version ")
+
+#: Restart back-off: the first restart waits this long, each quick death doubles it,
+#: up to the cap. A child that ran ``STABLE_AFTER`` seconds resets it.
+FIRST_RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 60.0
+STABLE_AFTER = 60.0
+#: Log lines kept to explain why dnsmasq exited.
+LOG_TAIL = 50
+
+
+def render_config(
+    settings: Settings,
+    *,
+    tftp_address: tuple[str, int] | None = None,
+) -> str:
+    """The dnsmasq configuration for proxy DHCP to the Pis on ``settings.pi_interface``.
+
+    Every value is validated here, whoever built ``settings``: a stray newline or
+    ``#`` in a setting would otherwise become a dnsmasq directive. ValueError names
+    the setting. ``tftp_address`` defaults to ``settings.tftp_address``; it is only
+    used when ``proxy_range`` is empty, as the address whose subnet dnsmasq serves."""
+    interface = _interface(settings.pi_interface)
+    tftp_host, tftp_port = tftp_address or settings.tftp_address
+    subnet = _proxy_subnet(settings.proxy_range, tftp_host)
+    ouis = _ouis(settings.pi_ouis)
+    delay = _reply_delay(settings.dhcp_reply_delay)
+    menu = BOOT_MENU_TEXT + (PI3B_PADDING if settings.pi3b_padding else "")
+    lines = [
+        "# Proxy DHCP for Raspberry Pi netboot, rendered by bakery (pi-netboot §5.1).",
+        f"# Pis take their TFTP server from option 54: this host's address on {interface}",
+        f"# in the subnet of {subnet}; bakery's TFTP server ({tftp_host}:{tftp_port}) must",
+        "# listen there, on port 69.",
+        "port=0",
+        f"interface={interface}",
+        "bind-dynamic",
+        f"dhcp-range={subnet},proxy",
+        "leasefile-ro",
+        *(f"dhcp-mac=set:rpi,{oui}:*:*:*" for oui in ouis),
+        "dhcp-ignore=tag:!rpi",
+        f'pxe-service=tag:rpi,0,"{menu}"',
+        *([f"dhcp-reply-delay=tag:rpi,{delay}"] if delay else []),
+        "log-dhcp",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _interface(value: str) -> str:
+    if not isinstance(value, str) or not INTERFACE_RE.fullmatch(value):
+        raise ValueError(f"setting 'pi_interface': {value!r} is not a network interface name")
+    return value
+
+
+def _proxy_subnet(proxy_range: str, tftp_host: str) -> str:
+    """An IPv4 address in the Pi subnet: ``proxy_range``, else the TFTP server's address."""
+    if proxy_range:
+        return _ipv4("proxy_range", proxy_range)
+    address = _ipv4("tftp_bind", tftp_host)
+    if ipaddress.IPv4Address(address).is_unspecified:
+        raise ValueError(
+            "setting 'proxy_range': needed when the TFTP server listens on every address"
+        )
+    return address
+
+
+def _ipv4(setting: str, value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, TypeError):
+        raise ValueError(f"setting {setting!r}: {value!r} is not an IPv4 address") from None
+
+
+def _ouis(values: list[str]) -> list[str]:
+    if not values:
+        raise ValueError("setting 'pi_ouis': at least one MAC prefix is needed to spot Pis")
+    for oui in values:
+        if not isinstance(oui, str) or not OUI_RE.fullmatch(oui):
+            raise ValueError(f"setting 'pi_ouis': {oui!r} is not a MAC prefix like dc:a6:32")
+    return values
+
+
+def _reply_delay(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"setting 'dhcp_reply_delay': {value!r} is not a whole number of seconds")
+    return value
+
+
+@dataclass(frozen=True)
+class DhcpLogEntry:
+    """One DHCP transaction line of dnsmasq's log, about one client."""
+
+    mac: str
+    #: dnsmasq's words without the prefix, e.g. ``PXE(eth1) dc:a6:32:01:02:03 proxy``.
+    message: str
+    #: The packet type dnsmasq names: ``PXE`` for a proxy reply, ``DHCPOFFER``, ...
+    packet: str
+    interface: str
+    address: str | None = None
+    xid: int | None = None
+
+    @property
+    def data(self) -> dict[str, str | int]:
+        """What goes into the ``dhcp`` event beside the message."""
+        fields = {"packet": self.packet, "interface": self.interface}
+        optional = {"address": self.address, "xid": self.xid}
+        return fields | {key: value for key, value in optional.items() if value is not None}
+
+
+def parse_dhcp_line(line: str) -> DhcpLogEntry | None:
+    """The client and what dnsmasq did for it, or None for a line about no one client."""
+    match = DHCP_LINE_RE.match(line.rstrip("\n"))
+    if match is None:
+        return None
+    return DhcpLogEntry(
+        mac=match["mac"],
+        message=match["message"],
+        packet=match["packet"],
+        interface=match["interface"],
+        address=match["address"],
+        xid=int(match["xid"]) if match["xid"] else None,
+    )
+
+
+class DnsmasqSupervisor:
+    """dnsmasq as a child process, kept running, its DHCP lines recorded on the Pis.
+
+    ``start()`` validates and writes the configuration (a ValueError reaches the
+    caller), then a daemon thread runs ``dnsmasq --keep-in-foreground`` logging to
+    a pipe, reads it line by line and restarts dnsmasq with a bounded back-off when
+    it exits. ``stop()`` terminates dnsmasq and joins the thread. dnsmasq runs in
+    the network namespace of the thread that called ``start()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fleet_factory: Callable[[], Fleet],
+        *,
+        tftp_address: tuple[str, int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fleet_factory = fleet_factory
+        self.tftp_address = tftp_address
+        self.config_file = settings.path("dnsmasq", "dnsmasq.conf")
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[str] | None = None
+        self._serving_pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._owner_pid = os.getpid()
+        self._fleet: Fleet | None = None
+        self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the dnsmasq that is up and answering, or None between runs."""
+        return self._serving_pid
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            self.settings.dnsmasq_binary,
+            "--keep-in-foreground",
+            f"--conf-file={self.config_file}",
+            "--log-facility=-",
+            "--pid-file=",
+        ]
+
+    def start(self) -> None:
+        """Write the configuration and start supervising; returns at once."""
+        if self._thread is not None:
+            raise RuntimeError("dnsmasq supervisor already started")
+        text = render_config(self.settings, tftp_address=self.tftp_address)
+        _write_atomically(self.config_file, text)
+        self._owner_pid = os.getpid()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._supervise, name="dnsmasq", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop dnsmasq (SIGTERM, then SIGKILL after ``timeout``) and the thread.
+
+        A no-op in a forked child (a gunicorn worker): only the process that started
+        dnsmasq may stop it."""
+        if os.getpid() != self._owner_pid:
+            return
+        self._stopping.set()
+        with self._lock:
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _supervise(self) -> None:
+        failures = 0
+        while True:
+            started = time.monotonic()
+            outcome = self._run_once()
+            if self._stopping.is_set():
+                return
+            lived = time.monotonic() - started
+            failures = 1 if lived >= STABLE_AFTER else failures + 1
+            delay = min(FIRST_RESTART_DELAY * 2 ** (failures - 1), MAX_RESTART_DELAY)
+            log.error(
+                "dnsmasq %s after %.1f s; restarting in %.0f s. Its last lines:\n%s",
+                *(outcome, lived, delay, "\n".join(self._tail)),
+            )
+            if self._stopping.wait(delay):
+                return
+
+    def _run_once(self) -> str:
+        """Run one dnsmasq to its end; how it ended, for the log."""
+        try:
+            process = self._spawn()
+        except OSError as exc:  # retried like a crash: the operator may install it
+            return f"could not start ({exc.strerror}: {exc.filename})"
+        if process is None:
+            return "not started: stopping"
+        self._follow(process)
+        return f"exited with status {process.returncode}"
+
+    def _spawn(self) -> subprocess.Popen[str] | None:
+        """A new dnsmasq, unless ``stop()`` came first (checked under the lock it takes)."""
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            self._process = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+            return self._process
+
+    def _follow(self, process: subprocess.Popen[str]) -> None:
+        """Handle each log line until dnsmasq closes its end, then reap it."""
+        if process.stderr is not None:
+            for line in process.stderr:
+                self._handle(process.pid, line.rstrip("\n"))
+            process.stderr.close()
+        process.wait()
+        self._serving_pid = None
+
+    def _handle(self, pid: int, line: str) -> None:
+        self._tail.append(line)
+        if STARTED_RE.match(line):
+            self._serving_pid = pid
+        entry = parse_dhcp_line(line)
+        # log-dhcp's option dump is ten lines per offer: kept for debugging only.
+        detail = entry is None and line.startswith("dnsmasq-dhcp[")
+        log.log(logging.DEBUG if detail else logging.INFO, "%s", line)
+        if entry is not None:
+            self._record(entry)
+
+    def _record(self, entry: DhcpLogEntry) -> None:
+        """A ``dhcp`` event on the Pi with this MAC; a database error must not stop DHCP."""
+        try:
+            with models.database.connection_context():
+                if self._fleet is None:
+                    self._fleet = self.fleet_factory()
+                self._fleet.record_dhcp(entry.mac, entry.message, **entry.data)
+        except Exception:
+            log.exception("could not record DHCP event for %s", entry.mac)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers (a running dnsmasq, an operator) never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
