@@ -3,6 +3,11 @@
 VENV ?= .venv
 BAKERY_ROOT ?= $(CURDIR)/data
 export BAKERY_ROOT
+# TFTP's port 69 needs root; an unprivileged `make run` serves TFTP on 6969 instead.
+ifneq ($(shell id -u),0)
+BAKERY_TFTP_BIND ?= 127.0.0.1:6969
+export BAKERY_TFTP_BIND
+endif
 
 .PHONY: run test deps lint format bench
 

@@ -74,6 +74,7 @@ def live_server(tmp_path, db_url):
             "nfs_backend": "ganesha",
             "exports_file": str(tmp_path / "exports.conf"),
             "log_level": "WARNING",
+            "tftp_enabled": False,
             **overrides,
         }
         started.append(LiveServer(config, tmp_path).start())

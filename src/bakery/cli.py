@@ -152,6 +152,93 @@ def serve(config_file: str | None, bind: str | None, workers: int | None, root: 
     run(settings)
 
 
+@main.command("dnsmasq-config")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="BAKERY_CONFIG",
+    help="JSON settings file (env BAKERY_CONFIG).",
+)
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout."
+)
+def dnsmasq_config(config_file: str | None, output: Path | None) -> None:
+    """Print the dnsmasq proxy-DHCP configuration for the Pis, from the settings."""
+    from .config import load_settings
+    from .netboot.dnsmasq import render_config
+
+    try:
+        text = render_config(load_settings(config_file))
+    except ValueError as exc:  # ConfigError included
+        raise click.ClickException(str(exc)) from None
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="BAKERY_CONFIG",
+    help="JSON settings file (env BAKERY_CONFIG).",
+)
+@click.option("--bind", help="ip:port to serve TFTP on (default: setting tftp_bind).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Processes sharing the port (SO_REUSEPORT; default: setting tftp_workers).",
+)
+@click.option("--root", type=click.Path(file_okay=False), help="Data directory (env BAKERY_ROOT).")
+def tftp(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
+    """Serve Pi boot files over TFTP in the foreground (``serve`` runs it too)."""
+    import logging
+
+    from .config import ConfigError, load_settings
+    from .netboot.tftp import run_tftp
+
+    try:
+        settings = load_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run_tftp(settings, workers=settings.tftp_workers)
+    except OSError as exc:
+        host, port = settings.tftp_address
+        raise click.ClickException(f"TFTP on {host}:{port}: {exc.strerror}") from None
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="BAKERY_CONFIG",
+    help="JSON settings file (env BAKERY_CONFIG).",
+)
+@click.option("--with-parent", is_flag=True, help="Stop when standard input closes.")
+def netboot(config_file: str | None, with_parent: bool) -> None:
+    """Run the TFTP server and dnsmasq, supervised (``serve`` runs this too)."""
+    import logging
+
+    from .config import ConfigError, load_settings
+    from .netboot.service import run_netboot
+
+    try:
+        settings = load_settings(config_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        run_netboot(settings, parent=sys.stdin if with_parent else None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # -- bakeforms ----------------------------------------------------------------------------
 
 
@@ -464,3 +551,7 @@ def token_list(ctx: Context) -> None:
 def token_revoke(ctx: Context, name: str) -> None:
     ctx.api.delete(f"/tokens/{name}")
     click.echo(f"revoked token {name}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -65,8 +65,12 @@ class Settings:
     power_on_gap: float = 2.0
     #: Power driver given to Pis registered without one.
     default_power_driver: str = "manual"
+    #: Run the TFTP server with ``bakery serve``.
+    tftp_enabled: bool = True
     #: Where the TFTP server listens; empty = ``<nfs_server>:69``.
     tftp_bind: str = ""
+    #: TFTP server processes sharing the port (SO_REUSEPORT), to use several cores.
+    tftp_workers: int = 1
     #: Largest TFTP blksize granted (1468 fits one Ethernet frame; Pi 4 asks for it).
     tftp_max_blksize: int = 1468
     #: Seconds before a TFTP block is sent again, and how many times.
@@ -173,7 +177,7 @@ def _validate(s: Settings) -> None:
         ("sqlite://", "postgresql://", "postgres://", "postgresql+pool://", "postgres+pool://")
     ):
         raise ConfigError("setting 'database_url': must start with sqlite:// or postgresql://")
-    for name in ("workers", "max_upload_mib", "max_disk_mib", "power_retries"):
+    for name in ("workers", "max_upload_mib", "max_disk_mib", "power_retries", "tftp_workers"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
     for name in ("power_timeout",):
@@ -264,3 +268,19 @@ def _validate_netboot(s: Settings) -> None:
         )
     if s.dhcp_reply_delay < 0:
         raise ConfigError("setting 'dhcp_reply_delay': must not be negative")
+
+
+def dump_settings(settings: Settings, path: Path) -> Path:
+    """Write ``settings`` as a config file another bakery process can load as is
+    (``bakery serve`` hands its settings to the TFTP server it starts this way)."""
+    values = {
+        f.name: str(getattr(settings, f.name))
+        if f.type in (Path, "Path")
+        else getattr(settings, f.name)
+        for f in dataclasses.fields(Settings)
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(values, out, indent=2, sort_keys=True)
+    return path

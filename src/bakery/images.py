@@ -27,6 +27,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -49,9 +50,11 @@ GPT_PROTECTIVE = 0xEE
 EXT_MAGIC = 0xEF53
 EXT4_INCOMPAT_EXTENTS = 0x40
 EXT4_INCOMPAT_64BIT = 0x80
+EXT4_HUGE_FILE_FL = 0x40000
+EXT4_INLINE_DATA_FL = 0x10000000
 ROOT_INODE = 2
-#: Regular files at least this big are checked for holes (rdump writes holes as zeros).
-SPARSE_CHECK_MIN = 1024 * 1024
+#: Threads copying root file data (the machines have 2 cores; rdump runs beside them).
+COPY_THREADS = 2
 _MAGICS = ((b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b", "gz"))
 _MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
 
@@ -176,7 +179,7 @@ def _receive(
     compression = detect_compression(head)
     digest = hashlib.sha256()
     received = 0
-    with raw.open("wb") as out, _sink(compression, out) as write:
+    with raw.open("wb") as out, _sink(compression, out, max_bytes) as write:
         for chunk in _chunks(head, stream):
             received += len(chunk)
             if max_bytes is not None and received > max_bytes:
@@ -226,8 +229,12 @@ class _ThreadedWriter:
 
 
 @contextmanager
-def _sink(compression: str, out: BinaryIO) -> Iterator[Callable[[bytes], None]]:
-    """A ``write(chunk)`` whose bytes land, decompressed, in ``out``."""
+def _sink(
+    compression: str, out: BinaryIO, max_bytes: int | None
+) -> Iterator[Callable[[bytes], None]]:
+    """A ``write(chunk)`` whose bytes land, decompressed, in ``out``: at most ``max_bytes``
+    of them, enforced by the kernel (a file size limit on the decompressor), so a small
+    compressed bomb cannot fill the disk."""
     if compression == "none":
         writer = _ThreadedWriter(out)
         try:
@@ -235,8 +242,12 @@ def _sink(compression: str, out: BinaryIO) -> Iterator[Callable[[bytes], None]]:
         finally:
             writer.close()
         return
+    limit = [] if max_bytes is None else ["prlimit", f"--fsize={max_bytes}", "--core=0", "--"]
     process = subprocess.Popen(
-        _decompressor(compression), stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE
+        [*limit, *_decompressor(compression)],
+        stdin=subprocess.PIPE,
+        stdout=out,
+        stderr=subprocess.PIPE,
     )
     writer = _ThreadedWriter(process.stdin)  # type: ignore[arg-type]
     failed = True
@@ -244,13 +255,15 @@ def _sink(compression: str, out: BinaryIO) -> Iterator[Callable[[bytes], None]]:
         yield writer.write
         failed = False
     finally:
-        _finish_decompressor(process, writer, compression, failed=failed)
+        error = _finish_decompressor(process, writer, failed=failed)
+    if process.returncode != 0:
+        _decompression_failed(out, compression, max_bytes, process.returncode, error)
 
 
 def _finish_decompressor(
-    process: subprocess.Popen[bytes], writer: _ThreadedWriter, compression: str, *, failed: bool
-) -> None:
-    """Reap the decompressor (killed if receiving failed) and report a corrupt stream."""
+    process: subprocess.Popen[bytes], writer: _ThreadedWriter, *, failed: bool
+) -> str:
+    """Reap the decompressor (killed if receiving failed); what it said on stderr."""
     if failed:
         process.kill()
     try:
@@ -260,12 +273,24 @@ def _finish_decompressor(
         pass  # the decompressor died; its exit status says why
     error = process.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
     process.stderr.close()  # type: ignore[union-attr]
-    returncode = process.wait()
-    if not failed and returncode != 0:
-        raise ImageError(
-            "decompress_failed",
-            f"{compression} decompression failed: {error or f'exit {returncode}'}",
+    process.wait()
+    return error
+
+
+def _decompression_failed(
+    out: BinaryIO, compression: str, max_bytes: int | None, returncode: int, error: str
+) -> None:
+    """The size limit kills the decompressor with SIGXFSZ (or fails its write with EFBIG,
+    leaving ``max_bytes`` behind); anything else is a corrupt stream."""
+    if max_bytes is not None and (
+        returncode == -signal.SIGXFSZ or os.fstat(out.fileno()).st_size >= max_bytes
+    ):
+        raise UploadTooLarge(
+            f"the upload decompresses to more than the limit of {max_bytes} bytes "
+            f"({compression} data expanding beyond the largest image allowed)"
         )
+    detail = error or f"exit {returncode}"
+    raise ImageError("decompress_failed", f"{compression} decompression failed: {detail}")
 
 
 def _decompressor(compression: str) -> list[str]:
@@ -393,16 +418,34 @@ def check_ext4_superblock(superblock: bytes, partition: Partition) -> None:
     (log_block,) = struct.unpack_from("<I", superblock, 24)
     if log_block > 6:
         raise ImageError("no_ext4_root", f"{where} has an invalid block size 2^{10 + log_block}")
-    blocks = struct.unpack_from("<I", superblock, 4)[0]
-    if incompat & EXT4_INCOMPAT_64BIT:
-        blocks |= struct.unpack_from("<I", superblock, 0x150)[0] << 32
-    fs_bytes = blocks * (1024 << log_block)
+    fs_bytes = ext4_geometry(superblock).bytes
     if fs_bytes > partition.sectors * SECTOR:
         raise ImageError(
             "no_ext4_root",
             f"{where} holds a filesystem of {fs_bytes} bytes, larger than the partition "
             f"({partition.sectors * SECTOR} bytes)",
         )
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Block size and count of an ext filesystem: block maps are checked against them."""
+
+    block_size: int
+    blocks: int
+
+    @property
+    def bytes(self) -> int:
+        return self.block_size * self.blocks
+
+
+def ext4_geometry(superblock: bytes) -> Geometry:
+    (log_block,) = struct.unpack_from("<I", superblock, 24)
+    (incompat,) = struct.unpack_from("<I", superblock, 96)
+    blocks = struct.unpack_from("<I", superblock, 4)[0]
+    if incompat & EXT4_INCOMPAT_64BIT:
+        blocks |= struct.unpack_from("<I", superblock, 0x150)[0] << 32
+    return Geometry(1024 << log_block, blocks)
 
 
 def read_layout(raw: Path) -> Layout:
@@ -471,13 +514,29 @@ class Entry:
 
 
 def _extract_root(raw: Path, partition: Partition, dest: Path) -> None:
+    """Vet the tree with debugfs, then build it here: directories, special files and all
+    metadata from debugfs' listing and ``stat``, file data copied straight from the image
+    by block map (``copy_file_range``: large in-kernel copies, reflinks where the
+    filesystem shares blocks). Only symlinks and files without a usable block map (inline
+    data) go through ``rdump``, into a scratch directory, in parallel with the copies."""
     # debugfs splits its command line on blanks, so it runs inside ``dest`` with relative
     # paths; ``?offset=`` makes libext2fs read the partition in place.
     device = f"{os.path.relpath(raw, dest)}?offset={partition.offset}"
     entries = list_root_tree(device, dest)
-    details = _inode_details(device, dest, entries)
-    _debugfs(device, dest, ["rdump / ."], code="extract_failed")
-    _restore(dest, entries, details)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stat_job = pool.submit(_inode_details, device, dest, entries)
+        _make_directories(dest, entries)  # while debugfs runs
+        details = stat_job.result()
+    with raw.open("rb") as image:
+        image.seek(partition.offset + 1024)
+        geometry = ext4_geometry(image.read(1024))
+        plan = plan_root(entries, details, geometry, partition.offset)
+        with _scratch_dir(dest, entries) as scratch:
+            _write_in_parallel(image.fileno(), dest, plan, device, scratch)
+            _place_dumped(dest, scratch, plan.dumped, details)
+    for names in plan.special:
+        _make_special(dest, names, details[names[0].inode])
+    _finish_directories(dest, entries, details)
 
 
 def list_root_tree(device: str, cwd: Path) -> list[Entry]:
@@ -571,106 +630,300 @@ def _corrupt(message: str) -> None:
 
 
 @dataclass(frozen=True)
+class Run:
+    """Consecutive blocks of a file, as debugfs lists an extent or a block map range."""
+
+    logical: int  # first block in the file
+    physical: int  # first block in the filesystem
+    length: int  # blocks
+    written: bool  # False for an unwritten (preallocated) extent: it reads as zeros
+
+
+@dataclass(frozen=True)
 class InodeDetails:
-    """What ``ls -p`` does not say and rdump does not restore."""
+    """What ``ls -p`` does not say."""
 
     atime: tuple[int, int]  # seconds, nanoseconds
     mtime: tuple[int, int]
-    blocks: int  # 512-byte units allocated
+    blocks: int  # 512-byte units allocated (data, map and extended attribute blocks)
     device: tuple[int, int] | None  # major, minor of device nodes
-
-
-def _needs_details(entry: Entry) -> bool:
-    regular = stat.S_ISREG(entry.mode)
-    return not (regular or stat.S_ISDIR(entry.mode)) or (regular and entry.size >= SPARSE_CHECK_MIN)
+    flags: int
+    xattr_block: bool
+    runs: tuple[Run, ...] | None  # None: debugfs listed no block map we understand
+    map_blocks: int  # blocks of the extent tree or indirect blocks themselves
 
 
 def _inode_details(device: str, cwd: Path, entries: list[Entry]) -> dict[int, InodeDetails]:
-    inodes = sorted({e.inode for e in entries if _needs_details(e)})
-    if not inodes:
-        return {}
+    """``stat`` of every inode, in one debugfs run."""
+    inodes = sorted({e.inode for e in entries})
     output = _debugfs(device, cwd, [f"stat <{i}>" for i in inodes], code="corrupt_root")
-    return {inode: _parse_stat(b"\n".join(lines)) for inode, lines in _sections(output)}
+    sections = list(_sections(output))
+    if [inode for inode, _ in sections] != inodes:
+        _corrupt("debugfs stat output does not match the inodes asked for")
+    return {inode: _parse_stat(b"\n".join(lines)) for inode, lines in sections}
+
+
+_MAP_RUN = re.compile(rb"\((\d+)(?:-(\d+))?(\[u\])?\):(\d+)(?:-(\d+))?")
+_MAP_NODE = re.compile(rb"\((?:ETB\d+|IND|DIND|TIND)\):\d+")
+_MAP_SEPARATORS = re.compile(rb"[ ,]*")
 
 
 def _parse_stat(text: bytes) -> InodeDetails:
+    def number(pattern: bytes, base: int = 10) -> int:
+        match = re.search(pattern, text)
+        return int(match.group(1), base) if match else 0
+
     def time_of(name: bytes) -> tuple[int, int]:
-        match = re.search(rb"\b" + name + rb": 0x([0-9a-f]+):([0-9a-f]+)", text)
-        if match is None:
-            match = re.search(rb"\b" + name + rb": 0x([0-9a-f]+)()", text)
+        match = re.search(rb"\b" + name + rb": 0x([0-9a-f]+)(?::([0-9a-f]+))?", text)
         if match is None:
             return 0, 0
         extra = int(match.group(2) or b"0", 16)
         return int(match.group(1), 16) + ((extra & 3) << 32), extra >> 2
 
-    blocks = re.search(rb"Blockcount: (\d+)", text)
     device = re.search(rb"Device major/minor number: ([0-9]+):([0-9]+)", text)
+    block_map = re.search(rb"^(?:EXTENTS|BLOCKS):\n?(.*)$", text, re.MULTILINE)
+    runs, map_blocks = _parse_block_map(block_map.group(1)) if block_map else (None, 0)
     return InodeDetails(
         atime=time_of(b"atime"),
         mtime=time_of(b"mtime"),
-        blocks=int(blocks.group(1)) if blocks else 0,
+        blocks=number(rb"Blockcount: (\d+)"),
         device=(int(device.group(1)), int(device.group(2))) if device else None,
+        flags=number(rb"Flags: 0x([0-9a-f]+)", 16),
+        xattr_block=number(rb"File ACL: (\d+)") != 0,
+        runs=runs,
+        map_blocks=map_blocks,
     )
 
 
-def _restore(dest: Path, entries: list[Entry], details: dict[int, InodeDetails]) -> None:
-    """Put back what rdump drops: special mode bits, symlink owners, hard links, holes,
-    fifos and device nodes, symlink and special-file times."""
-    by_inode: dict[int, list[Path]] = defaultdict(list)
+def _parse_block_map(line: bytes) -> tuple[tuple[Run, ...] | None, int]:
+    """Runs and map blocks of a line like ``(0-11):2138-2149, (IND):2150, (12[u]):2151``;
+    (None, 0) if anything on it is not understood."""
+    runs = []
+    for match in _MAP_RUN.finditer(line):
+        first, last, unwritten, physical, physical_last = match.groups()
+        length = int(last or first) - int(first) + 1
+        if int(physical_last or physical) - int(physical) + 1 != length or length < 1:
+            return None, 0
+        runs.append(Run(int(first), int(physical), length, unwritten is None))
+    nodes = len(_MAP_NODE.findall(line))
+    if _MAP_SEPARATORS.fullmatch(_MAP_NODE.sub(b"", _MAP_RUN.sub(b"", line))) is None:
+        return None, 0
+    return tuple(runs), nodes
+
+
+@dataclass(frozen=True)
+class FileCopy:
+    """A regular file written from the image: (image offset, file offset, bytes) ranges."""
+
+    names: list[Entry]  # every name of the inode: the first is written, the others linked
+    info: InodeDetails
+    ranges: list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class RootPlan:
+    """How each non-directory inode of the root gets written."""
+
+    copies: list[FileCopy]
+    dumped: list[list[Entry]]  # symlinks and files rdump writes
+    special: list[list[Entry]]  # fifos and device nodes, made with mknod
+
+
+def plan_root(
+    entries: list[Entry], details: dict[int, InodeDetails], geometry: Geometry, offset: int
+) -> RootPlan:
+    """Sort the inodes by how they are written, and refuse block maps that point outside
+    the filesystem, share blocks between files (a way to multiply a small image into a
+    huge tree) or files without a block map that claim more bytes than the filesystem."""
+    names: dict[int, list[Entry]] = defaultdict(list)
     for entry in entries:
-        path = dest / os.fsdecode(entry.path) if entry.path else dest
-        info = details.get(entry.inode)
-        if stat.S_ISLNK(entry.mode):
-            os.lchown(path, entry.uid, entry.gid)
-        elif stat.S_ISREG(entry.mode):
-            by_inode[entry.inode].append(path)
-            if info is not None and info.blocks * 512 < entry.size:
-                _dig_holes(path)
-        elif not stat.S_ISDIR(entry.mode):
-            _make_special(path, entry, info)
-        if not stat.S_ISLNK(entry.mode) and entry.mode & 0o7000:
-            os.chmod(path, stat.S_IMODE(entry.mode))
-        if info is not None and not stat.S_ISREG(entry.mode):
-            os.utime(path, ns=(_ns(info.atime), _ns(info.mtime)), follow_symlinks=False)
-    for paths in by_inode.values():
-        _relink(paths)
+        if not stat.S_ISDIR(entry.mode) and not stat.S_ISSOCK(entry.mode):
+            names[entry.inode].append(entry)
+    plan = RootPlan([], [], [])
+    dumped_bytes = 0
+    for inode, same in names.items():
+        info, first = details[inode], same[0]
+        if not stat.S_ISLNK(first.mode) and not stat.S_ISREG(first.mode):
+            plan.special.append(same)
+        elif stat.S_ISREG(first.mode) and _block_map_complete(info, geometry):
+            plan.copies.append(FileCopy(same, info, _ranges(first, info, geometry, offset)))
+        else:
+            plan.dumped.append(same)
+            dumped_bytes += first.size if stat.S_ISREG(first.mode) else 0
+    if dumped_bytes > geometry.bytes:
+        _corrupt(
+            f"files without a block map claim {dumped_bytes} bytes, more than the "
+            f"filesystem's {geometry.bytes}"
+        )
+    _check_no_shared_blocks(plan.copies, geometry)
+    return plan
+
+
+def _block_map_complete(info: InodeDetails, geometry: Geometry) -> bool:
+    """The listed block map accounts for every allocated block (so no data is elsewhere,
+    e.g. inline in the inode) and the file is not one of the rare special layouts."""
+    if info.runs is None or info.flags & (EXT4_INLINE_DATA_FL | EXT4_HUGE_FILE_FL):
+        return False
+    listed = sum(run.length for run in info.runs) + info.map_blocks + info.xattr_block
+    return listed * geometry.block_size == info.blocks * 512
+
+
+def _ranges(
+    entry: Entry, info: InodeDetails, geometry: Geometry, offset: int
+) -> list[tuple[int, int, int]]:
+    ranges = []
+    size = geometry.block_size
+    for run in info.runs or ():
+        if run.physical + run.length > geometry.blocks or run.physical == 0:
+            _corrupt(
+                f"{entry.path!r} (inode {entry.inode}) maps blocks {run.physical}+"
+                f"{run.length} outside the filesystem of {geometry.blocks} blocks"
+            )
+        start = run.logical * size
+        if run.written and start < entry.size:
+            length = min(run.length * size, entry.size - start)
+            ranges.append((offset + run.physical * size, start, length))
+    return ranges
+
+
+def _check_no_shared_blocks(copies: list[FileCopy], geometry: Geometry) -> None:
+    extents = sorted(
+        (run.physical, run.length, copy.names[0].inode)
+        for copy in copies
+        for run in copy.info.runs or ()
+    )
+    end, owner = 0, 0
+    for physical, length, inode in extents:
+        if physical < end:
+            _corrupt(f"inodes {owner} and {inode} share block {physical}")
+        end, owner = physical + length, inode
+
+
+# ---------------------------------------------------------------- writing the root
+
+
+def _make_directories(dest: Path, entries: list[Entry]) -> None:
+    """Breadth first, so parents come first; private until finished."""
+    for entry in entries:
+        if entry.path and stat.S_ISDIR(entry.mode):
+            os.mkdir(_path(dest, entry), 0o700)
+
+
+def _finish_directories(dest: Path, entries: list[Entry], details: dict[int, InodeDetails]) -> None:
+    """Deepest first and after every entry exists, so the times set here stay."""
+    for entry in reversed(entries):
+        if stat.S_ISDIR(entry.mode):
+            _set_metadata(_path(dest, entry), entry, details[entry.inode])
+
+
+def _path(dest: Path, entry: Entry) -> Path:
+    return dest / os.fsdecode(entry.path) if entry.path else dest
+
+
+@contextmanager
+def _scratch_dir(dest: Path, entries: list[Entry]) -> Iterator[str]:
+    """A directory for rdump's output, named unlike any top-level entry, relative to
+    ``dest`` (on the same filesystem, so its files are renamed into place)."""
+    taken = {e.path for e in entries if e.path and b"/" not in e.path}
+    name = next(n for i in range(len(taken) + 1) if (n := f".rdump{i}").encode() not in taken)
+    (dest / name).mkdir(0o700)
+    yield name
+    (dest / name).rmdir()
+
+
+def _write_in_parallel(image: int, dest: Path, plan: RootPlan, device: str, scratch: str) -> None:
+    """rdump in one child process while two threads copy file data (both cores busy:
+    copy_file_range runs without the GIL)."""
+    by_size = sorted(plan.copies, key=lambda copy: copy.names[0].size, reverse=True)
+    with ThreadPoolExecutor(max_workers=1 + COPY_THREADS) as pool:
+        jobs = [pool.submit(_rdump, device, dest, scratch, plan.dumped)]
+        jobs += [
+            pool.submit(_write_files, image, dest, by_size[index::COPY_THREADS])
+            for index in range(COPY_THREADS)
+        ]
+        errors = [job.exception() for job in jobs]
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def _rdump(device: str, dest: Path, scratch: str, dumped: list[list[Entry]]) -> None:
+    if dumped:
+        commands = [f"rdump <{names[0].inode}> {scratch}" for names in dumped]
+        _debugfs(device, dest, commands, code="extract_failed")
+
+
+def _write_files(image: int, dest: Path, copies: list[FileCopy]) -> None:
+    for copy in copies:
+        first, *others = copy.names
+        path = _path(dest, first)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        file = os.open(path, flags, 0o600)
+        try:
+            for source, target, length in copy.ranges:
+                _copy_range(image, file, source, target, length)
+            os.ftruncate(file, first.size)  # the holes at the end, or the cut of a last block
+            _set_metadata(file, first, copy.info)
+        finally:
+            os.close(file)
+        _link(path, dest, others)
+
+
+def _copy_range(image: int, file: int, source: int, target: int, length: int) -> None:
+    while length > 0:
+        done = os.copy_file_range(image, file, length, source, target)
+        if done == 0:
+            raise ImageError("truncated", f"image is truncated: file data at byte {source}")
+        source, target, length = source + done, target + done, length - done
+
+
+def _place_dumped(
+    dest: Path, scratch: str, dumped: list[list[Entry]], details: dict[int, InodeDetails]
+) -> None:
+    """Move rdump's output into place and give it what rdump does not set: symlink owners,
+    special mode bits, holes (rdump writes them as zeros), times to the nanosecond."""
+    for names in dumped:
+        first, *others = names
+        info = details[first.inode]
+        path = _path(dest, first)
+        os.rename(dest / scratch / f"<{first.inode}>", path)
+        if stat.S_ISLNK(first.mode):
+            os.chown(path, first.uid, first.gid, follow_symlinks=False)
+            os.utime(path, ns=_times(info), follow_symlinks=False)
+        else:
+            os.truncate(path, first.size)  # rdump writes inline data whole, whatever the size
+            if info.blocks * 512 < first.size:
+                _run(["fallocate", "--dig-holes", str(path)], env=None, code="extract_failed")
+            _set_metadata(path, first, info)
+        _link(path, dest, others)
+
+
+def _make_special(dest: Path, names: list[Entry], info: InodeDetails) -> None:
+    first, *others = names
+    path = _path(dest, first)
+    os.mknod(path, first.mode, os.makedev(*info.device) if info.device else 0)
+    _set_metadata(path, first, info)
+    _link(path, dest, others)
+
+
+def _set_metadata(target: int | Path, entry: Entry, info: InodeDetails) -> None:
+    """Owner first (chown clears setuid/setgid), then the whole mode, then the times."""
+    os.chown(target, entry.uid, entry.gid)
+    os.chmod(target, stat.S_IMODE(entry.mode))
+    os.utime(target, ns=_times(info))
+
+
+def _times(info: InodeDetails) -> tuple[int, int]:
+    return _ns(info.atime), _ns(info.mtime)
 
 
 def _ns(seconds_and_nanos: tuple[int, int]) -> int:
     return seconds_and_nanos[0] * 1_000_000_000 + seconds_and_nanos[1]
 
 
-def _make_special(path: Path, entry: Entry, info: InodeDetails | None) -> None:
-    if stat.S_ISSOCK(entry.mode):
-        return
-    device = os.makedev(*info.device) if info is not None and info.device else 0
-    with _parent_times_kept(path):
-        os.mknod(path, entry.mode, device)
-    os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
-    os.chmod(path, stat.S_IMODE(entry.mode))
-
-
-def _relink(paths: list[Path]) -> None:
-    """rdump writes every name of a hard-linked file as its own copy; make them one inode."""
-    first, *others = paths
+def _link(path: Path, dest: Path, others: list[Entry]) -> None:
     for other in others:
-        with _parent_times_kept(other):
-            other.unlink()
-            os.link(first, other)
-
-
-def _dig_holes(path: Path) -> None:
-    times = path.stat()
-    subprocess.run(["fallocate", "--dig-holes", str(path)], check=True)
-    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
-
-
-@contextmanager
-def _parent_times_kept(path: Path) -> Iterator[None]:
-    """Changing a directory's entries bumps its mtime; put rdump's restored times back."""
-    times = path.parent.stat()
-    yield
-    os.utime(path.parent, ns=(times.st_atime_ns, times.st_mtime_ns))
+        os.link(path, _path(dest, other), follow_symlinks=False)
 
 
 # ---------------------------------------------------------------- child processes

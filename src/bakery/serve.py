@@ -1,25 +1,30 @@
-"""``bakery serve``: gunicorn in front of the app factory, after the host is prepared.
+"""``bakery serve``: gunicorn in front of the app factory, after the host is prepared,
+with the netboot services (TFTP server, dnsmasq) as supervised children.
 
 Recovery runs once here, in the master, before any worker forks; each worker then
-builds its own app (and its own database connection)."""
+builds its own app (and its own database connection). The children start when
+gunicorn is ready and stop when it exits, from the master only."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 
 from gunicorn.app.base import BaseApplication
 
 from .app import create_app, prepare_host
-from .config import Settings
+from .config import Settings, dump_settings
+from .netboot.dnsmasq import render_config
 
 #: A bake on a copy-only filesystem may take minutes; the director waits that long too.
 WORKER_TIMEOUT = 900
 
 
 class BakeryGunicorn(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, netboot: subprocess.Popen | None = None) -> None:
         self.settings = settings
+        self.netboot = netboot
         super().__init__()
 
     def load_config(self) -> None:
@@ -36,8 +41,39 @@ class BakeryGunicorn(BaseApplication):
             # (or test servers) on a host must not fight over ~/.gunicorn.
             self.cfg.set("control_socket", str(self.settings.path("run", "gunicorn.ctl")))
 
+        if self.netboot is not None:
+            # Workers must not hold netboot's stdin open, or it cannot see the master die.
+            self.cfg.set("post_fork", lambda _server, _worker: self.netboot.stdin.close())
+            self.cfg.set("on_exit", lambda _server: stop_netboot(self.netboot))
+
     def load(self):
         return create_app(self.settings)
+
+
+def start_netboot(settings: Settings) -> subprocess.Popen | None:
+    """``bakery netboot`` as a child, started before gunicorn forks any worker.
+
+    It holds the read end of a pipe whose write end only this process has: when
+    the master dies, even by SIGKILL, netboot sees end of file and stops."""
+    if not (settings.tftp_enabled or settings.dnsmasq_enabled):
+        return None
+    if settings.dnsmasq_enabled:
+        render_config(settings)  # a bad setting stops the start here, in one line
+    config = dump_settings(settings, settings.path("run", "settings.json"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "bakery.cli", "netboot", "--config", str(config), "--with-parent"],
+        stdin=subprocess.PIPE,
+    )
+
+
+def stop_netboot(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def run(settings: Settings) -> None:
@@ -51,4 +87,5 @@ def run(settings: Settings) -> None:
         print(
             f"bakery: first start; admin token in {prepared['admin_token_file']}", file=sys.stderr
         )
-    BakeryGunicorn(settings).run()
+    netboot = start_netboot(settings)
+    BakeryGunicorn(settings, netboot).run()

@@ -61,14 +61,25 @@ class LiveServer:
 
     def kill(self) -> None:
         """SIGKILL the whole process group: master and workers die mid-request."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        self._signal_group(signal.SIGKILL)
+        if self.process:
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
+        """SIGTERM the group (workers too, even if the master already died), then
+        SIGKILL whatever is left."""
+        self._signal_group(signal.SIGTERM)
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.kill()
+                pass
+        self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, signum: int) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass

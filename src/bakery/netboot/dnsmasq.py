@@ -20,14 +20,10 @@ Facts checked with dnsmasq 2.90 (network namespaces, see the tests):
 
 from __future__ import annotations
 
-import collections
 import ipaddress
 import logging
 import os
 import re
-import subprocess
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from .. import models
 from ..config import Settings
+from ..supervisor import ChildSupervisor
 
 if TYPE_CHECKING:
     from ..fleet import Fleet
@@ -61,14 +58,6 @@ DHCP_LINE_RE = re.compile(
 )
 #: dnsmasq logs this once its sockets are bound and it answers.
 STARTED_RE = re.compile(r"^dnsmasq\[\d+\]: started, version ")
-
-#: Restart back-off: the first restart waits this long, each quick death doubles it,
-#: up to the cap. A child that ran ``STABLE_AFTER`` seconds resets it.
-FIRST_RESTART_DELAY = 1.0
-MAX_RESTART_DELAY = 60.0
-STABLE_AFTER = 60.0
-#: Log lines kept to explain why dnsmasq exited.
-LOG_TAIL = 50
 
 
 def render_config(
@@ -184,13 +173,13 @@ def parse_dhcp_line(line: str) -> DhcpLogEntry | None:
 
 
 class DnsmasqSupervisor:
-    """dnsmasq as a child process, kept running, its DHCP lines recorded on the Pis.
+    """dnsmasq as a supervised child process, its DHCP lines recorded on the Pis.
 
     ``start()`` validates and writes the configuration (a ValueError reaches the
-    caller), then a daemon thread runs ``dnsmasq --keep-in-foreground`` logging to
-    a pipe, reads it line by line and restarts dnsmasq with a bounded back-off when
-    it exits. ``stop()`` terminates dnsmasq and joins the thread. dnsmasq runs in
-    the network namespace of the thread that called ``start()``."""
+    caller), then runs ``dnsmasq --keep-in-foreground`` logging to a pipe under a
+    ``ChildSupervisor`` (restarted with a bounded back-off when it exits).
+    ``stop()`` terminates it. dnsmasq runs in the network namespace of the thread
+    that called ``start()``."""
 
     def __init__(
         self,
@@ -203,18 +192,16 @@ class DnsmasqSupervisor:
         self.fleet_factory = fleet_factory
         self.tftp_address = tftp_address
         self.config_file = settings.path("dnsmasq", "dnsmasq.conf")
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._process: subprocess.Popen[str] | None = None
         self._serving_pid: int | None = None
-        self._thread: threading.Thread | None = None
-        self._owner_pid = os.getpid()
         self._fleet: Fleet | None = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+        self.child = ChildSupervisor("dnsmasq", self.command, self._handle)
 
     @property
     def pid(self) -> int | None:
         """The pid of the dnsmasq that is up and answering, or None between runs."""
+        process = self.child.process
+        if process is None or process.poll() is not None or process.pid != self._serving_pid:
+            return None
         return self._serving_pid
 
     @property
@@ -229,89 +216,14 @@ class DnsmasqSupervisor:
 
     def start(self) -> None:
         """Write the configuration and start supervising; returns at once."""
-        if self._thread is not None:
-            raise RuntimeError("dnsmasq supervisor already started")
         text = render_config(self.settings, tftp_address=self.tftp_address)
         _write_atomically(self.config_file, text)
-        self._owner_pid = os.getpid()
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._supervise, name="dnsmasq", daemon=True)
-        self._thread.start()
+        self.child.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop dnsmasq (SIGTERM, then SIGKILL after ``timeout``) and the thread.
-
-        A no-op in a forked child (a gunicorn worker): only the process that started
-        dnsmasq may stop it."""
-        if os.getpid() != self._owner_pid:
-            return
-        self._stopping.set()
-        with self._lock:
-            process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _supervise(self) -> None:
-        failures = 0
-        while True:
-            started = time.monotonic()
-            outcome = self._run_once()
-            if self._stopping.is_set():
-                return
-            lived = time.monotonic() - started
-            failures = 1 if lived >= STABLE_AFTER else failures + 1
-            delay = min(FIRST_RESTART_DELAY * 2 ** (failures - 1), MAX_RESTART_DELAY)
-            log.error(
-                "dnsmasq %s after %.1f s; restarting in %.0f s. Its last lines:\n%s",
-                *(outcome, lived, delay, "\n".join(self._tail)),
-            )
-            if self._stopping.wait(delay):
-                return
-
-    def _run_once(self) -> str:
-        """Run one dnsmasq to its end; how it ended, for the log."""
-        try:
-            process = self._spawn()
-        except OSError as exc:  # retried like a crash: the operator may install it
-            return f"could not start ({exc.strerror}: {exc.filename})"
-        if process is None:
-            return "not started: stopping"
-        self._follow(process)
-        return f"exited with status {process.returncode}"
-
-    def _spawn(self) -> subprocess.Popen[str] | None:
-        """A new dnsmasq, unless ``stop()`` came first (checked under the lock it takes)."""
-        with self._lock:
-            if self._stopping.is_set():
-                return None
-            self._process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-            )
-            return self._process
-
-    def _follow(self, process: subprocess.Popen[str]) -> None:
-        """Handle each log line until dnsmasq closes its end, then reap it."""
-        if process.stderr is not None:
-            for line in process.stderr:
-                self._handle(process.pid, line.rstrip("\n"))
-            process.stderr.close()
-        process.wait()
-        self._serving_pid = None
+        self.child.stop(timeout)
 
     def _handle(self, pid: int, line: str) -> None:
-        self._tail.append(line)
         if STARTED_RE.match(line):
             self._serving_pid = pid
         entry = parse_dhcp_line(line)

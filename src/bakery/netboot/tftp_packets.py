@@ -74,7 +74,9 @@ def parse_request(packet: bytes) -> Request:
         rest[i].decode("latin-1").lower(): rest[i + 1].decode("latin-1")
         for i in range(0, len(rest), 2)
     }
-    return Request(Opcode(opcode), filename.decode("latin-1"), mode.decode("latin-1").lower(), options)
+    return Request(
+        Opcode(opcode), filename.decode("latin-1"), mode.decode("latin-1").lower(), options
+    )
 
 
 def opcode_of(packet: bytes) -> int:

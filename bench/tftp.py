@@ -1,0 +1,318 @@
+"""How fast Bakery's TFTP server feeds booting Pis, against tftpd-hpa and dnsmasq's TFTP,
+in the same run, on loopback.
+
+Run as root from the repository: ``sudo .venv/bin/python bench/tftp.py``. Every server
+serves the same Pi 4 boot set (start4.elf 2.2 MB, kernel8.img 8 MiB, fixup, dtb,
+overlays, config.txt, cmdline.txt) under ``<serial>/``; Bakery's comes from a real
+baked Pi per serial in a temp data dir (SQLite). Clients are Pi-4-shaped (probe with
+``tsize`` + Early terminate, then fetch with ``blksize 1468``, a new port per RRQ),
+driven from separate client processes so the client is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
+
+from tests.netboot.pi_client import Download, pi4_sequence, run  # noqa: E402
+from tests.support.sdimage import build_sd_image, default_boot_files  # noqa: E402
+
+from bakery import models  # noqa: E402
+from bakery.config import load_settings  # noqa: E402
+from bakery.fleet import Fleet  # noqa: E402
+
+MIB = 1024 * 1024
+#: A Pi 4 boot set of realistic sizes (pi-netboot §7).
+SIZES = {
+    "start4.elf": 2_250_000,
+    "fixup4.dat": 5_400,
+    "bcm2711-rpi-4-b.dtb": 55_000,
+    "overlays/vc4-kms-v3d.dtbo": 3_500,
+    "overlays/disable-bt.dtbo": 1_200,
+    "overlays/dwc2.dtbo": 1_100,
+    "kernel8.img": 8 * MIB,
+}
+BOOT_ORDER = (
+    "start4.elf",
+    "config.txt",
+    "fixup4.dat",
+    "config.txt",
+    "bcm2711-rpi-4-b.dtb",
+    "overlays/vc4-kms-v3d.dtbo",
+    "overlays/disable-bt.dtbo",
+    "overlays/dwc2.dtbo",
+    "cmdline.txt",
+    "kernel8.img",
+)
+TARGETS = {"single vs tftpd-hpa": 0.6, "all Pis at once vs dnsmasq": 1.0}
+
+
+def boot_files() -> dict[str, bytes]:
+    files = dict(default_boot_files())
+    for name, size in SIZES.items():
+        files[name] = os.urandom(size)
+    return files
+
+
+def serials(count: int) -> list[str]:
+    return [f"{0x10000000 + i:08x}" for i in range(count)]
+
+
+# -- the servers ---------------------------------------------------------------------------
+
+
+def prepare_bakery(work: Path, files: dict[str, bytes], pis: list[str]) -> Path:
+    """A data dir with one bakeform and ``pis`` baked Pis; returns the data dir."""
+    image = build_sd_image(work / "pi.img", boot=files, boot_mib=64)
+    root = work / "data"
+    root.mkdir()
+    settings = load_settings(environ={}, root=root, power_on_gap=0, nfs_backend="none")
+    models.connect(settings.database)
+    models.create_schema()
+    with models.database.connection_context():
+        fleet = Fleet(settings)
+        with open(image, "rb") as upload:
+            fleet.import_bakeform("raspios", upload)
+        for serial in pis:
+            fleet.register_pi(serial, ip="127.0.0.1")
+            fleet.bake("raspios", serial=serial)
+    models.database.close()
+    return root
+
+
+def prepare_peer_tree(work: Path, files: dict[str, bytes], pis: list[str]) -> Path:
+    """``<root>/<serial>/...`` for the peers, the files hard-linked between serials."""
+    tree = work / "tftproot"
+    master = tree / "master"
+    for name, content in files.items():
+        (master / name).parent.mkdir(parents=True, exist_ok=True)
+        (master / name).write_bytes(content)
+    for serial in pis:
+        shutil.copytree(master, tree / serial, copy_function=os.link)
+    return tree
+
+
+def start_bakery(data: Path, port: int, workers: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "BAKERY_ROOT": str(data),
+        "BAKERY_NFS_BACKEND": "none",
+        "BAKERY_LOG_LEVEL": "WARNING",
+    }
+    bakery = Path(sys.executable).with_name("bakery")
+    command = [str(bakery), "tftp", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    return subprocess.Popen(command, env=env)
+
+
+def start_tftpd_hpa(tree: Path, port: int) -> subprocess.Popen:
+    command = ["in.tftpd", "-L", "-u", "root", "-a", f"127.0.0.1:{port}", "-s", str(tree)]
+    return subprocess.Popen([*command, "-B", "1468"])
+
+
+def start_dnsmasq(tree: Path, work: Path) -> subprocess.Popen:
+    """dnsmasq's TFTP port is always 69: give it its own loopback address."""
+    return subprocess.Popen(
+        [
+            "dnsmasq",
+            "-k",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--listen-address=127.0.0.3",
+            "--bind-interfaces",
+            "--enable-tftp",
+            f"--tftp-root={tree}",
+            "--tftp-max=1000",
+            "--user=root",
+            "--log-facility=/dev/null",
+            f"--pid-file={work / 'dnsmasq.pid'}",
+        ]
+    )
+
+
+def wait_until_serving(address: tuple[str, int], probe: str, deadline: float = 10.0) -> None:
+    """Until the server answers a probe RRQ (any answer will do)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        download = Download(address, probe, {"tsize": 0}, probe=True)
+        run([iter([download])], timeout=0.3, retransmit=0.1)
+        if download.done:
+            return
+    raise RuntimeError(f"no TFTP server answering on {address}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# -- the clients ---------------------------------------------------------------------------
+
+
+def _client_process(address, pis, files, start, results) -> None:
+    start.wait()  # every client process at the start line, and the parent's clock
+    began = time.monotonic()
+    finished = run([pi4_sequence(address, serial, files) for serial in pis], timeout=10)
+    elapsed = time.monotonic() - began
+    fetched = sum(len(d.data) for downloads in finished for d in downloads if not d.probe)
+    failed = sum(1 for downloads in finished for d in downloads if d.error or not d.done)
+    results.put((elapsed, fetched, failed))
+
+
+def boot_storm(address, pis: list[str], files, processes: int) -> tuple[float, int, int]:
+    """All ``pis`` boot at once, split over client processes. Returns (seconds, bytes
+    fetched, failed transfers); seconds run from the start signal to the last Pi."""
+    context = multiprocessing.get_context("fork")
+    shares = [share for share in (pis[i::processes] for i in range(processes)) if share]
+    start, results = context.Barrier(len(shares) + 1), context.Queue()
+    workers = [
+        context.Process(target=_client_process, args=(address, share, files, start, results))
+        for share in shares
+    ]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.monotonic()
+    outcomes = [results.get() for _ in workers]
+    elapsed = time.monotonic() - began
+    for worker in workers:
+        worker.join()
+    return elapsed, sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)
+
+
+def curl_time(address: tuple[str, int], path: str, clients: int) -> float:
+    """The same downloads with curl (C) as the client: a check on our Python client."""
+    url = f"tftp://{address[0]}:{address[1]}/{path}"
+    began = time.monotonic()
+    procs = [
+        subprocess.Popen(["curl", "-sf", "--tftp-blksize", "1468", "-o", "/dev/null", url])
+        for _ in range(clients)
+    ]
+    if any(p.wait() for p in procs):
+        raise RuntimeError("curl failed")
+    return time.monotonic() - began
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def measure(name, address, pis, repeats, processes, files_per_pi) -> dict[str, float]:
+    wait_until_serving(address, f"{pis[0]}/config.txt")
+    kernel = [boot_storm(address, pis[:1], ["kernel8.img"], 1)[0] for _ in range(repeats)]
+    single = [boot_storm(address, pis[:1], files_per_pi, 1)[0] for _ in range(repeats)]
+    storms = [boot_storm(address, pis, files_per_pi, processes) for _ in range(repeats)]
+    failed = sum(s[2] for s in storms)
+    total = storms[0][1]
+    result = {
+        "kernel": statistics.median(kernel),
+        "single": statistics.median(single),
+        "storm": statistics.median(s[0] for s in storms),
+        "storm_bytes": total,
+        "failed": failed,
+    }
+    print(
+        f"{name:10s} 8 MiB kernel {result['kernel']:.3f}s | one Pi boot set {result['single']:.3f}s"
+        f" | {len(pis)} Pis at once {result['storm']:.2f}s"
+        f" ({total / result['storm'] / MIB:.0f} MiB/s, {failed} failed transfers)",
+        flush=True,
+    )
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="Bakery TFTP processes")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (dnsmasq's TFTP binds port 69)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="bench-tftp-") as tmp:
+        return run_bench(Path(tmp), args)
+
+
+def run_bench(work: Path, args) -> int:
+    files = boot_files()
+    pis = serials(args.clients)
+    data = prepare_bakery(work, files, pis)
+    tree = prepare_peer_tree(work, {**files, "cmdline.txt": b"console=tty1 root=/dev/nfs\n"}, pis)
+    results = {}
+    servers = {
+        "bakery": lambda port: (start_bakery(data, port, args.workers), ("127.0.0.1", port)),
+        "tftpd-hpa": lambda port: (start_tftpd_hpa(tree, port), ("127.0.0.1", port)),
+        "dnsmasq": lambda _port: (start_dnsmasq(tree, work), ("127.0.0.3", 69)),
+    }
+    for name, starter in servers.items():
+        process, address = starter(free_port())
+        try:
+            results[name] = measure(
+                name, address, pis, args.repeats, args.client_processes, BOOT_ORDER
+            )
+            if name == "tftpd-hpa":
+                check_client(address, pis, results[name])
+        finally:
+            stop(process)
+    return report(results)
+
+
+def check_client(address, pis, measured) -> None:
+    """Is the Python client the bottleneck? Compare with curl on the 8 MiB kernel."""
+    path = f"{pis[0]}/kernel8.img"
+    single = min(curl_time(address, path, 1) for _ in range(3))
+    many = curl_time(address, path, len(pis))
+    print(
+        f"client check (tftpd-hpa, 8 MiB kernel): curl single {single:.3f}s vs ours"
+        f" {measured['kernel']:.3f}s; curl x{len(pis)} at once {many:.2f}s",
+        flush=True,
+    )
+
+
+def report(results: dict[str, dict[str, float]]) -> int:
+    bakery, hpa, dnsmasq = results["bakery"], results["tftpd-hpa"], results["dnsmasq"]
+    ratios = {
+        "single vs tftpd-hpa": hpa["single"] / bakery["single"],
+        "all Pis at once vs dnsmasq": dnsmasq["storm"] / bakery["storm"],
+    }
+    extra = {
+        "single vs dnsmasq": dnsmasq["single"] / bakery["single"],
+        "all Pis at once vs tftpd-hpa": hpa["storm"] / bakery["storm"],
+    }
+    ok = True
+    for name, ratio in ratios.items():
+        passed = ratio >= TARGETS[name]
+        ok &= passed
+        verdict = "ok" if passed else "MISSED"
+        print(f"{name}: {ratio:.2f}x throughput (target >= {TARGETS[name]}x) {verdict}")
+    for name, ratio in extra.items():
+        print(f"{name}: {ratio:.2f}x throughput")
+    if any(r["failed"] for r in results.values()):
+        print("some transfers failed: see the counts above")
+    return 0 if ok else 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""``bakery netboot``: the TFTP server and dnsmasq, supervised, in one process.
+
+``bakery serve`` starts this process before gunicorn forks its workers (so no worker
+ever inherits a supervisor's pipe) and stops it on exit; it also stops by itself
+when its parent goes away (its stdin closes). Run alone, it serves netboot for an
+API running elsewhere on the same data dir and database."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import TextIO
+
+from ..config import Settings, dump_settings
+from ..fleet import Fleet
+from ..supervisor import ChildSupervisor
+from .dnsmasq import DnsmasqSupervisor, render_config
+
+log = logging.getLogger(__name__)
+
+
+def netboot_children(settings: Settings) -> list[ChildSupervisor | DnsmasqSupervisor]:
+    """The TFTP server (a ``bakery tftp`` process on the same settings) and, when
+    enabled, dnsmasq for proxy DHCP."""
+    children: list[ChildSupervisor | DnsmasqSupervisor] = []
+    if settings.tftp_enabled:
+        config = dump_settings(settings, settings.path("run", "settings.json"))
+        command = [sys.executable, "-m", "bakery.cli", "tftp", "--config", str(config)]
+        children.append(ChildSupervisor("tftp", command))
+    if settings.dnsmasq_enabled:
+        render_config(settings)  # a bad setting stops the start here, in one line
+        children.append(DnsmasqSupervisor(settings, lambda: Fleet(settings)))
+    return children
+
+
+def run_netboot(settings: Settings, parent: TextIO | None = None) -> None:
+    """Run the netboot children until SIGTERM/SIGINT, or until ``parent`` (a pipe
+    from the process that started us) reaches end of file."""
+    children = netboot_children(settings)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.read(), done.set()), daemon=True).start()
+    for child in children:
+        child.start()
+    log.info("netboot: running %s", ", ".join(type(c).__name__ for c in children) or "nothing")
+    done.wait()
+    for child in children:
+        child.stop()

@@ -1,0 +1,612 @@
+"""The TFTP server Raspberry Pis netboot from (RFC 1350, 2347, 2348, 2349).
+
+``<serial>/<path>`` is answered from the boot files of that Pi's current bake, with
+``cmdline.txt`` rendered for its NFS root and ``config.txt`` trimmed; bare names (the
+Pi 3 ROM's ``bootcode.bin``) come from the firmware directory. The Pi bootloaders'
+habits shape it (pi-netboot §2, §6): a ``tsize`` probe aborted with "Early terminate"
+before most downloads, a new source port per request, ``//`` in paths, 1 s
+retransmits, block numbers that wrap to 0.
+
+Speed comes from the fact that all Pis on one bakeform read identical blocks: each
+file is cached once per block size as a ready-made run of DATA packets, so sending a
+block is one ``send`` of a memoryview slice. Every transfer has its own connected
+socket (its TID) read with ``add_reader``; retransmits are driven by one periodic
+sweep rather than a timer per packet. The fleet (database) is only asked about a Pi
+once per request burst, never per packet, and always from a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import models
+from ..config import Settings
+from ..fleet import Fleet
+from . import bootfiles
+from . import tftp_packets as tp
+from .bootfiles import BootTarget, UnsafePath
+
+log = logging.getLogger(__name__)
+
+#: Bytes of packet images kept in memory (shared by every Pi on the same bakeform).
+CACHE_BYTES = 512 * 1024 * 1024
+#: Seconds a Pi's boot target is reused for its next requests (a boot asks for ~20-40).
+TARGET_TTL = 2.0
+#: Seconds without requests after which a Pi's next request starts a new boot.
+QUIET_PERIOD = 30.0
+#: Seconds between two power-offs of the same Pi booting without a bake.
+TURN_AWAY_INTERVAL = 30.0
+#: How often retransmit deadlines are checked, in seconds.
+SWEEP_INTERVAL = 0.05
+#: Pis whose boot bookkeeping is kept (oldest forgotten first).
+MAX_TRACKED_PIS = 4096
+#: Bytes a memoryview slice and its list slot take (counted against CACHE_BYTES).
+SLICE_OVERHEAD = 200
+CMDLINE = "cmdline.txt"
+CONFIG_TXT = "config.txt"
+_HEADER = struct.Struct("!HH")
+
+
+class PacketImage:
+    """A file laid out as the DATA packets of one block size, back to back, so block
+    ``n`` is a slice: no copying or header building while sending."""
+
+    __slots__ = ("size", "blksize", "count", "nbytes", "packets")
+
+    def __init__(self, content: bytes, blksize: int) -> None:
+        self.size = len(content)
+        self.blksize = blksize
+        self.count = tp.block_count(self.size, blksize)
+        image = bytearray(self.count * 4 + self.size)
+        source = memoryview(content)
+        for index in range(self.count):
+            start = index * (blksize + 4)
+            chunk = source[index * blksize : (index + 1) * blksize]
+            _HEADER.pack_into(image, start, tp.Opcode.DATA, (index + 1) % tp.BLOCK_MODULO)
+            image[start + 4 : start + 4 + len(chunk)] = chunk
+        view = memoryview(image)
+        #: Memory held, counting the slice objects (they dominate at tiny block sizes).
+        self.nbytes = len(image) + self.count * SLICE_OVERHEAD
+        #: DATA packet ``n`` (1-based, unwrapped) is ``packets[n]``.
+        self.packets: list[memoryview | None] = [None]
+        for index in range(self.count):
+            start = index * (blksize + 4)
+            self.packets.append(view[start : start + 4 + min(blksize, self.size - index * blksize)])
+
+
+class PacketCache:
+    """Packet images by (file, mtime, size, block size, rendering), least recently
+    used evicted past ``limit`` bytes. Used from executor threads, hence the lock."""
+
+    def __init__(self, limit: int = CACHE_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self._images: OrderedDict[tuple, PacketImage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, blksize: int, render: Callable[[bytes], bytes]) -> PacketImage:
+        """The packet image of ``path`` as ``render`` transforms it; read on a miss."""
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size, blksize, render)
+        with self._lock:
+            image = self._images.get(key)
+            if image is not None:
+                self._images.move_to_end(key)
+                return image
+        image = PacketImage(render(path.read_bytes()), blksize)
+        self._store(key, image)
+        return image
+
+    def _store(self, key: tuple, image: PacketImage) -> None:
+        if image.nbytes > self.limit:
+            return
+        with self._lock:
+            if key in self._images:
+                return
+            self._images[key] = image
+            self.used += image.nbytes
+            while self.used > self.limit:
+                _, evicted = self._images.popitem(last=False)
+                self.used -= evicted.nbytes
+
+
+@dataclass
+class PiBoot:
+    """What this server remembers of one Pi between its requests."""
+
+    last_request: float = 0.0
+    requested: list[str] = field(default_factory=list)
+    target: BootTarget | None = None
+    target_ip: str = ""
+    target_expires: float = 0.0
+    turned_away: float = float("-inf")
+
+
+@dataclass
+class Outcome:
+    """Why a request is refused: the TFTP error sent back."""
+
+    code: tp.ErrorCode
+    message: str
+
+
+NOT_FOUND = Outcome(tp.ErrorCode.FILE_NOT_FOUND, "file not found")
+
+
+class Transfer:
+    """One read: the client's TID socket, the packet image, and where we are.
+
+    ``block`` is the unwrapped number of the packet last sent (0 = the OACK)."""
+
+    __slots__ = (
+        "server",
+        "client",
+        "sock",
+        "image",
+        "packets",
+        "name",
+        "serial",
+        "block",
+        "expected",
+        "watched_block",
+        "stalled_since",
+        "retries",
+        "started",
+        "oack",
+    )
+
+    def __init__(self, server: TftpServer, client: tuple[str, int], sock: socket.socket) -> None:
+        self.server = server
+        self.client = client
+        self.sock = sock
+        self.image: PacketImage | None = None
+        self.packets: list[memoryview | None] = []
+        self.name = ""
+        self.serial: str | None = None
+        self.block = 0
+        self.expected = 0
+        self.watched_block = -1
+        self.stalled_since = 0.0
+        self.retries = 0
+        self.started = time.monotonic()
+        self.oack = b""
+
+    def begin(self, image: PacketImage, oack: bytes) -> None:
+        self.image, self.packets, self.oack = image, image.packets, oack
+        if oack:
+            self.send(oack)
+        else:
+            self.advance()
+
+    def on_readable(self) -> None:
+        """The hot path: one ACK in, the next DATA packet out."""
+        buf = self.server.recv_buffer
+        try:
+            length = self.sock.recv_into(buf)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # ICMP port unreachable: the client is gone
+            self.server.finish(self, f"client unreachable: {exc.strerror}")
+            return
+        if length < 4 or buf[0] != 0:
+            return
+        if buf[1] == tp.Opcode.ACK:
+            if (buf[2] << 8 | buf[3]) == self.expected:
+                self.advance()
+            return
+        if buf[1] == tp.Opcode.ERROR:
+            self.server.client_error(self, bytes(buf[:length]))
+
+    def advance(self) -> None:
+        if self.block == self.image.count:
+            self.server.finish(self)
+            return
+        self.block += 1
+        self.expected = self.block & 0xFFFF
+        self.send(self.packets[self.block])
+
+    def send(self, packet: bytes | memoryview) -> None:
+        try:
+            self.sock.send(packet)
+        except BlockingIOError:
+            pass  # the retransmit sweep sends it again
+        except OSError as exc:
+            self.server.finish(self, f"send failed: {exc.strerror}")
+
+    def check_progress(self, now: float, timeout: float, retries: int) -> None:
+        """Called by the sweep: resend when no ACK moved the transfer on for ``timeout``
+        seconds, give up after ``retries`` resends. Watching the block number here keeps
+        clock reads off the per-packet path."""
+        if self.block != self.watched_block:
+            self.watched_block, self.stalled_since, self.retries = self.block, now, 0
+        elif now - self.stalled_since >= timeout:
+            if self.retries >= retries:
+                self.server.finish(self, f"no ACK for block {self.block} after {retries} resends")
+                return
+            self.retries += 1
+            self.stalled_since = now
+            self.send(self.packets[self.block] if self.block else self.oack)
+
+
+class TftpServer:
+    """The server on one event loop. ``start()``/``stop()`` run it in a background
+    thread (tests, or a supervisor that embeds it); ``serve_forever()`` runs it in the
+    calling thread until SIGTERM/SIGINT (``bakery tftp``, one per worker process).
+
+    Give ``sock`` to share a listening socket made by the caller (``SO_REUSEPORT``
+    workers); otherwise it binds ``settings.tftp_address``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fleet: Fleet | None = None,
+        sock: socket.socket | None = None,
+        cache: PacketCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.fleet = fleet or Fleet(settings)
+        self.sock = sock or listening_socket(*settings.tftp_address)
+        self.cache = cache or PacketCache()
+        self.transfers: dict[tuple[str, int], Transfer | None] = {}
+        self.pis: OrderedDict[str, PiBoot] = OrderedDict()
+        self.recv_buffer = bytearray(600)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._listener: asyncio.DatagramTransport | None = None
+        self._files = ThreadPoolExecutor(4, thread_name_prefix="tftp-files")
+        self._db = ThreadPoolExecutor(4, thread_name_prefix="tftp-db")
+        self._tasks: set[asyncio.Future] = set()
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens (the real port when bound to port 0)."""
+        return self.sock.getsockname()[:2]
+
+    @property
+    def active_transfers(self) -> int:
+        """Requests being looked up or transferred; 0 when the server is idle."""
+        return len(self.transfers)
+
+    # -- running -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Serve from a background thread; returns once requests are accepted."""
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(ready),), name="tftp", daemon=True
+        )
+        self._thread.start()
+        ready.wait()
+
+    def stop(self) -> None:
+        """Stop serving (open transfers are dropped) and wait for the thread."""
+        if self.loop is not None and self._stopped is not None:
+            self.loop.call_soon_threadsafe(self._stopped.set)
+        if self._thread is not None:
+            self._thread.join()
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGTERM or SIGINT."""
+        asyncio.run(self._serve(None, handle_signals=True))
+
+    async def _serve(self, ready: threading.Event | None, handle_signals: bool = False) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(signum, self._stopped.set)
+        self._listener, _ = await self.loop.create_datagram_endpoint(
+            lambda: _Listener(self), sock=self.sock
+        )
+        sweeper = self.loop.create_task(self._sweep())
+        log.info("TFTP listening on %s:%d", *self.address)
+        if ready is not None:
+            ready.set()
+        try:
+            await self._stopped.wait()
+        finally:
+            sweeper.cancel()
+            self._close()
+
+    def _close(self) -> None:
+        for transfer in list(self.transfers.values()):
+            if transfer is not None:
+                self._drop(transfer)
+        self.transfers.clear()
+        for task in self._tasks:
+            task.cancel()
+        self._listener.close()
+        self._files.shutdown(wait=False, cancel_futures=True)
+        self._db.shutdown(wait=True, cancel_futures=True)
+
+    async def _sweep(self) -> None:
+        """Retransmit what was not acknowledged in time; give up after the retries."""
+        timeout, retries = self.settings.tftp_timeout, self.settings.tftp_retries
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for transfer in list(self.transfers.values()):
+                if transfer is not None and transfer.image is not None:
+                    transfer.check_progress(now, timeout, retries)
+
+    # -- requests ------------------------------------------------------------------------
+
+    def on_request(self, packet: bytes, client: tuple[str, int]) -> None:
+        """An RRQ on the listening socket. A repeat from a client port whose transfer
+        is still running is the same request (the Pi resends after ~2 s)."""
+        if client in self.transfers:
+            return
+        try:
+            request = tp.parse_request(packet)
+        except tp.PacketError as exc:
+            log.info("TFTP bad request from %s:%d: %s", *client, exc)
+            self._refuse(client, Outcome(tp.ErrorCode.ILLEGAL_OPERATION, str(exc)))
+            return
+        if request.opcode != tp.Opcode.RRQ:
+            self._refuse(client, Outcome(tp.ErrorCode.ACCESS_VIOLATION, "read-only server"))
+            return
+        self.transfers[client] = None
+        self._spawn(self._answer(client, request))
+
+    async def _answer(self, client: tuple[str, int], request: tp.Request) -> None:
+        try:
+            result = await self._prepare(client, request)
+        except Exception:
+            log.exception("TFTP request %r from %s failed", request.filename, client[0])
+            result = Outcome(tp.ErrorCode.UNDEFINED, "server error")
+        if client not in self.transfers:
+            return  # the server stopped meanwhile
+        if isinstance(result, Outcome):
+            del self.transfers[client]
+            self._refuse(client, result)
+            return
+        self._begin(client, request, *result)
+
+    async def _prepare(
+        self, client: tuple[str, int], request: tp.Request
+    ) -> Outcome | tuple[str | None, str, PacketImage]:
+        """Find what the request names and load it, or say why not."""
+        try:
+            path = bootfiles.parse_request_path(request.filename)
+        except UnsafePath as exc:
+            log.warning("TFTP refused %s from %s: %s", request.filename[:200], client[0], exc)
+            return Outcome(tp.ErrorCode.ACCESS_VIOLATION, "access violation")
+        blksize = tp.negotiate(request.options, 0, self.settings.tftp_max_blksize).get(
+            "blksize", tp.DEFAULT_BLKSIZE
+        )
+        if path.serial is None:
+            image = await self._load(self.settings.firmware_path, path.relative, blksize)
+            return image if isinstance(image, Outcome) else (None, path.relative, image)
+        target = await self._target(path.serial, client[0], path.relative)
+        if target is None:
+            return NOT_FOUND
+        if path.relative.lower() == CMDLINE:
+            image = PacketImage(target.cmdline.encode(), blksize)
+        else:
+            image = await self._load(target.boot_dir, path.relative, blksize)
+        return image if isinstance(image, Outcome) else (path.serial, path.relative, image)
+
+    async def _load(self, tree: Path, relative: str, blksize: int) -> PacketImage | Outcome:
+        image = await self.loop.run_in_executor(
+            self._files, self._read_boot_file, tree, relative, blksize
+        )
+        return NOT_FOUND if image is None else image
+
+    def _read_boot_file(self, tree: Path, relative: str, blksize: int) -> PacketImage | None:
+        """Blocking: find the file in its tree and get its packets from the cache."""
+        path = bootfiles.find_boot_file(tree, relative)
+        if path is None:
+            return None
+        render = self._render_config if relative.lower() == CONFIG_TXT else _as_is
+        try:
+            return self.cache.get(path, blksize, render)
+        except OSError:
+            return None
+
+    @functools.cached_property
+    def _render_config(self) -> Callable[[bytes], bytes]:
+        drop = tuple(self.settings.config_txt_drop)
+
+        def render(content: bytes) -> bytes:
+            return bootfiles.adjust_config_txt(content.decode("latin-1"), drop).encode("latin-1")
+
+        return render
+
+    def _begin(
+        self, client: tuple[str, int], request: tp.Request, serial: str | None, name: str, image
+    ) -> None:
+        sock = transfer_socket(self.address[0], client)
+        transfer = Transfer(self, client, sock)
+        transfer.name, transfer.serial = name, serial
+        self.transfers[client] = transfer
+        self.loop.add_reader(sock.fileno(), transfer.on_readable)
+        granted = tp.negotiate(request.options, image.size, self.settings.tftp_max_blksize)
+        transfer.begin(image, tp.encode_oack(granted) if granted else b"")
+
+    def _refuse(self, client: tuple[str, int], outcome: Outcome) -> None:
+        if self._listener is not None and not self._listener.is_closing():
+            self._listener.sendto(tp.encode_error(outcome.code, outcome.message), client)
+
+    # -- the Pi behind a request -----------------------------------------------------------
+
+    async def _target(self, serial: str, ip: str, name: str) -> BootTarget | None:
+        """The Pi's boot target, from the fleet when it may have changed: on the first
+        request of a boot, after ``TARGET_TTL``, from a new address, and always for
+        cmdline.txt (its exports must follow its address before it learns its root)."""
+        now = time.monotonic()
+        boot = self._pi(serial)
+        first = now - boot.last_request > QUIET_PERIOD
+        boot.last_request = now
+        if first:
+            boot.requested.clear()
+        boot.requested.append(name)
+        del boot.requested[:-16]
+        fresh = boot.target_ip == ip and now < boot.target_expires
+        if fresh and name.lower() != CMDLINE:
+            return boot.target
+        model = bootfiles.guess_model(boot.requested)
+        target = await self._fleet("boot_target", serial, ip, model)
+        boot.target, boot.target_ip, boot.target_expires = target, ip, now + TARGET_TTL
+        if first:
+            self._record(serial, "first request", file=name, ip=ip)
+        if target is None:
+            self._turn_away(serial, boot, now)
+        return target
+
+    def _pi(self, serial: str) -> PiBoot:
+        boot = self.pis.get(serial)
+        if boot is None:
+            boot = self.pis[serial] = PiBoot()
+            if len(self.pis) > MAX_TRACKED_PIS:
+                self.pis.popitem(last=False)
+        self.pis.move_to_end(serial)
+        return boot
+
+    def _turn_away(self, serial: str, boot: PiBoot, now: float) -> None:
+        if now - boot.turned_away < TURN_AWAY_INTERVAL:
+            return
+        boot.turned_away = now
+        self._spawn(self._fleet("turn_away", serial))
+
+    # -- endings -----------------------------------------------------------------------------
+
+    def client_error(self, transfer: Transfer, packet: bytes) -> None:
+        """An ERROR from the client. Right after the OACK it is the Pi's existence
+        probe ("Early terminate"): normal, and not a served file."""
+        code, message = tp.parse_error(packet)
+        if transfer.block == 0:
+            self._drop(transfer)
+            return
+        self.finish(transfer, f"client error {code}: {message}")
+
+    def finish(self, transfer: Transfer, failure: str | None = None) -> None:
+        """End a transfer and put it on the Pi's timeline."""
+        self._drop(transfer)
+        if transfer.serial is None:
+            log.info("TFTP %s to %s: %s", transfer.name, transfer.client[0], failure or "sent")
+            return
+        if failure is not None:
+            self._record(transfer.serial, "transfer failed", file=transfer.name, reason=failure)
+            return
+        seconds = round(time.monotonic() - transfer.started, 4)
+        message = "cmdline served" if transfer.name.lower() == CMDLINE else "file served"
+        self._record(
+            transfer.serial, message, file=transfer.name, size=transfer.image.size, seconds=seconds
+        )
+
+    def _drop(self, transfer: Transfer) -> None:
+        if self.transfers.get(transfer.client) is transfer:
+            del self.transfers[transfer.client]
+        self.loop.remove_reader(transfer.sock.fileno())
+        transfer.sock.close()
+
+    # -- the fleet, off the event loop -------------------------------------------------------
+
+    async def _fleet(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(_with_connection, getattr(self.fleet, method), *args, **kwargs)
+        return await self.loop.run_in_executor(self._db, call)
+
+    def _record(self, serial: str, message: str, **data: Any) -> None:
+        self._spawn(self._fleet("record_boot", serial, message, **data))
+
+    def _spawn(self, coroutine) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("TFTP background call failed", exc_info=task.exception())
+
+
+class _Listener(asyncio.DatagramProtocol):
+    def __init__(self, server: TftpServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.on_request(data, addr[:2])
+
+
+def _as_is(content: bytes) -> bytes:
+    return content
+
+
+def _with_connection(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a fleet call on this thread's own database connection."""
+    with models.database.connection_context():
+        return call(*args, **kwargs)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The RRQ socket, with ``SO_REUSEPORT`` so worker processes can share the port
+    (the kernel spreads clients by address and port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setblocking(False)
+    sock.bind((host, port))
+    return sock
+
+
+def transfer_socket(host: str, client: tuple[str, int]) -> socket.socket:
+    """A new TID: an ephemeral port connected to the client, so the kernel drops
+    packets from anyone else."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sock.bind((host, 0))
+    sock.connect(client)
+    return sock
+
+
+def run_tftp(settings: Settings, workers: int = 1) -> None:
+    """Serve TFTP in the foreground until SIGTERM/SIGINT, with ``workers`` processes
+    sharing the port (``SO_REUSEPORT``). Each process connects to the database itself."""
+    children = [_fork_worker(settings) for _ in range(workers - 1)]
+    try:
+        _serve_process(settings)
+    finally:
+        for pid in children:
+            _stop_child(pid)
+
+
+def _serve_process(settings: Settings) -> None:
+    models.connect(settings.database)
+    models.create_schema()
+    TftpServer(settings).serve_forever()
+
+
+def _fork_worker(settings: Settings) -> int:
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _serve_process(settings)
+        except BaseException:
+            log.exception("TFTP worker failed")
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _stop_child(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass

@@ -1,0 +1,402 @@
+"""The CPI methods other than ``info``, each a translation to Bakery's API.
+
+A VM is a bake (its cid is the bake id, never reused), a stemcell is a bakeform, a disk
+is a Bakery disk, a snapshot a Bakery snapshot. Bakery does the work and guarantees the
+hard parts (atomic Pi allocation across processes, settings and disk lists written into
+the root); this module maps arguments in and Bakery's answers and errors out to what the
+director expects (bosh-cpi.md §2 and §1.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import string
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import agent_settings
+from .client import ApiError, BakeryClient
+from .config import CpiConfig, ephemeral_disk_mib
+from .errors import (
+    CloudError,
+    CpiError,
+    DiskNotAttached,
+    DiskNotFound,
+    MethodNotImplemented,
+    NotSupported,
+    VMCreationFailed,
+    VMNotFound,
+)
+from .log import CallLog
+
+#: Bakery error codes after which another create_vm attempt may well succeed.
+RETRYABLE_CODES = {"no_pi_available", "power_failed", "unavailable"}
+#: Bake states in which the VM exists (Bakery's live states).
+LIVE_STATES = {"preparing", "baked", "unbaking"}
+NAME_CHARS = set(string.ascii_letters + string.digits + "._-")
+HEX = set("0123456789abcdef")
+#: Placement keys of create_vm's cloud_properties, passed to Bakery's bake request.
+PLACEMENT_KEYS = ("labels", "model", "serial")
+
+
+def call(method: str, arguments: list, config: CpiConfig, api_version: int, log: CallLog) -> Any:
+    """Run one checked CPI method; Bakery's remaining errors become CloudError."""
+    cloud = Cloud(BakeryClient(config), config, api_version, log)
+    try:
+        return getattr(cloud, method)(*arguments)
+    except ApiError as exc:
+        raise CloudError(str(exc)) from None
+
+
+@contextmanager
+def missing_is(error: CpiError) -> Iterator[None]:
+    """Answer Bakery's 404 with the director's own not-found error."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status == 404:
+            raise error from None
+        raise
+
+
+def is_object_id(value: Any) -> bool:
+    """Bakery's ids (bakes, disks, snapshots) are 32 lowercase hex; nothing else is
+    put into a request path."""
+    return isinstance(value, str) and len(value) == 32 and set(value) <= HEX
+
+
+def stemcell_name(cloud_properties: dict) -> str:
+    """A bakeform name (``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``) from the stemcell's name and
+    version, so re-uploading one stemcell replaces its bakeform instead of adding one."""
+    wanted = "-".join(
+        str(cloud_properties[key])
+        for key in ("name", "version")
+        if cloud_properties.get(key) not in (None, "")
+    )
+    name = "".join(c if c in NAME_CHARS else "-" for c in wanted)
+    while ".." in name:
+        name = name.replace("..", ".")
+    name = name.lstrip("._-")
+    if not name:
+        return f"stemcell-{secrets.token_hex(8)}"
+    if len(name) > 64:
+        return f"{name[:55]}-{hashlib.sha1(wanted.encode()).hexdigest()[:8]}"
+    return name
+
+
+class Cloud:
+    """One CPI call's view of Bakery: the client, the configuration, the API version."""
+
+    def __init__(
+        self, client: BakeryClient, config: CpiConfig, api_version: int, log: CallLog
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.api_version = api_version
+        self.log = log
+
+    # -- stemcells -------------------------------------------------------------------
+
+    def create_stemcell(self, image_path: str, cloud_properties: dict, env: Any = None) -> str:
+        """Import the stemcell's image (raw, .xz or .gz: Bakery detects) as a bakeform.
+
+        The image is streamed: the director deletes its extracted directory afterwards."""
+        name = stemcell_name(cloud_properties or {})
+        try:
+            image = open(image_path, "rb")
+        except OSError as exc:
+            raise CloudError(f"cannot read stemcell image {image_path}: {exc.strerror}") from None
+        with image:
+            size = os.fstat(image.fileno()).st_size
+            self.log.info(f"importing {image_path} ({size} bytes) as bakeform {name}")
+            self.client.upload(f"/bakeforms/{name}", image, size, replace="true")
+        return name
+
+    def delete_stemcell(self, stemcell_cid: str) -> None:
+        """Delete the bakeform; one already gone counts as deleted."""
+        self._require_name(stemcell_cid)
+        try:
+            self.client.delete(f"/bakeforms/{stemcell_cid}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self.log.info(f"stemcell {stemcell_cid} was already deleted")
+
+    # -- VMs -------------------------------------------------------------------------
+
+    def create_vm(
+        self,
+        agent_id: str,
+        stemcell_cid: str,
+        cloud_properties: dict,
+        networks: dict,
+        disk_cids: Any = None,
+        env: dict | None = None,
+    ) -> Any:
+        """Bake the stemcell on a free Pi with its agent settings in place and power it on.
+
+        Returns without waiting for the Pi to boot: the director waits for the agent.
+        Whatever was made is removed again if any step fails. ``disk_cids`` is a
+        placement hint, and Pis have no locality: any Pi can mount any disk export."""
+        undo: list[Callable[[], None]] = []
+        try:
+            vm_cid, networks = self._bake_vm(
+                undo, agent_id, stemcell_cid, cloud_properties or {}, networks, env or {}
+            )
+        except BaseException as exc:
+            self._undo(undo)
+            if isinstance(exc, ApiError | CpiError):
+                raise _creation_failed(exc) from None
+            raise
+        return [vm_cid, networks] if self.api_version >= 2 else vm_cid
+
+    def _bake_vm(
+        self,
+        undo: list[Callable[[], None]],
+        agent_id: str,
+        stemcell_cid: str,
+        cloud_properties: dict,
+        networks: dict,
+        env: dict,
+    ) -> tuple[str, dict]:
+        """The create_vm steps; each pushes onto ``undo`` what removes what it made."""
+        self._require_name(stemcell_cid)
+        _require_networks(networks)
+        size = ephemeral_disk_mib(
+            cloud_properties.get("ephemeral_disk_mib", self.config.ephemeral_disk_mib),
+            "cloud_properties.ephemeral_disk_mib",
+        )
+        disk_id = None
+        if size:
+            disk_id = self.client.post("/disks", {"size_mib": size, "ephemeral": True})["id"]
+            undo.append(lambda: self._delete_quietly(f"/disks/{disk_id}"))
+        request = {k: cloud_properties[k] for k in PLACEMENT_KEYS if cloud_properties.get(k)}
+        bake = self.client.post(
+            "/bakes",
+            {
+                **request,
+                "bakeform": stemcell_cid,
+                "disk_ids": [disk_id] if disk_id else [],
+                "power_on": False,
+                "metadata": {"agent_id": agent_id},
+            },
+        )
+        vm_cid = bake["id"]
+        # Unbaking also deletes the ephemeral disk, which is now attached to the bake.
+        undo[:] = [lambda: self._delete_quietly(f"/bakes/{vm_cid}")]
+        self.log.info(f"VM {vm_cid} is a bake on Pi {bake['serial']} (ip {bake['ip']})")
+        networks = agent_settings.pi_networks(networks, bake.get("mac"))
+        self._warn_about_addresses(networks, bake.get("ip"))
+        settings = agent_settings.build(
+            agent_id=agent_id,
+            vm_cid=vm_cid,
+            networks=networks,
+            env=env,
+            ephemeral_disk_id=disk_id,
+            mbus=self.config.mbus,
+            ntp=self.config.ntp,
+            blobstore=self.config.blobstore,
+        )
+        self.client.put(f"/bakes/{vm_cid}/agent-settings", settings)
+        self.client.post(f"/bakes/{vm_cid}/power", {"action": "on"})
+        return vm_cid, networks
+
+    def _warn_about_addresses(self, networks: dict, pi_ip: str | None) -> None:
+        """A manual network's IP must be the one the Pi gets by DHCP: say so if not."""
+        for name, network in networks.items():
+            wanted = network.get("ip")
+            if network.get("type") == "manual" and wanted and pi_ip and wanted != pi_ip:
+                self.log.warn(
+                    f"network {name} expects IP {wanted} but the Pi is at {pi_ip}; "
+                    "reserve the Pi's address for it in the DHCP server"
+                )
+
+    def _undo(self, undo: list[Callable[[], None]]) -> None:
+        for step in reversed(undo):
+            step()
+
+    def _delete_quietly(self, path: str) -> None:
+        """Roll back one thing; a failure is logged, never hides the original error."""
+        try:
+            self.client.delete(path)
+            self.log.info(f"rolled back: deleted {path}")
+        except ApiError as exc:
+            if exc.status != 404:
+                self.log.warn(f"rollback of {path} failed: {exc}")
+        except CpiError as exc:
+            self.log.warn(f"rollback of {path} failed: {exc.message}")
+
+    def delete_vm(self, vm_cid: str) -> None:
+        """Unbake: Bakery detaches (keeps) persistent disks and deletes the ephemeral one."""
+        with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
+            self.client.delete(f"/bakes/{self._vm(vm_cid)}")
+
+    def has_vm(self, vm_cid: str) -> bool:
+        bake = self._find(f"/bakes/{vm_cid}") if is_object_id(vm_cid) else None
+        return bool(bake) and bake.get("state") in LIVE_STATES
+
+    def reboot_vm(self, vm_cid: str, options: Any = None) -> None:
+        """Power-cycle the Pi (a hard reboot: there is nothing softer to ask of a relay)."""
+        with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
+            self.client.post(f"/bakes/{self._vm(vm_cid)}/power", {"action": "cycle"})
+
+    def set_vm_metadata(self, vm_cid: str, metadata: dict) -> None:
+        with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
+            self.client.put(f"/bakes/{self._vm(vm_cid)}/metadata", metadata or {})
+
+    def calculate_vm_cloud_properties(self, resources: dict) -> dict:
+        """A Pi's CPU and RAM are what they are; only the ephemeral disk size is chosen."""
+        size = resources.get("ephemeral_disk_size", self.config.ephemeral_disk_mib)
+        return {"ephemeral_disk_mib": ephemeral_disk_mib(size, "ephemeral_disk_size")}
+
+    # -- disks -----------------------------------------------------------------------
+
+    def create_disk(self, size: int, cloud_properties: Any, vm_cid: str | None = None) -> str:
+        """A detached disk; ``vm_cid`` is only a placement hint and Pis have no locality."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise CpiError(f"create_disk: size must be a whole number of MiB >= 1, got {size!r}")
+        return self.client.post("/disks", {"size_mib": size})["id"]
+
+    def delete_disk(self, disk_cid: str) -> None:
+        with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
+            self.client.delete(f"/disks/{self._disk(disk_cid)}")
+
+    def has_disk(self, disk_cid: str) -> bool:
+        return is_object_id(disk_cid) and self._find(f"/disks/{disk_cid}") is not None
+
+    def attach_disk(self, vm_cid: str, disk_cid: str) -> str | None:
+        """Attach, then name the disk in the VM's settings; v2 answers the device hint."""
+        self._require_disk(disk_cid)
+        with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
+            self.client.post(f"/disks/{disk_cid}/attach", {"bake_id": self._vm(vm_cid)})
+        self._write_persistent_disks(vm_cid)
+        return agent_settings.disk_hint(disk_cid) if self.api_version >= 2 else None
+
+    def detach_disk(self, vm_cid: str, disk_cid: str) -> None:
+        """Detach and drop the disk from the VM's settings; a disk gone already is fine."""
+        disk = self._find(f"/disks/{disk_cid}") if is_object_id(disk_cid) else None
+        if disk is None:
+            self.log.info(f"disk {disk_cid} does not exist; nothing to detach")
+            return
+        if disk.get("bake_id") != vm_cid:
+            raise DiskNotAttached(f"Disk '{disk_cid}' is not attached to VM '{vm_cid}'")
+        self.client.post(f"/disks/{disk_cid}/detach")
+        self._write_persistent_disks(vm_cid)
+
+    def get_disks(self, vm_cid: str) -> list[str]:
+        """The VM's persistent disks (the ephemeral disk is not the director's)."""
+        if not self.has_vm(vm_cid):
+            raise VMNotFound(f"VM '{vm_cid}' not found")
+        return [d["id"] for d in self._persistent_disks(vm_cid)]
+
+    def set_disk_metadata(self, disk_cid: str, metadata: dict) -> None:
+        with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
+            self.client.put(f"/disks/{self._disk(disk_cid)}/metadata", metadata or {})
+
+    def resize_disk(self, disk_cid: str, new_size: int) -> None:
+        """Grow in place; a shrink is NotSupported, so the director copies to a new disk."""
+        try:
+            with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
+                self.client.post(f"/disks/{self._disk(disk_cid)}/resize", {"size_mib": new_size})
+        except ApiError as exc:
+            if exc.code == "shrink_not_supported":
+                raise NotSupported(f"disk {disk_cid} cannot shrink to {new_size} MiB") from None
+            raise
+
+    def snapshot_disk(self, disk_cid: str, metadata: dict | None = None) -> str:
+        """A copy-on-write snapshot; NotImplemented where Bakery's data dir has no reflinks."""
+        try:
+            with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
+                path = f"/disks/{self._disk(disk_cid)}/snapshots"
+                return self.client.post(path, metadata or {})["id"]
+        except ApiError as exc:
+            if exc.status == 501:
+                raise MethodNotImplemented(f"snapshot_disk: {exc.message}") from None
+            raise
+
+    def delete_snapshot(self, snapshot_cid: str) -> None:
+        """Delete a snapshot; one already gone counts as deleted."""
+        path = f"/snapshots/{snapshot_cid}"
+        if not (is_object_id(snapshot_cid) and self._delete_if_exists(path)):
+            self.log.info(f"snapshot {snapshot_cid} does not exist; nothing to delete")
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _write_persistent_disks(self, vm_cid: str) -> None:
+        """Rewrite the settings' persistent disks from Bakery's list of attached disks,
+        so the file the agent re-reads on ``add_persistent_disk`` always matches."""
+        try:
+            settings = self.client.get(f"/bakes/{vm_cid}/agent-settings")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            self.log.info(f"VM {vm_cid} is gone; its settings need no update")
+            return
+        disk_ids = [d["id"] for d in self._persistent_disks(vm_cid)]
+        settings = agent_settings.with_persistent_disks(settings, disk_ids)
+        self.client.put(f"/bakes/{vm_cid}/agent-settings", settings)
+
+    def _persistent_disks(self, vm_cid: str) -> list[dict]:
+        return [d for d in self.client.get("/disks", bake_id=vm_cid) if not d.get("ephemeral")]
+
+    def _find(self, path: str) -> dict | None:
+        try:
+            return self.client.get(path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _delete_if_exists(self, path: str) -> bool:
+        try:
+            self.client.delete(path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _vm(vm_cid: Any) -> str:
+        if not is_object_id(vm_cid):
+            raise VMNotFound(f"VM '{vm_cid}' not found")
+        return vm_cid
+
+    @staticmethod
+    def _disk(disk_cid: Any) -> str:
+        if not is_object_id(disk_cid):
+            raise DiskNotFound(f"Disk '{disk_cid}' not found")
+        return disk_cid
+
+    def _require_disk(self, disk_cid: Any) -> None:
+        if self._find(f"/disks/{self._disk(disk_cid)}") is None:
+            raise DiskNotFound(f"Disk '{disk_cid}' not found")
+
+    @staticmethod
+    def _require_name(stemcell_cid: Any) -> None:
+        valid = (
+            isinstance(stemcell_cid, str)
+            and 0 < len(stemcell_cid) <= 64
+            and stemcell_cid[0].isalnum()
+            and set(stemcell_cid) <= NAME_CHARS
+            and ".." not in stemcell_cid
+        )
+        if not valid:
+            raise CpiError(f"stemcell '{stemcell_cid}' is not a valid stemcell cid")
+
+
+def _require_networks(networks: Any) -> None:
+    valid = isinstance(networks, dict) and all(isinstance(n, dict) for n in networks.values())
+    if not valid:
+        raise CpiError(f"networks must be an object of network objects, got {networks!r}")
+
+
+def _creation_failed(exc: ApiError | CpiError) -> VMCreationFailed:
+    """create_vm's one error type; retryable when another attempt may find a Pi."""
+    if isinstance(exc, ApiError):
+        retry = exc.code in RETRYABLE_CODES
+        return VMCreationFailed(f"create_vm failed: {exc}", ok_to_retry=retry)
+    return VMCreationFailed(f"create_vm failed: {exc.message}", ok_to_retry=False)

@@ -1,0 +1,306 @@
+"""The TFTP server, spoken to by real clients (curl, tftp-hpa, a Pi-4-shaped raw UDP
+client) on loopback, over a real baked Pi in a temp data dir (SQLite)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bakery.config import load_settings
+from bakery.models import PiState
+from bakery.netboot import tftp_packets as tp
+from bakery.netboot.tftp import TftpServer, listening_socket
+from tests.netboot.pi_client import PI4_BOOT_FILES, Download, PiClient, run
+from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, default_boot_files
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in REQUIRED_TOOLS), reason="SD image tools missing"
+)
+
+SERIAL = "1234abcd"
+BOOT_FILES = default_boot_files()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> object:
+    """Poll until ``condition()`` is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """SQLite only: the API tests cover PostgreSQL; these are about the wire."""
+    (tmp_path / "firmware").mkdir()
+    return load_settings(
+        environ={},
+        root=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'bakery.db'}",
+        power_on_gap=0,
+        nfs_backend="ganesha",
+        exports_file=str(tmp_path / "exports.conf"),
+        firmware_dir=str(tmp_path / "firmware"),
+        tftp_retries=2,
+    )
+
+
+@pytest.fixture
+def server(settings, fleet):
+    tftp = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0))
+    tftp.start()
+    try:
+        yield tftp
+    finally:
+        tftp.stop()
+
+
+@pytest.fixture
+def baked(fleet, sd_image_file):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi(SERIAL, ip="127.0.0.1")
+    return fleet.bake("raspios")
+
+
+@pytest.fixture
+def pi(server, baked) -> PiClient:
+    return PiClient(server.address, SERIAL)
+
+
+def events(fleet, serial: str = SERIAL) -> list:
+    return list(fleet.get_pi(serial).events.order_by("id"))
+
+
+def boot_messages(fleet, serial: str = SERIAL) -> list[str]:
+    return [event.message for event in events(fleet, serial) if event.kind == "boot"]
+
+
+def request(server, name: str, options: dict | None = None, bind_ip: str = "127.0.0.1"):
+    """One raw RRQ; returns the socket and the first answer (packet, server TID)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((bind_ip, 0))
+    sock.settimeout(5)
+    sock.sendto(tp.encode_request(name, options), server.address)
+    return sock, sock.recvfrom(70000)
+
+
+def error_code(server, name: str) -> int:
+    sock, (packet, _) = request(server, name)
+    sock.close()
+    return tp.parse_error(packet)[0]
+
+
+# -- real clients ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+@pytest.mark.parametrize("blksize", [[], ["--tftp-blksize", "1468"]], ids=["512", "1468"])
+def test_curl_gets_config_txt(pi, server, blksize):
+    url = f"tftp://127.0.0.1:{server.address[1]}/{SERIAL}/config.txt"
+    fetched = subprocess.run(["curl", "-sf", *blksize, url], capture_output=True, check=True)
+    assert fetched.stdout == BOOT_FILES["config.txt"]
+
+
+@pytest.mark.skipif(shutil.which("tftp") is None, reason="tftp-hpa client missing")
+def test_tftp_hpa_client_gets_start4_elf(pi, server, tmp_path):
+    out = tmp_path / "start4.elf"
+    command = ["tftp", "127.0.0.1", str(server.address[1]), "-m", "binary"]
+    subprocess.run([*command, "-c", "get", f"{SERIAL}/start4.elf", str(out)], check=True)
+    assert out.read_bytes() == BOOT_FILES["start4.elf"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+def test_unprefixed_requests_come_from_the_firmware_dir(server, settings):
+    (settings.firmware_path / "bootcode.bin").write_bytes(b"pi 3 second stage" * 100)
+    url = f"tftp://127.0.0.1:{server.address[1]}/bootcode.bin"
+    fetched = subprocess.run(["curl", "-sf", url], capture_output=True, check=True)
+    assert fetched.stdout == b"pi 3 second stage" * 100
+
+
+# -- what a Pi 4 does --------------------------------------------------------------------
+
+
+def test_pi4_boot_gets_every_file_with_its_cmdline_for_nfs(pi, baked, fleet):
+    fetched = pi.boot()
+    for name in PI4_BOOT_FILES:
+        if name != "cmdline.txt":
+            assert fetched[name] == BOOT_FILES[name], name
+    cmdline = fetched["cmdline.txt"].decode()
+    root = fleet.bake_root(baked.id)
+    assert f"root=/dev/nfs nfsroot=127.0.0.1:{root},vers=3,tcp" in cmdline
+    assert "PARTUUID" not in cmdline
+
+
+def test_probe_answers_tsize_and_early_terminate_is_not_a_failure(pi, server, fleet):
+    assert pi.probe("kernel8.img") == {"tsize": str(len(BOOT_FILES["kernel8.img"]))}
+    wait_for(lambda: server.active_transfers == 0)
+    download = pi.download(f"{SERIAL}/kernel8.img", {"tsize": 0, "blksize": 1468})
+    assert download.oack == {"tsize": str(len(BOOT_FILES["kernel8.img"])), "blksize": "1468"}
+    assert download.result() == BOOT_FILES["kernel8.img"]
+    wait_for(lambda: "file served" in boot_messages(fleet))
+    assert "transfer failed" not in boot_messages(fleet)
+    served = [e for e in events(fleet) if e.message == "file served"]
+    assert [e.data["file"] for e in served] == ["kernel8.img"]
+
+
+def test_blksize_is_clamped_to_the_configured_maximum(pi):
+    download = pi.download(f"{SERIAL}/start4.elf", {"blksize": 65464})
+    assert download.oack == {"blksize": "1468"}
+    assert download.result() == BOOT_FILES["start4.elf"]
+
+
+def test_pi5_double_slash_is_collapsed(pi):
+    assert pi.download(f"{SERIAL}//config.txt", {"tsize": 0}).result() == BOOT_FILES["config.txt"]
+
+
+def test_file_names_match_case_insensitively_like_fat(pi):
+    name = f"{SERIAL}/BCM2711-RPI-4-B.DTB"
+    assert pi.download(name).result() == BOOT_FILES["bcm2711-rpi-4-b.dtb"]
+
+
+def test_serial_prefix_is_compared_as_a_number(pi):
+    assert pi.download("1234ABCD/fixup4.dat").result() == BOOT_FILES["fixup4.dat"]
+
+
+def test_missing_file_is_error_1(pi, server):
+    assert error_code(server, f"{SERIAL}/recovery.elf") == tp.ErrorCode.FILE_NOT_FOUND
+
+
+def test_served_config_txt_drops_auto_initramfs(server, fleet, tmp_path):
+    config = b"[all]\nauto_initramfs=1\ndtoverlay=vc4-kms-v3d\n"
+    image = build_sd_image(tmp_path / "initramfs.img", boot={**BOOT_FILES, "config.txt": config})
+    with open(image, "rb") as upload:
+        fleet.import_bakeform("bookworm", upload)
+    fleet.register_pi(SERIAL, ip="127.0.0.1")
+    fleet.bake("bookworm")
+    served = PiClient(server.address, SERIAL).get("config.txt")
+    assert served == b"[all]\ndtoverlay=vc4-kms-v3d\n"
+
+
+# -- refusing what is not a boot file ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd",
+        f"{SERIAL}/../../../etc/passwd",
+        "/etc/passwd",
+        f"{SERIAL}/overlays/../../x",
+        f"{SERIAL}/../secret",
+        "zzzzzzzz/start4.elf",
+        f"{SERIAL}/con\x01fig.txt",
+        f"{SERIAL}\\..\\secret",
+    ],
+)
+def test_paths_outside_the_boot_tree_are_refused_without_reading(pi, server, fleet, name):
+    (fleet.bakeform_dir("raspios") / "secret").write_text("not for Pis")
+    assert error_code(server, name) == tp.ErrorCode.ACCESS_VIOLATION
+    assert server.cache.used == 0
+
+
+def test_nul_byte_in_a_name_is_an_error(pi, server):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    sock.sendto(b"\0\x01" + SERIAL.encode() + b"/config.txt\0../../x\0octet\0", server.address)
+    packet, _ = sock.recvfrom(1000)
+    sock.close()
+    assert tp.opcode_of(packet) == tp.Opcode.ERROR
+    assert server.cache.used == 0
+
+
+# -- the protocol under loss and repetition ----------------------------------------------
+
+
+def test_unacknowledged_block_is_sent_again_after_the_timeout(pi, server):
+    sock, (first, tid) = request(server, f"{SERIAL}/start4.elf")
+    sent = time.monotonic()
+    again, _ = sock.recvfrom(1000)  # the first DATA is "lost": not ACKed
+    waited = time.monotonic() - sent
+    sock.close()
+    assert again == first and tp.parse_data(first)[0] == 1
+    assert 0.8 < waited < 2.0
+
+
+def test_vanished_client_frees_its_transfer_and_is_a_failure_event(pi, server, fleet):
+    sock, _ = request(server, f"{SERIAL}/kernel8.img", {"blksize": 512})
+    assert server.active_transfers == 1
+    sock.close()
+    wait_for(lambda: server.active_transfers == 0, timeout=6)
+    failure = wait_for(lambda: [e for e in events(fleet) if e.message == "transfer failed"])
+    assert failure[0].data["file"] == "kernel8.img"
+
+
+def test_duplicate_rrq_from_the_same_port_is_one_transfer(pi, server):
+    sock, (oack, tid) = request(server, f"{SERIAL}/start4.elf", {"tsize": 0})
+    sock.sendto(tp.encode_request(f"{SERIAL}/start4.elf", {"tsize": 0}), server.address)
+    assert tp.parse_oack(oack) == {"tsize": str(len(BOOT_FILES["start4.elf"]))}
+    sock.sendto(tp.encode_ack(0), tid)
+    first_block, sender = sock.recvfrom(1000)
+    assert tp.parse_data(first_block)[0] == 1 and sender == tid
+    assert server.active_transfers == 1
+    sock.close()
+
+
+def test_block_numbers_roll_over_to_zero(server, settings):
+    content = bytes(range(256)) * 2100  # 537,600 bytes: 67,200 blocks of 8
+    (settings.firmware_path / "big.bin").write_bytes(content)
+    download = Download(server.address, "big.bin", {"blksize": 8})
+    run([iter([download])])
+    assert download.result() == content
+    assert download.blocks > 0x10000
+
+
+# -- the fleet behind the requests ---------------------------------------------------------
+
+
+def test_unknown_serial_is_discovered_and_not_found(server, fleet):
+    assert error_code(server, "0badf00d/start4.elf") == tp.ErrorCode.FILE_NOT_FOUND
+    discovered = fleet.get_pi("0badf00d")
+    assert discovered.state == PiState.DISCOVERED.value
+    assert discovered.last_ip == "127.0.0.1"
+    assert discovered.model == "4B"
+
+
+def test_pi_without_a_bake_is_not_found_and_powered_off(server, fleet):
+    fleet.register_pi(SERIAL, ip="127.0.0.1", power_driver="manual")
+    assert error_code(server, f"{SERIAL}/start4.elf") == tp.ErrorCode.FILE_NOT_FOUND
+    power = wait_for(lambda: [e for e in events(fleet) if e.kind == "power"])
+    assert power[0].data["action"] == "off"
+    assert "booting without a bake: powering off" in boot_messages(fleet)
+
+
+def test_broken_pi_is_not_found(pi, server, fleet):
+    fleet.set_pi_state(SERIAL, PiState.BROKEN, "bad SD slot")
+    assert error_code(server, f"{SERIAL}/start4.elf") == tp.ErrorCode.FILE_NOT_FOUND
+
+
+def test_address_is_pinned_and_exported_before_cmdline_is_answered(server, fleet, baked, settings):
+    fleet.update_pi(SERIAL, ip="127.0.0.50")
+    assert "127.0.0.50" in open(settings.exports_file).read()
+    moved = PiClient(server.address, SERIAL, bind_ip="127.0.0.7")
+    moved.get("cmdline.txt")
+    assert "127.0.0.7" in open(settings.exports_file).read()
+    assert fleet.get_pi(SERIAL).last_ip == "127.0.0.7"
+
+
+def test_boot_timeline_has_first_request_files_and_cmdline(pi, fleet):
+    pi.boot()
+    wait_for(lambda: "cmdline served" in boot_messages(fleet) and len(boot_messages(fleet)) >= 8)
+    timeline = [e for e in events(fleet) if e.kind == "boot"]
+    assert timeline[0].message == "first request"
+    assert timeline[0].data == {"file": "start4.elf", "ip": "127.0.0.1"}
+    served = {e.data["file"]: e.data["size"] for e in timeline if e.message == "file served"}
+    assert served == {
+        name: len(BOOT_FILES[name]) for name in PI4_BOOT_FILES if name != "cmdline.txt"
+    }
+    assert boot_messages(fleet).count("first request") == 1
