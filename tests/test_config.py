@@ -50,3 +50,30 @@ def test_unreadable_or_malformed_file(tmp_path):
     bad.write_text("{nope")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_settings(bad, environ={})
+
+
+@pytest.mark.parametrize(
+    ("tokens", "word"),
+    [
+        ({"director": "short"}, "32-128"),
+        ({"bad name": "x" * 40}, "token name"),
+        ({"director": "spaces are not allowed in tokens, no"}, "printable"),
+    ],
+)
+def test_configured_tokens_are_validated(tmp_path, tokens, word):
+    with pytest.raises(ConfigError, match=word):
+        load_settings(environ={}, root=tmp_path, api_tokens=tokens)
+
+
+def test_tls_needs_both_files(tmp_path):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="go together"):
+        load_settings(environ={}, root=tmp_path, tls_cert_file=str(cert))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(
+            environ={},
+            root=tmp_path,
+            tls_cert_file=str(cert),
+            tls_key_file=str(tmp_path / "missing.pem"),
+        )

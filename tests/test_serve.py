@@ -7,6 +7,7 @@ import signal
 import subprocess
 
 import pytest
+import requests
 
 from tests.support.postgres import free_port
 from tests.support.wait import wait_until
@@ -66,3 +67,50 @@ def test_netboot_stops_when_the_master_is_killed(live_server):
     wait_until(lambda: tftp_children(server), what="the tftp child")
     os.kill(server.process.pid, signal.SIGKILL)  # the master alone, not its group
     wait_until(lambda: not tftp_children(server), what="netboot to notice and stop")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_speaks_https_with_the_configured_certificate(live_server, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = live_server(tls_cert_file=str(cert), tls_key_file=str(key))
+    assert server.url.startswith("https://")
+    assert server.session().get(f"{server.url}/api/v1/pis").status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{server.url}/api/v1/health", timeout=5)  # not trusted without the CA
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_tokens_from_the_settings_work_and_rotate(live_server):
+    director = "d" * 40
+    server = live_server(api_tokens={"director": director})
+    headers = {"Authorization": f"Bearer {director}"}
+    assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 200
+    assert not (server.root / "admin-token").exists()
+    server.stop()
+    rotated = "r" * 40
+    server = live_server(api_tokens={"director": rotated})
+    assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 401
+    headers = {"Authorization": f"Bearer {rotated}"}
+    assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 200

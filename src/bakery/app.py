@@ -46,6 +46,7 @@ def prepare_host(settings: Settings) -> dict:
     models.connect(settings.database)
     models.create_schema()
     with models.database.connection_context():
+        auth.import_configured_tokens(settings)
         token_file = auth.ensure_admin_token(settings)
         fleet = Fleet(settings)
         counts = fleet.recover()

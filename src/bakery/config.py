@@ -101,6 +101,12 @@ class Settings:
     host_id: str = ""
     #: Log level of the service.
     log_level: str = "INFO"
+    #: Serve the API over HTTPS with this certificate and key (PEM files).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: API tokens given by the operator (name -> token, at least 32 characters), e.g.
+    #: from a BOSH manifest; stored hashed at start. With none, the first start makes one.
+    api_tokens: dict[str, Any] = field(default_factory=dict)
     #: Extra settings the service does not interpret itself (kept for forward compatibility).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -186,6 +192,12 @@ def _validate(s: Settings) -> None:
     if s.power_on_gap < 0:
         raise ConfigError("setting 'power_on_gap': must not be negative")
     _validate_netboot(s)
+    _validate_tokens(s)
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise ConfigError("settings 'tls_cert_file' and 'tls_key_file' go together")
+    for name in ("tls_cert_file", "tls_key_file"):
+        if getattr(s, name) and not Path(getattr(s, name)).is_file():
+            raise ConfigError(f"setting {name!r}: no such file {getattr(s, name)}")
     for name in ("agent_settings_path", "disks_list_path"):
         parts = getattr(s, name).split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
@@ -233,6 +245,16 @@ def load_settings(
     settings = dataclasses.replace(settings, root=settings.root.absolute())
     _validate(settings)
     return settings
+
+
+def _validate_tokens(s: Settings) -> None:
+    for name, token in s.api_tokens.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ConfigError(f"setting 'api_tokens': {name!r} is not a token name")
+        if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]{32,128}", token):
+            raise ConfigError(
+                f"setting 'api_tokens': token {name!r} must be 32-128 printable characters"
+            )
 
 
 def _validate_netboot(s: Settings) -> None:

@@ -36,6 +36,9 @@ class BakeryGunicorn(BaseApplication):
         self.cfg.set("errorlog", "-")
         self.cfg.set("loglevel", self.settings.log_level.lower())
         self.cfg.set("proc_name", "bakery")
+        if self.settings.tls_cert_file:
+            self.cfg.set("certfile", self.settings.tls_cert_file)
+            self.cfg.set("keyfile", self.settings.tls_key_file)
         if "control_socket" in self.cfg.settings:
             # One control socket per data dir, not one per user: several bakeries
             # (or test servers) on a host must not fight over ~/.gunicorn.

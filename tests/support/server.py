@@ -20,7 +20,10 @@ class LiveServer:
 
     def __init__(self, config: dict, workdir: Path) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if config.get("tls_cert_file") else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        #: What requests should verify the server's certificate with.
+        self.verify: str | bool = config.get("tls_cert_file") or True
         self.config_file = workdir / "bakery.json"
         self.config_file.write_text(json.dumps({**config, "bind": f"127.0.0.1:{self.port}"}))
         self.log_file = workdir / "server.log"
@@ -46,7 +49,8 @@ class LiveServer:
         if self.process.poll() is not None:
             raise RuntimeError(f"bakery serve exited:\n{self.log_file.read_text()[-4000:]}")
         try:
-            return requests.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200
+            health = requests.get(f"{self.url}/api/v1/health", timeout=2, verify=self.verify)
+            return health.status_code == 200
         except requests.ConnectionError:
             return False
 
@@ -57,6 +61,8 @@ class LiveServer:
     def session(self) -> requests.Session:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {self.token}"
+        session.verify = self.verify
+        session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides ``verify``
         return session
 
     def kill(self) -> None:
