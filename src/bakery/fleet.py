@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import peewee as pw
 
-from . import disks, exports, identifiers, images, roots
+from . import disks, exports, identifiers, images, roots, stemcell
 from .config import Settings
 from .errors import (
     Conflict,
@@ -451,6 +451,7 @@ class Fleet:
         roots.clone_root(self.bakeform_dir(bakeform.name) / "root", root, bakeform.clone_method)
         self._step(bake, "cloned", "root cloned", method=bakeform.clone_method)
         roots.season_root(root, hostname=bake.hostname, resolv_conf=self.settings.resolv_conf)
+        stemcell.install_disk_agent(root, self.settings.disks_list_path)
         self._step(bake, "seasoned", "root seasoned", hostname=bake.hostname)
         for disk_id in disk_ids:
             self._attach(Disk.get_by_id(disk_id), bake)

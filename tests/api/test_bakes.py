@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from .conftest import assert_error, register
 
@@ -228,3 +229,11 @@ def test_a_bake_can_wait_for_its_settings_before_powering_on(client, bakeform, p
     assert_error(
         client.post(f"/api/v1/bakes/{made['id']}/power", json={"action": "on"}), 404, "not_found"
     )
+
+
+def test_every_bake_gets_the_disk_agent_and_its_timer(client, bakeform, pis, settings):
+    made = bake(client).json
+    root = settings.path("bakes", made["id"], "root")
+    assert os.access(root / "usr/local/sbin/bakery-disk-agent", os.X_OK)
+    timer = root / "etc/systemd/system/timers.target.wants/bakery-disk-agent.timer"
+    assert os.readlink(timer) == "/etc/systemd/system/bakery-disk-agent.timer"

@@ -1,0 +1,110 @@
+"""The disk agent's files and how they are laid into a root tree.
+
+A root comes from an uploaded image, so everything here goes through the symlink-safe
+writers of `bakery.roots`; the same list of entries is what `bakery.stemcell.build`
+injects into a stemcell image, so both ways of installing give a Pi the same agent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from bakery import roots
+
+UNIT_DIR = "etc/systemd/system"
+DISK_AGENT = "bakery-disk-agent"
+
+
+@dataclass(frozen=True)
+class RootFile:
+    """A regular file, owned by root, at `path` (relative to the root)."""
+
+    path: str
+    data: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class RootLink:
+    """A symlink at `path` (relative to the root) pointing at `target`."""
+
+    path: str
+    target: str
+
+
+Entry = RootFile | RootLink
+
+
+def packaged_file(name: str) -> bytes:
+    """A file of ``bakery/stemcell/files``, read through importlib so that it is found in
+    an installed package as well as in the source tree."""
+    return resources.files(__package__).joinpath("files", name).read_bytes()
+
+
+def unit_entries(unit: str, target: str) -> list[Entry]:
+    """The unit file `unit` in /etc/systemd/system, enabled the way ``systemctl enable``
+    does it: a link in ``<target>.wants`` (no systemctl runs for a foreign root)."""
+    return [
+        RootFile(f"{UNIT_DIR}/{unit}", packaged_file(unit)),
+        RootLink(f"{UNIT_DIR}/{target}.wants/{unit}", f"/{UNIT_DIR}/{unit}"),
+    ]
+
+
+def disk_agent_entries() -> list[Entry]:
+    """The disk agent script, its oneshot service and the enabled timer that runs it."""
+    return [
+        RootFile(f"usr/local/sbin/{DISK_AGENT}", packaged_file(DISK_AGENT), mode=0o755),
+        RootFile(f"{UNIT_DIR}/{DISK_AGENT}.service", packaged_file(f"{DISK_AGENT}.service")),
+        *unit_entries(f"{DISK_AGENT}.timer", "timers.target"),
+    ]
+
+
+#: Where the disk agent reads the disks list unless told otherwise (Settings default).
+DEFAULT_DISKS_LIST = "var/lib/bakery/disks"
+
+
+def install_disk_agent(root: Path, disks_list: str = DEFAULT_DISKS_LIST) -> None:
+    """Install the disk agent into the root tree `root` and enable its timer.
+
+    The fleet calls this on every bake, so every Pi picks up the disks Bakery attaches,
+    whatever its bakeform. Installing again replaces the files. A disks list elsewhere
+    than the default is passed to the service by a drop-in. Symlinked directories in
+    the root raise `roots.SeasoningError`.
+    """
+    entries = disk_agent_entries()
+    if disks_list != DEFAULT_DISKS_LIST:
+        drop_in = f"[Service]\nEnvironment=BAKERY_DISKS_LIST=/{disks_list}\n".encode()
+        entries.append(RootFile(f"{UNIT_DIR}/{DISK_AGENT}.service.d/bakery.conf", drop_in))
+    install_entries(root, entries)
+
+
+def install_entries(root: Path, entries: list[Entry]) -> None:
+    for entry in entries:
+        if isinstance(entry, RootFile):
+            roots.write_in_root(root, entry.path, entry.data, mode=entry.mode)
+        else:
+            symlink_in_root(root, entry.path, entry.target)
+
+
+def symlink_in_root(root: Path, relpath: str, target: str) -> None:
+    """Make `relpath` of `root` a symlink to `target`, like `roots.write_in_root` does for
+    files: made under a temporary name and renamed over the old entry, so an existing
+    symlink or file is replaced and never followed; a directory there is refused."""
+    parent, _, name = relpath.strip("/").rpartition("/")
+    if name in ("", ".", ".."):
+        raise roots.SeasoningError(f"{relpath!r} is not a plain path inside the root")
+    with roots.open_in_root(root, parent, create=True) as dir_fd:
+        temp_name = f".{name}.bakery-{secrets.token_hex(4)}"
+        os.symlink(target, temp_name, dir_fd=dir_fd)
+        try:
+            os.rename(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            os.unlink(temp_name, dir_fd=dir_fd)
+            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            raise roots.SeasoningError(f"{relpath!r} is a directory in the image") from None

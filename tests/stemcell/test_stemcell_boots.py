@@ -1,0 +1,77 @@
+"""End to end: a stemcell's image, uploaded as the CPI's create_stemcell does, boots a
+simulated Pi over real DHCP, TFTP and NFS (netns mode: dnsmasq, nfs-ganesha, namespaces)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bakery.sim.network import missing_tools
+from bakery.sim.runner import SimulatedSite, SiteOptions
+from bakery.stemcell import build_stemcell
+from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image
+from tests.support.wait import wait_until
+
+TOOLS = (*REQUIRED_TOOLS, "debugfs", "pigz")
+AGENT_SETTINGS = {"agent_id": "agent-1", "mbus": "nats://10.0.0.6:4222", "disks": {}}
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        bool(missing_tools("netns")) or any(shutil.which(t) is None for t in TOOLS),
+        reason=f"needs the netns simulator's tools and {', '.join(TOOLS)}",
+    ),
+]
+
+
+def ignore(_sent: int) -> None:
+    """Upload progress, which the test does not show."""
+
+
+@pytest.fixture
+def stemcell_image(tmp_path: Path) -> Path:
+    """The ``image`` of a freshly built stemcell, as the director hands it to the CPI."""
+    agent = tmp_path / "bosh-agent"
+    agent.write_bytes(b"#!/bin/sh\nexit 0\n")
+    pi_os = build_sd_image(tmp_path / "raspios.img")
+    build_stemcell(pi_os, agent, tmp_path / "stemcell.tgz", name="bosh-bakery", version="1")
+    with tarfile.open(tmp_path / "stemcell.tgz", "r:gz") as tar:
+        tar.extract("image", tmp_path / "unpacked")
+    return tmp_path / "unpacked/image"
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    options = SiteOptions(
+        root=tmp_path / "data", workdir=tmp_path / "site", pis=1, models=["4B"], mode="netns",
+        bakeform=None,
+    )  # fmt: skip
+    with SimulatedSite(options) as running:
+        yield running
+
+
+def test_the_stemcell_image_boots_a_pi_with_the_agents_in_its_root(
+    site: SimulatedSite, stemcell_image: Path
+):
+    site.api.upload("/bakeforms/bosh-bakery-1", stemcell_image, replace=False, progress=ignore)
+
+    bake = site.api.post(
+        "/bakes",
+        {"bakeform": "bosh-bakery-1", "hostname": "stemcell-pi", "agent_settings": AGENT_SETTINGS},
+    )
+
+    pi = site.pis[0]
+    wait_until(lambda: pi.state in ("booted", "failed"), timeout=120, what="the Pi's boot")
+    assert (pi.state, pi.reason) == ("booted", "")
+    assert pi.hostname == "stemcell-pi"
+    root = site.options.root / "bakes" / bake["id"] / "root"
+    config = json.loads((root / "var/vcap/bosh/agent.json").read_text())
+    settings_path = config["Infrastructure"]["Settings"]["Sources"][0]["SettingsPath"]
+    assert json.loads((root / settings_path.lstrip("/")).read_text()) == AGENT_SETTINGS
+    assert (root / "etc/systemd/system/timers.target.wants/bakery-disk-agent.timer").is_symlink()
+    assert os.access(root / "usr/local/sbin/bakery-disk-agent", os.X_OK)
