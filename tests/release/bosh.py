@@ -1,0 +1,142 @@
+"""What the release tests need of BOSH: the release directory read the way ``bosh
+create-release`` reads it (specs, file globs over ``src/`` and blobs), and job templates
+rendered the way the director renders them (``erb_render.rb``, with Ruby's ERB)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).parent
+RELEASE = HERE.parents[1]
+SRC = RELEASE / "src"
+#: What every job template is rendered with: one instance of a deployment.
+INSTANCE = {
+    "deployment": "bakery",
+    "name": "bakery",
+    "id": "5a0f7c2e-3b1d-4c4e-9f6a-2d8b7e1c0a11",
+    "index": 0,
+    "az": "z1",
+    "bootstrap": True,
+    "address": "10.0.0.10",
+    "ip": "10.0.0.10",
+    "networks": {"pis": {"ip": "10.0.0.10", "netmask": "255.255.255.0", "default": ["dns"]}},
+    "release": {"name": "bakery", "version": "0+dev.1"},
+}
+VARIABLE = re.compile(r"\(\(([A-Za-z0-9_./-]+)\)\)")
+
+needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+
+
+def load_yaml(path: Path) -> Any:
+    result = subprocess.run(
+        ["ruby", str(HERE / "yaml_to_json.rb"), str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(result.stdout)
+
+
+def jobs() -> list[str]:
+    return sorted(p.name for p in (RELEASE / "jobs").iterdir())
+
+
+def packages() -> list[str]:
+    return sorted(p.name for p in (RELEASE / "packages").iterdir())
+
+
+def job_spec(job: str) -> dict:
+    return load_yaml(RELEASE / "jobs" / job / "spec")
+
+
+def package_spec(package: str) -> dict:
+    return load_yaml(RELEASE / "packages" / package / "spec")
+
+
+def glob_matches(pattern: str, roots: list[Path]) -> dict[str, Path]:
+    """Files ``pattern`` matches under each root (src/, then blobs), by release path:
+    what create-release puts into the package at that relative path."""
+    matches: dict[str, Path] = {}
+    for root in roots:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file():
+                matches.setdefault(path.relative_to(root).as_posix(), path)
+    return matches
+
+
+def stage_package(package: str, compile_dir: Path, blobs_dir: Path) -> list[str]:
+    """Lay the package out as the agent unpacks it for ``packaging``: every ``files``
+    match at its relative path, plus the packaging script. Returns the staged paths."""
+    staged = []
+    for pattern in package_spec(package)["files"]:
+        matches = glob_matches(pattern, [SRC, blobs_dir])
+        assert matches, f"package {package}: no file matches {pattern!r}"
+        for relative, source in matches.items():
+            (compile_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, compile_dir / relative)
+            staged.append(relative)
+    shutil.copyfile(RELEASE / "packages" / package / "packaging", compile_dir / "packaging")
+    return staged
+
+
+def interpolate(value: Any, variables: dict[str, Any]) -> Any:
+    """Replace ``((name))`` and ``((name.key))`` as the CLI and config server do; a whole
+    ``((...))`` value may become a non-string. Unknown variables are an error."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, variables) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, variables) for item in value]
+    if not isinstance(value, str):
+        return value
+    whole = VARIABLE.fullmatch(value)
+    if whole:
+        return _variable(whole.group(1), variables)
+    return VARIABLE.sub(lambda m: str(_variable(m.group(1), variables)), value)
+
+
+def _variable(name: str, variables: dict[str, Any]) -> Any:
+    head, *keys = name.split(".")
+    if head not in variables:
+        raise KeyError(f"manifest uses an unknown variable (({name}))")
+    value = variables[head]
+    for key in keys:
+        value = value[key]
+    return value
+
+
+def render(job: str, template: str, properties: dict, instance: dict = INSTANCE) -> str:
+    """One template of ``job`` rendered for ``instance`` with manifest ``properties``."""
+    context = json.dumps({"properties": properties, "spec": instance})
+    result = subprocess.run(
+        ["ruby", str(HERE / "erb_render.rb"), str(RELEASE / "jobs" / job), template, "/dev/stdin"],
+        input=context,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RenderError(result.stderr.strip())
+    return result.stdout
+
+
+def render_job(job: str, properties: dict, jobs_dir: Path, instance: dict = INSTANCE) -> Path:
+    """Every template of ``job`` rendered into ``jobs_dir/<job>/`` as the agent lays a
+    job out (``bin/`` executable). Returns the job's directory."""
+    job_dir = jobs_dir / job
+    for template, destination in job_spec(job)["templates"].items():
+        target = job_dir / destination
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render(job, template, properties, instance))
+        if destination.startswith("bin/"):
+            target.chmod(0o755)
+    return job_dir
+
+
+class RenderError(RuntimeError):
+    """The director would refuse the deployment: a template failed to render."""
