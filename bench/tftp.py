@@ -6,7 +6,9 @@ serves the same Pi 4 boot set (start4.elf 2.2 MB, kernel8.img 8 MiB, fixup, dtb,
 overlays, config.txt, cmdline.txt) under ``<serial>/``; Bakery's comes from a real
 baked Pi per serial in a temp data dir (SQLite). Clients are Pi-4-shaped (probe with
 ``tsize`` + Early terminate, then fetch with ``blksize 1468``, a new port per RRQ),
-driven from separate client processes so the client is not the bottleneck.
+driven from separate client processes so the client is not the bottleneck. The three
+servers run side by side and are measured round-robin, so the machine's load swings hit
+them alike.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
 
-from tests.netboot.pi_client import Download, pi4_sequence, run  # noqa: E402
 from tests.support.sdimage import build_sd_image, default_boot_files  # noqa: E402
 
 from bakery import models  # noqa: E402
 from bakery.config import load_settings  # noqa: E402
 from bakery.fleet import Fleet  # noqa: E402
+from bakery.sim.tftp_client import Download, pi4_sequence, run  # noqa: E402
 
 MIB = 1024 * 1024
 #: A Pi 4 boot set of realistic sizes (pi-netboot §7).
@@ -211,24 +213,30 @@ def curl_time(address: tuple[str, int], path: str, clients: int) -> float:
 # -- the run -------------------------------------------------------------------------------
 
 
-def measure(name, address, pis, repeats, processes, files_per_pi) -> dict[str, float]:
-    wait_until_serving(address, f"{pis[0]}/config.txt")
-    kernel = [boot_storm(address, pis[:1], ["kernel8.img"], 1)[0] for _ in range(repeats)]
-    single = [boot_storm(address, pis[:1], files_per_pi, 1)[0] for _ in range(repeats)]
-    storms = [boot_storm(address, pis, files_per_pi, processes) for _ in range(repeats)]
+def measure_once(address, pis, processes, files_per_pi) -> tuple[float, float, tuple]:
+    """One round against one server: the kernel alone, one Pi's boot, all Pis at once."""
+    kernel = boot_storm(address, pis[:1], ["kernel8.img"], 1)[0]
+    single = boot_storm(address, pis[:1], files_per_pi, 1)[0]
+    return kernel, single, boot_storm(address, pis, files_per_pi, processes)
+
+
+def summarize(name: str, pis: list[str], rounds: list[tuple]) -> dict[str, float]:
+    """Medians over the rounds, printed with every storm's time (the spread)."""
+    storms = [r[2] for r in rounds]
     failed = sum(s[2] for s in storms)
     total = storms[0][1]
     result = {
-        "kernel": statistics.median(kernel),
-        "single": statistics.median(single),
+        "kernel": statistics.median(r[0] for r in rounds),
+        "single": statistics.median(r[1] for r in rounds),
         "storm": statistics.median(s[0] for s in storms),
         "storm_bytes": total,
         "failed": failed,
     }
+    spread = ", ".join(f"{s[0]:.2f}" for s in storms)
     print(
         f"{name:10s} 8 MiB kernel {result['kernel']:.3f}s | one Pi boot set {result['single']:.3f}s"
         f" | {len(pis)} Pis at once {result['storm']:.2f}s"
-        f" ({total / result['storm'] / MIB:.0f} MiB/s, {failed} failed transfers)",
+        f" ({total / result['storm'] / MIB:.0f} MiB/s, {failed} failed transfers; runs {spread})",
         flush=True,
     )
     return result
@@ -254,23 +262,37 @@ def run_bench(work: Path, args) -> int:
     pis = serials(args.clients)
     data = prepare_bakery(work, files, pis)
     tree = prepare_peer_tree(work, {**files, "cmdline.txt": b"console=tty1 root=/dev/nfs\n"}, pis)
-    results = {}
-    servers = {
-        "bakery": lambda port: (start_bakery(data, port, args.workers), ("127.0.0.1", port)),
-        "tftpd-hpa": lambda port: (start_tftpd_hpa(tree, port), ("127.0.0.1", port)),
-        "dnsmasq": lambda _port: (start_dnsmasq(tree, work), ("127.0.0.3", 69)),
-    }
-    for name, starter in servers.items():
-        process, address = starter(free_port())
-        try:
-            results[name] = measure(
-                name, address, pis, args.repeats, args.client_processes, BOOT_ORDER
-            )
-            if name == "tftpd-hpa":
-                check_client(address, pis, results[name])
-        finally:
+    bakery_port, hpa_port = free_port(), free_port()
+    processes: list[subprocess.Popen] = []
+    try:
+        processes.append(start_bakery(data, bakery_port, args.workers))
+        processes.append(start_tftpd_hpa(tree, hpa_port))
+        processes.append(start_dnsmasq(tree, work))
+        servers = {
+            "bakery": ("127.0.0.1", bakery_port),
+            "tftpd-hpa": ("127.0.0.1", hpa_port),
+            "dnsmasq": ("127.0.0.3", 69),
+        }
+        results = measure_interleaved(servers, pis, args)
+        check_client(servers["tftpd-hpa"], pis, results["tftpd-hpa"])
+    finally:
+        for process in processes:
             stop(process)
     return report(results)
+
+
+def measure_interleaved(servers: dict, pis: list[str], args) -> dict[str, dict[str, float]]:
+    """Round-robin over the servers, all running (idle ones cost nothing), so a change
+    in the machine's load during the run hits every server alike instead of whichever
+    happened to be measured then."""
+    rounds: dict[str, list[tuple]] = {name: [] for name in servers}
+    for address in servers.values():
+        wait_until_serving(address, f"{pis[0]}/config.txt")
+        measure_once(address, pis[:1], 1, BOOT_ORDER)  # warm caches, untimed
+    for _ in range(args.repeats):
+        for name, address in servers.items():
+            rounds[name].append(measure_once(address, pis, args.client_processes, BOOT_ORDER))
+    return {name: summarize(name, pis, rounds[name]) for name in servers}
 
 
 def check_client(address, pis, measured) -> None:
