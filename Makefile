@@ -9,12 +9,17 @@ BAKERY_TFTP_BIND ?= 127.0.0.1:6969
 export BAKERY_TFTP_BIND
 endif
 
-.PHONY: run test deps lint format bench
+.PHONY: run serve test deps lint format bench
 
 deps:
 	@VENV=$(VENV) scripts/install-deps
 
+# The demo: Bakery plus simulated Pis enrolled and a bakeform `demo` (netns mode as root,
+# loopback otherwise); it prints what to type next. `make serve` runs Bakery alone.
 run: deps
+	$(VENV)/bin/bakery sim run
+
+serve: deps
 	$(VENV)/bin/bakery serve
 
 test: deps lint

@@ -462,6 +462,65 @@ def oven(ctx: Context, show_all: bool) -> None:
     emit(ctx, rows, BAKE_COLUMNS, title="bakes")
 
 
+# -- simulated Pis -----------------------------------------------------------------------
+
+SIM_COLUMNS = ("serial", "model", "address", "state", "boot", "hostname", "reason")
+
+
+@main.group("sim")
+def sim_group() -> None:
+    """Simulated Pis: the demo fleet, and what its Pis see while booting."""
+
+
+@sim_group.command("run")
+@click.option("--pis", "count", type=click.IntRange(1, 1000), default=4, show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "loopback", "netns"]),
+    default="auto",
+    show_default=True,
+    help="netns (root: bridge, namespaces, dnsmasq, nfs-ganesha) or loopback; auto picks.",
+)
+@click.option("--root", envvar="BAKERY_ROOT", default="data", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--power-port", type=click.IntRange(1, 65535), default=8181, show_default=True)
+@click.option(
+    "--tftp-bind",
+    envvar="BAKERY_TFTP_BIND",
+    default="",
+    help="Loopback mode's TFTP address (default 127.0.0.1:69 as root, else :6969).",
+)
+def sim_run(count: int, mode: str, root: str, port: int, power_port: int, tftp_bind: str) -> None:
+    """Bakery on embedded defaults with COUNT simulated Pis enrolled and bakeform
+    ``demo``, until Ctrl-C."""
+    from .sim.demo import run_demo
+
+    try:
+        run_demo(count, mode, Path(root), port, power_port, tftp_bind)
+    except (OSError, RuntimeError, ValueError, ApiError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@sim_group.command("status")
+@click.option(
+    "--sim-url",
+    envvar="BAKERY_SIM_URL",
+    default="http://127.0.0.1:8181",
+    show_default=True,
+    help="The simulator's power API (env BAKERY_SIM_URL).",
+)
+@json_option
+def sim_status(sim_url: str) -> None:
+    """Every simulated Pi: power, boot state, and why a boot failed."""
+    from .sim.demo import fetch_status
+
+    ctx = click.get_current_context().find_object(Context)
+    try:
+        emit(ctx, fetch_status(sim_url), SIM_COLUMNS, title="simulated Pis")
+    except OSError as exc:  # requests' errors included
+        raise click.ClickException(str(exc)) from None
+
+
 # -- disks --------------------------------------------------------------------------------
 
 
@@ -551,6 +610,68 @@ def token_list(ctx: Context) -> None:
 def token_revoke(ctx: Context, name: str) -> None:
     ctx.api.delete(f"/tokens/{name}")
     click.echo(f"revoked token {name}", err=True)
+
+
+# -- stemcells ----------------------------------------------------------------------------
+
+
+@main.group()
+def stemcell() -> None:
+    """BOSH stemcells for Bakery's CPI (built locally, no API involved)."""
+
+
+@stemcell.command("build")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--agent",
+    "agent_binary",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The bosh-agent executable (arm64 for 64-bit Pi OS).",
+)
+@click.option("--name", required=True, help="Stemcell name, e.g. bosh-bakery-raspios-arm64.")
+@click.option("--version", required=True, help="Stemcell version, e.g. 1.0.")
+@click.option(
+    "--api-version",
+    type=click.Choice(["2", "3"]),
+    default="3",
+    show_default=True,
+    help="Highest agent API the stemcell's bosh-agent speaks.",
+)
+@click.option("--os", "operating_system", default="raspios", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The stemcell tarball to write (.tgz).",
+)
+def stemcell_build(
+    image: Path,
+    agent_binary: Path,
+    name: str,
+    version: str,
+    api_version: str,
+    operating_system: str,
+    output: Path,
+) -> None:
+    """Turn IMAGE (a Raspberry Pi OS .img, .img.xz or .img.gz) into a stemcell: the BOSH
+    agent set to read the settings Bakery writes, and the disk agent, installed."""
+    from .stemcell import StemcellError, build_stemcell
+
+    try:
+        build_stemcell(
+            image,
+            agent_binary,
+            output,
+            name=name,
+            version=version,
+            api_version=int(api_version),
+            operating_system=operating_system,
+        )
+    except (StemcellError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote stemcell {name}/{version} to {output}", err=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A real nfs-ganesha for tests, and real NFS clients to read it back.
+"""A real nfs-ganesha for tests (the server itself lives in ``bakery.sim.ganesha``), and
+real NFS clients to read it back.
 
 nfs-ganesha is a userspace NFS server, so tests can serve exports on a machine whose
 kernel has no NFS server. It runs NFSv4 only: v3 needs rpcbind, and a test must not
@@ -17,17 +18,17 @@ import ipaddress
 import json
 import random
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TypeVar
 
-GANESHA = "ganesha.nfsd"
+from bakery.sim.ganesha import GANESHA, Ganesha, running_ganesha  # noqa: F401
+from bakery.sim.server import free_port  # noqa: F401
+
 NFS_TOOLS = ("nfs-cat", "nfs-ls")
 NFS_TIMEOUT = 30.0
 #: Client namespaces take a random /30 out of this block (parallel test runs rarely meet).
@@ -48,116 +49,9 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
         time.sleep(0.05)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def missing_tools() -> list[str]:
     """What this machine lacks to run these helpers (for pytest skip messages)."""
     return [tool for tool in (GANESHA, *NFS_TOOLS, "ip") if shutil.which(tool) is None]
-
-
-@dataclass
-class Ganesha:
-    """One nfs-ganesha process with its config, pid file, log and recovery dir in ``workdir``."""
-
-    workdir: Path
-    exports_file: Path
-    bind: str = "127.0.0.1"
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def config_file(self) -> Path:
-        return self.workdir / "ganesha.conf"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.workdir / "ganesha.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / "ganesha.log"
-
-    def config_text(self) -> str:
-        return (
-            "NFS_CORE_PARAM {\n"
-            f"    NFS_Port = {self.port};\n"
-            f"    Bind_addr = {self.bind};\n"
-            "    Protocols = 4;\n"
-            "    Enable_NLM = false;\n"
-            "    Enable_RQUOTA = false;\n"
-            "}\n"
-            "NFSV4 {\n"
-            "    Graceless = true;\n"
-            f'    RecoveryRoot = "{self.workdir / "recovery"}";\n'
-            "}\n"
-            f'%include "{self.exports_file}"\n'
-        )
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start in the foreground and return once the NFS port accepts connections."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.exports_file.exists():
-            self.exports_file.parent.mkdir(parents=True, exist_ok=True)
-            self.exports_file.write_text("# no exports yet\n")
-        self.port = self.port or free_port(self.bind)
-        self.config_file.write_text(self.config_text())
-        with open(self.workdir / "ganesha.stdout", "wb") as output:
-            self.process = subprocess.Popen(
-                [GANESHA, "-F", "-f", str(self.config_file), "-L", str(self.log_file)]
-                + ["-p", str(self.pid_file), "-N", "NIV_EVENT"],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_until(self._serving, timeout, f"nfs-ganesha on {self.bind}:{self.port}")
-
-    def _serving(self) -> bool:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"nfs-ganesha exited early:\n{self.log()}")
-        try:
-            socket.create_connection((self.bind, self.port), timeout=1).close()
-        except OSError:
-            return False
-        return self.pid_file.exists()
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        parts = [self.workdir / "ganesha.stdout", self.log_file]
-        return "\n".join(path.read_text(errors="replace") for path in parts if path.exists())
-
-    def reloads(self) -> int:
-        """How many SIGHUP export reloads ganesha has finished."""
-        return self.log().count("Reread exports complete")
-
-
-@contextmanager
-def running_ganesha(
-    workdir: Path, exports_file: Path, bind: str = "127.0.0.1", port: int = 0
-) -> Iterator[Ganesha]:
-    """A started nfs-ganesha that is always stopped; its log is printed if the body fails."""
-    server = Ganesha(workdir, exports_file, bind, port)
-    try:
-        server.start()
-        yield server
-    except BaseException:
-        print(f"--- nfs-ganesha log ({server.log_file}) ---\n{server.log()}")
-        raise
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,4 @@
-"""Waiting on a condition with a deadline: the tests' only way to synchronise."""
+"""Waiting on a condition with a deadline: the tests' only way to synchronise.
+The helper lives in ``bakery.sim.wait`` (the simulator waits the same way)."""
 
-from __future__ import annotations
-
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def wait_until(
-    predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "it"
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+from bakery.sim.wait import wait_until  # noqa: F401

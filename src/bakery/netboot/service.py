@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import TextIO
 
+from .. import models
 from ..config import Settings, dump_settings
 from ..fleet import Fleet
 from ..supervisor import ChildSupervisor
@@ -38,6 +39,7 @@ def netboot_children(settings: Settings) -> list[ChildSupervisor | DnsmasqSuperv
 def run_netboot(settings: Settings, parent: TextIO | None = None) -> None:
     """Run the netboot children until SIGTERM/SIGINT, or until ``parent`` (a pipe
     from the process that started us) reaches end of file."""
+    models.connect(settings.database)  # dnsmasq's DHCP lines become events on the Pis
     children = netboot_children(settings)
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
