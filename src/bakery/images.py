@@ -3,19 +3,24 @@
 An uploaded image is hostile input. No kernel filesystem driver ever parses it: the
 partition table, FAT boot sector and ext4 superblock are checked here in Python before
 any tool touches the bytes, the boot partition is read with mtools and the root with
-``debugfs`` (libext2fs, user space). ``debugfs rdump`` writes through whatever path it is
-given, so the root tree is listed and vetted first (unique names, no ``/`` in names,
-no directory reachable twice): then every path rdump writes is a fresh, unique path
-below ``staging/root`` and it never writes through a symlink it created.
+``debugfs`` (libext2fs, user space). The root tree is listed and vetted first (unique
+names, no ``/`` in names, no directory reachable twice), so every path written is a fresh,
+unique path below ``staging/root`` and nothing is written through a symlink. Block maps
+are vetted too (inside the filesystem, no block shared by two files), so a small image
+cannot expand into a huge tree, and the decompressed image is capped like the upload.
 
 The upload is streamed: hashed while received, decompressed by ``xz``/``pigz`` in a
 child process, written once to a temporary raw image in ``staging`` (the extractors need
 random access) and removed before returning. Boot and root are extracted in parallel.
+The root is built here from debugfs' listing and ``stat`` of every inode: file data is
+copied straight from the raw image by block map with ``copy_file_range`` (large in-kernel
+copies; ``debugfs rdump`` reads and writes 4 KiB at a time and took most of an import),
+only symlinks and inline-data files go through ``rdump``.
 
 Fidelity of the root tree (as root): contents, modes including setuid/setgid/sticky,
-owners (symlinks too), symlink targets, hard links, sparse files, fifos and device nodes,
-atime/mtime of files, dirs, symlinks and special files. Gaps: extended attributes and ACLs
-(``rdump`` does not read them; Raspberry Pi OS uses a few ``security.capability`` xattrs,
+owners (symlinks too), symlink targets, hard links, sparse files (holes and unwritten
+extents stay holes), fifos and device nodes, atime/mtime to the nanosecond. Gaps:
+extended attributes and ACLs (Raspberry Pi OS uses a few ``security.capability`` xattrs,
 e.g. on ``ping``, which fall back to setuid-less binaries), ctime/crtime (not settable),
 sockets (meaningless in an image).
 """
@@ -37,6 +42,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -133,15 +139,18 @@ def import_image(
     raw = staging / RAW_NAME
     try:
         sha256, size, compression = _receive(stream, raw, max_bytes, progress)
-        image_size = raw.stat().st_size
-        layout = read_layout(raw)
-        cmdline = _extract(raw, layout, staging)
+        with ThreadPoolExecutor(max_workers=1) as background:
+            digest = background.submit(sha256)
+            image_size = raw.stat().st_size
+            layout = read_layout(raw)
+            cmdline = _extract(raw, layout, staging)
+            hexdigest = digest.result()
     except BaseException:
         _reset_staging(staging)
         raise
     finally:
         raw.unlink(missing_ok=True)
-    return ImportedImage(sha256, size, image_size, compression, cmdline)
+    return ImportedImage(hexdigest, size, image_size, compression, cmdline)
 
 
 def _reset_staging(staging: Path) -> None:
@@ -170,25 +179,35 @@ def detect_compression(head: bytes) -> str:
 
 def _receive(
     stream: BinaryIO, raw: Path, max_bytes: int | None, progress: Callable[[int], None] | None
-) -> tuple[str, int, str]:
-    """Hash, count and (decompress and) write the upload to ``raw``; the sink runs in
-    another thread or process so hashing overlaps writing/decompressing."""
+) -> tuple[Callable[[], str], int, str]:
+    """Count and (decompress and) write the upload to ``raw``; the sink runs in another
+    thread or process so hashing overlaps writing/decompressing. Returns what gives the
+    upload's sha256: an upload that is the raw image is hashed from ``raw`` afterwards,
+    beside the extraction, so receiving it costs no more than writing it."""
     head = stream.read(CHUNK)
     if not head:
         raise ImageError("empty", "the upload is empty (0 bytes received)")
     compression = detect_compression(head)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256() if compression != "none" else None
     received = 0
     with raw.open("wb") as out, _sink(compression, out, max_bytes) as write:
         for chunk in _chunks(head, stream):
             received += len(chunk)
             if max_bytes is not None and received > max_bytes:
                 raise UploadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
-            digest.update(chunk)
+            if digest is not None:
+                digest.update(chunk)
             write(chunk)
             if progress is not None:
                 progress(received)
-    return digest.hexdigest(), received, compression
+    if digest is None:
+        return partial(_sha256_of_file, raw), received, compression
+    return digest.hexdigest, received, compression
+
+
+def _sha256_of_file(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _chunks(head: bytes, stream: BinaryIO) -> Iterator[bytes]:
@@ -530,7 +549,7 @@ def _extract_root(raw: Path, partition: Partition, dest: Path) -> None:
     with raw.open("rb") as image:
         image.seek(partition.offset + 1024)
         geometry = ext4_geometry(image.read(1024))
-        plan = plan_root(entries, details, geometry, partition.offset)
+        plan = _plan_root(entries, details, geometry, partition.offset)
         with _scratch_dir(dest, entries) as scratch:
             _write_in_parallel(image.fileno(), dest, plan, device, scratch)
             _place_dumped(dest, scratch, plan.dumped, details)
@@ -729,7 +748,7 @@ class RootPlan:
     special: list[list[Entry]]  # fifos and device nodes, made with mknod
 
 
-def plan_root(
+def _plan_root(
     entries: list[Entry], details: dict[int, InodeDetails], geometry: Geometry, offset: int
 ) -> RootPlan:
     """Sort the inodes by how they are written, and refuse block maps that point outside
@@ -749,13 +768,14 @@ def plan_root(
             plan.copies.append(FileCopy(same, info, _ranges(first, info, geometry, offset)))
         else:
             plan.dumped.append(same)
-            dumped_bytes += first.size if stat.S_ISREG(first.mode) else 0
+            dense = stat.S_ISREG(first.mode) and not info.flags & EXT4_INLINE_DATA_FL
+            dumped_bytes += first.size if dense else 0  # rdump writes holes as zeros
     if dumped_bytes > geometry.bytes:
         _corrupt(
             f"files without a block map claim {dumped_bytes} bytes, more than the "
             f"filesystem's {geometry.bytes}"
         )
-    _check_no_shared_blocks(plan.copies, geometry)
+    _check_no_shared_blocks(plan.copies)
     return plan
 
 
@@ -786,7 +806,7 @@ def _ranges(
     return ranges
 
 
-def _check_no_shared_blocks(copies: list[FileCopy], geometry: Geometry) -> None:
+def _check_no_shared_blocks(copies: list[FileCopy]) -> None:
     extents = sorted(
         (run.physical, run.length, copy.names[0].inode)
         for copy in copies
