@@ -128,49 +128,61 @@ def main(ctx: click.Context, url: str, token: str | None) -> None:
 
 # -- the service --------------------------------------------------------------------------
 
-
-@main.command()
-@click.option(
+config_option = click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
     envvar="BAKERY_CONFIG",
     help="JSON settings file (env BAKERY_CONFIG).",
 )
-@click.option("--bind", help="host:port to listen on (default from settings).")
-@click.option("--workers", type=int, help="gunicorn worker processes.")
-@click.option("--root", type=click.Path(file_okay=False), help="Data directory (env BAKERY_ROOT).")
-def serve(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
-    """Run the API under gunicorn, ready for production."""
+root_option = click.option(
+    "--root", type=click.Path(file_okay=False), help="Data directory (env BAKERY_ROOT)."
+)
+
+
+def service_settings(config_file: str | None, **overrides: Any):
+    """The settings a service command runs on; a bad one is a one-line error. Logging
+    is set up here too, once, at the level the settings ask for."""
+    import logging
+
     from .config import ConfigError, load_settings
-    from .serve import run
 
     try:
-        settings = load_settings(config_file, bind=bind, workers=workers, root=root)
+        settings = load_settings(config_file, **overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    run(settings)
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+@main.command()
+@config_option
+@click.option("--bind", help="host:port to listen on (default from settings).")
+@click.option("--workers", type=int, help="gunicorn worker processes.")
+@root_option
+def serve(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
+    """Run the API under gunicorn, ready for production."""
+    from .serve import run
+
+    run(service_settings(config_file, bind=bind, workers=workers, root=root))
 
 
 @main.command("dnsmasq-config")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    envvar="BAKERY_CONFIG",
-    help="JSON settings file (env BAKERY_CONFIG).",
-)
+@config_option
 @click.option(
     "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout."
 )
 def dnsmasq_config(config_file: str | None, output: Path | None) -> None:
     """Print the dnsmasq proxy-DHCP configuration for the Pis, from the settings."""
-    from .config import load_settings
     from .netboot.dnsmasq import render_config
 
     try:
-        text = render_config(load_settings(config_file))
-    except ValueError as exc:  # ConfigError included
+        text = render_config(service_settings(config_file))
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if output is None:
         click.echo(text, nl=False)
@@ -179,32 +191,19 @@ def dnsmasq_config(config_file: str | None, output: Path | None) -> None:
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    envvar="BAKERY_CONFIG",
-    help="JSON settings file (env BAKERY_CONFIG).",
-)
+@config_option
 @click.option("--bind", help="ip:port to serve TFTP on (default: setting tftp_bind).")
 @click.option(
     "--workers",
     type=click.IntRange(1),
     help="Processes sharing the port (SO_REUSEPORT; default: setting tftp_workers).",
 )
-@click.option("--root", type=click.Path(file_okay=False), help="Data directory (env BAKERY_ROOT).")
+@root_option
 def tftp(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
     """Serve Pi boot files over TFTP in the foreground (``serve`` runs it too)."""
-    import logging
-
-    from .config import ConfigError, load_settings
     from .netboot.tftp import run_tftp
 
-    try:
-        settings = load_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    settings = service_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
     try:
         run_tftp(settings, workers=settings.tftp_workers)
     except OSError as exc:
@@ -213,30 +212,37 @@ def tftp(config_file: str | None, bind: str | None, workers: int | None, root: s
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False),
-    envvar="BAKERY_CONFIG",
-    help="JSON settings file (env BAKERY_CONFIG).",
-)
+@config_option
 @click.option("--with-parent", is_flag=True, help="Stop when standard input closes.")
 def netboot(config_file: str | None, with_parent: bool) -> None:
     """Run the TFTP server and dnsmasq, supervised (``serve`` runs this too)."""
-    import logging
-
-    from .config import ConfigError, load_settings
     from .netboot.service import run_netboot
 
     try:
-        settings = load_settings(config_file)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        run_netboot(settings, parent=sys.stdin if with_parent else None)
+        run_netboot(service_settings(config_file), parent=sys.stdin if with_parent else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def resource_commands(group: click.Group, path: str, key: str, columns: Sequence[str]) -> None:
+    """``list``, ``show KEY`` and ``delete KEY`` for a resource at ``path``: the same
+    three verbs read the same way for every noun."""
+    noun = group.name
+
+    @api_command(group, "list", help=f"List {noun}s.")
+    def list_(ctx: Context) -> None:
+        emit(ctx, ctx.api.get(path), columns, title=f"{noun}s")
+
+    @api_command(group, "show", help=f"Show one {noun}.")
+    @click.argument(key)
+    def show(ctx: Context, **args: str) -> None:
+        emit(ctx, ctx.api.get(f"{path}/{args[key]}"))
+
+    @api_command(group, "delete", help=f"Delete a {noun}.")
+    @click.argument(key)
+    def delete(ctx: Context, **args: str) -> None:
+        ctx.api.delete(f"{path}/{args[key]}")
+        click.echo(f"deleted {noun} {args[key]}", err=True)
 
 
 # -- bakeforms ----------------------------------------------------------------------------
@@ -262,22 +268,7 @@ def bakeform_upload(ctx: Context, name: str, image: Path, replace: bool) -> None
     emit(ctx, result)
 
 
-@api_command(bakeform, "list")
-def bakeform_list(ctx: Context) -> None:
-    emit(ctx, ctx.api.get("/bakeforms"), BAKEFORM_COLUMNS, title="bakeforms")
-
-
-@api_command(bakeform, "show")
-@click.argument("name")
-def bakeform_show(ctx: Context, name: str) -> None:
-    emit(ctx, ctx.api.get(f"/bakeforms/{name}"))
-
-
-@api_command(bakeform, "delete")
-@click.argument("name")
-def bakeform_delete(ctx: Context, name: str) -> None:
-    ctx.api.delete(f"/bakeforms/{name}")
-    click.echo(f"deleted bakeform {name}", err=True)
+resource_commands(bakeform, "/bakeforms", "name", BAKEFORM_COLUMNS)
 
 
 # -- Pis ----------------------------------------------------------------------------------
@@ -541,22 +532,7 @@ def disk_create(ctx: Context, size_mib: int, bake_id: str | None) -> None:
     emit(ctx, ctx.api.post("/disks", body))
 
 
-@api_command(disk, "list")
-def disk_list(ctx: Context) -> None:
-    emit(ctx, ctx.api.get("/disks"), DISK_COLUMNS, title="disks")
-
-
-@api_command(disk, "show")
-@click.argument("disk_id")
-def disk_show(ctx: Context, disk_id: str) -> None:
-    emit(ctx, ctx.api.get(f"/disks/{disk_id}"))
-
-
-@api_command(disk, "delete")
-@click.argument("disk_id")
-def disk_delete(ctx: Context, disk_id: str) -> None:
-    ctx.api.delete(f"/disks/{disk_id}")
-    click.echo(f"deleted disk {disk_id}", err=True)
+resource_commands(disk, "/disks", "disk_id", DISK_COLUMNS)
 
 
 @api_command(disk, "attach")

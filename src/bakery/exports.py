@@ -208,6 +208,9 @@ def _ganesha_block(export: Export, export_id: int) -> str:
         "    Access_Type = None;\n"
         "    Squash = No_Root_Squash;\n"
         "    SecType = sys;\n"
+        # Bakery writes into roots behind ganesha's back (agent settings, the disks list,
+        # both replaced by rename): without this, its cache serves the old file for a while.
+        "    Attr_Expiration_Time = 0;\n"
         f"    CLIENT {{ Clients = {export.client}; Access_Type = RW; }}\n"
         "    FSAL { Name = VFS; }\n"
         "}\n"

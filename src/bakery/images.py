@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -138,13 +137,10 @@ def import_image(
     """
     raw = staging / RAW_NAME
     try:
-        sha256, size, compression = _receive(stream, raw, max_bytes, progress)
-        with ThreadPoolExecutor(max_workers=1) as background:
-            digest = background.submit(sha256)
-            image_size = raw.stat().st_size
-            layout = read_layout(raw)
-            cmdline = _extract(raw, layout, staging)
-            hexdigest = digest.result()
+        hexdigest, size, compression = _receive(stream, raw, max_bytes, progress)
+        image_size = raw.stat().st_size
+        layout = read_layout(raw)
+        cmdline = _extract(raw, layout, staging)
     except BaseException:
         _reset_staging(staging)
         raise
@@ -179,41 +175,65 @@ def detect_compression(head: bytes) -> str:
 
 def _receive(
     stream: BinaryIO, raw: Path, max_bytes: int | None, progress: Callable[[int], None] | None
-) -> tuple[Callable[[], str], int, str]:
-    """Count and (decompress and) write the upload to ``raw``; the sink runs in another
-    thread or process so hashing overlaps writing/decompressing. Returns what gives the
-    upload's sha256: an upload that is the raw image is hashed from ``raw`` afterwards,
-    beside the extraction, so receiving it costs no more than writing it."""
+) -> tuple[str, int, str]:
+    """Count, hash and (decompress and) write the upload to ``raw``; the sink runs in
+    another thread or process, so hashing overlaps writing and decompressing. Returns the
+    upload's sha256, its size and its compression."""
     head = stream.read(CHUNK)
     if not head:
         raise ImageError("empty", "the upload is empty (0 bytes received)")
     compression = detect_compression(head)
-    digest = hashlib.sha256() if compression != "none" else None
+    digest = hashlib.sha256()
     received = 0
     with raw.open("wb") as out, _sink(compression, out, max_bytes) as write:
         for chunk in _chunks(head, stream):
             received += len(chunk)
             if max_bytes is not None and received > max_bytes:
                 raise UploadTooLarge(f"upload exceeds the limit of {max_bytes} bytes")
-            if digest is not None:
-                digest.update(chunk)
+            digest.update(chunk)
             write(chunk)
             if progress is not None:
                 progress(received)
-    if digest is None:
-        return partial(_sha256_of_file, raw), received, compression
-    return digest.hexdigest, received, compression
-
-
-def _sha256_of_file(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+    return digest.hexdigest(), received, compression
 
 
 def _chunks(head: bytes, stream: BinaryIO) -> Iterator[bytes]:
     yield head
     while chunk := stream.read(CHUNK):
         yield chunk
+
+
+class _SparseWriter:
+    """Writes a raw image leaving holes where it is all zeros (a Pi image's free space):
+    less to write now, and less to free (and discard) when the scratch copy is deleted."""
+
+    BLOCK = 64 * 1024
+
+    def __init__(self, target: BinaryIO) -> None:
+        self._target = target
+        self._size = 0
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        data_from = None  # start of the run of non-zero blocks being collected
+        for start in range(0, len(chunk), self.BLOCK):
+            end = min(start + self.BLOCK, len(chunk))
+            zeros = chunk.count(0, start, end) == end - start
+            if zeros and data_from is not None:
+                self._write_at(view, data_from, start)
+                data_from = None
+            elif not zeros and data_from is None:
+                data_from = start
+        if data_from is not None:
+            self._write_at(view, data_from, len(chunk))
+        self._size += len(chunk)
+
+    def _write_at(self, view: memoryview, start: int, end: int) -> None:
+        self._target.seek(self._size + start)
+        self._target.write(view[start:end])
+
+    def close(self) -> None:
+        self._target.truncate(self._size)
 
 
 class _ThreadedWriter:
@@ -255,11 +275,13 @@ def _sink(
     of them, enforced by the kernel (a file size limit on the decompressor), so a small
     compressed bomb cannot fill the disk."""
     if compression == "none":
-        writer = _ThreadedWriter(out)
+        sparse = _SparseWriter(out)
+        writer = _ThreadedWriter(sparse)
         try:
             yield writer.write
         finally:
             writer.close()
+            sparse.close()
         return
     limit = [] if max_bytes is None else ["prlimit", f"--fsize={max_bytes}", "--core=0", "--"]
     process = subprocess.Popen(

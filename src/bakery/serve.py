@@ -7,7 +7,6 @@ gunicorn is ready and stop when it exits, from the master only."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 
@@ -80,11 +79,7 @@ def stop_netboot(process: subprocess.Popen | None) -> None:
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Prepare the host, start netboot, then serve the API until gunicorn exits."""
     prepared = prepare_host(settings)
     if prepared["admin_token_file"]:
         print(

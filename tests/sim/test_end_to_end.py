@@ -5,6 +5,8 @@ through its ``webhook`` driver and the simulator's power API."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bakery.client import ApiClient
@@ -13,6 +15,7 @@ from bakery.sim.models import SimPi
 from bakery.sim.network import missing_tools
 from bakery.sim.runner import SimulatedSite, SiteOptions
 from bakery.sim.wait import wait_until
+from tests.cpi import harness
 
 pytestmark = [
     pytest.mark.root,
@@ -31,7 +34,7 @@ def site(tmp_path_factory):
     options = SiteOptions(
         root=work / "data",
         workdir=work / "site",
-        pis=6,
+        pis=7,
         models=MODELS,
         mode="netns",
         power_on_gap=0,
@@ -141,3 +144,33 @@ def _can_read(site: SimulatedSite, pi: SimPi, path: str) -> bool:
     except nfs.NfsError:
         return False
     return True
+
+
+def test_a_bosh_vm_boots_and_finds_its_agent_settings_and_disks_in_its_root(site, tmp_path):
+    """The CPI, as the director runs it, on the simulated fleet: create_vm bakes and
+    powers a Pi, which boots and reads the agent settings from its own NFS root; after
+    attach_disk, the disks list the disk agent reads there names the disk."""
+    pi = site.pis[6]
+    config = harness.write_config(tmp_path / "cpi.json", site.server.url, site.server.token)
+
+    def cpi(method: str, *arguments):
+        return harness.ok(harness.run_cpi(config, harness.request(method, *arguments)))
+
+    networks = {"default": {"type": "dynamic", "default": ["dns", "gateway"]}}
+    properties = {"serial": pi.serial, "ephemeral_disk_mib": 8}
+    vm_cid, _ = cpi("create_vm", "agent-on-a-pi", "demo", properties, networks, [], {})
+    try:
+        booted(site, pi)
+        root = f"{site.options.root}/bakes/{vm_cid}/root"
+        settings = json.loads(read_as(site, pi, f"{root}/{harness.SETTINGS_FILE}"))
+        assert settings["agent_id"] == "agent-on-a-pi"
+        assert settings["networks"]["default"]["mac"] == pi.mac
+        disk_cid = cpi("create_disk", 16, {}, vm_cid)
+        assert cpi("attach_disk", vm_cid, disk_cid) == f"/dev/disk/by-id/bakery-{disk_cid}"
+        # Rewritten by the server a moment ago: the Pi sees the new files at once.
+        disks = read_as(site, pi, f"{root}/{harness.DISKS_FILE}").decode()
+        assert disk_cid in disks.split()
+        settings = json.loads(read_as(site, pi, f"{root}/{harness.SETTINGS_FILE}"))
+        assert disk_cid in settings["disks"]["persistent"]
+    finally:
+        cpi("delete_vm", vm_cid)
