@@ -7,7 +7,9 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import stat
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -103,6 +105,92 @@ def make_awkward_tree(root: Path) -> None:
         sparse.write(b"end")
     os.setxattr(root / "usr/bin/dash", "user.bakery", b"kept")
     os.mkfifo(root / "tmp/fifo")
+
+
+#: Binary ``system.posix_acl_*`` xattrs (what setfacl writes): version 2, then entries of
+#: tag, permissions, id. Tags: user owner 1, named user 2, owning group 4, mask 16, other 32.
+ACL_VERSION = struct.pack("<I", 2)
+NO_ID = 0xFFFFFFFF
+
+
+def acl(*entries: tuple[int, int, int]) -> bytes:
+    return ACL_VERSION + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+#: user::rwx user:1000:r-x group::r-x mask::r-x other::---
+ACL_WITH_NAMED_USER = acl(
+    (1, 7, NO_ID), (2, 5, 1000), (4, 5, NO_ID), (16, 5, NO_ID), (32, 0, NO_ID)
+)
+#: cap_net_raw=ep (vfs_cap_data revision 2), what ping ships with instead of setuid.
+CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+#: Times with nanoseconds no filesystem would round to by chance.
+ATIME_NS, MTIME_NS = 1_600_000_000_123_456_789, 1_500_000_000_987_654_321
+
+
+def make_exotic_tree(root: Path) -> None:
+    """What a whole OS root holds beyond the everyday: device nodes, a socket, hard links
+    across directories (also of a symlink), holes in the middle of a file, ACLs, file
+    capabilities, setgid, and nanosecond times on every kind of entry."""
+    (root / "dev").mkdir(parents=True)
+    os.mknod(root / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(root / "dev/loop0", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    os.chown(root / "dev/loop0", 0, 6)
+    (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (root / "usr/sbin").mkdir()
+    (root / "usr/bin/ping").write_bytes(b"\x7fELF ping")
+    os.setxattr(root / "usr/bin/ping", "security.capability", CAP_NET_RAW)
+    (root / "usr/bin/crontab").write_bytes(b"\x7fELF crontab")
+    os.chown(root / "usr/bin/crontab", 0, 102)
+    os.chmod(root / "usr/bin/crontab", 0o2755)
+    os.link(root / "usr/bin/crontab", root / "usr/sbin/crontab")
+    os.link(root / "usr/bin/crontab", root / "usr/crontab-again")
+    (root / "usr/bin/python3").symlink_to("python3.11")
+    os.lchown(root / "usr/bin/python3", 1000, 1000)
+    os.link(root / "usr/bin/python3", root / "usr/sbin/python3", follow_symlinks=False)
+    with open(root / "usr/holes.img", "wb") as holey:
+        for offset in (0, 8 * MIB, 24 * MIB):
+            holey.seek(offset)
+            holey.write(os.urandom(64 * 1024))
+        holey.truncate(40 * MIB)
+    (root / "run").mkdir()
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(root / "run/daemon.sock"))
+    (root / "srv").mkdir()
+    (root / "srv/shared").write_text("for pi and uid 1000")
+    os.setxattr(root / "srv/shared", "system.posix_acl_access", ACL_WITH_NAMED_USER)
+    for path in (root / "usr/bin/ping", root / "usr/bin", root / "dev/null", root):
+        os.utime(path, ns=(ATIME_NS, MTIME_NS))
+    os.utime(root / "usr/bin/python3", ns=(ATIME_NS, MTIME_NS), follow_symlinks=False)
+
+
+def tree_listing(root: Path) -> dict[str, tuple]:
+    """Every entry of `root` (symlinks not followed) with all a faithful copy keeps: type
+    and mode, owner, size, device number, mtime in ns, symlink target, xattrs, and the
+    first name of its inode (so hard links show as entries sharing one)."""
+    paths = [root]
+    for directory, subdirs, files in os.walk(root):
+        paths += [Path(directory, name) for name in subdirs + files]
+    listing: dict[str, tuple] = {}
+    first_names: dict[int, str] = {}
+    for path in sorted(paths):
+        info = os.lstat(path)
+        relpath = str(path.relative_to(root))
+        xattrs = {
+            name: os.getxattr(path, name, follow_symlinks=False)
+            for name in sorted(os.listxattr(path, follow_symlinks=False))
+        }
+        listing[relpath] = (
+            stat.filemode(info.st_mode),
+            info.st_uid,
+            info.st_gid,
+            None if stat.S_ISDIR(info.st_mode) else info.st_size,
+            info.st_rdev,
+            info.st_mtime_ns,
+            os.readlink(path) if stat.S_ISLNK(info.st_mode) else None,
+            xattrs,
+            first_names.setdefault(info.st_ino, relpath),
+        )
+    return listing
 
 
 def file_digests(directory: Path) -> dict[str, str]:
@@ -235,6 +323,97 @@ def test_copy_clone_is_faithful(scratch_on, fstype):
     assert sparse.st_blocks * 512 < MIB
     assert os.getxattr(clone / "usr/bin/dash", "user.bakery") == b"kept"
     assert stat.S_ISFIFO(os.lstat(clone / "tmp/fifo").st_mode)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fstype", ["ext4", "tmpfs"])
+def test_copy_clone_keeps_every_entry_of_a_whole_os_root(scratch_on, fstype):
+    scratch = scratch_on(fstype)
+    base, clone = scratch / "base", scratch / "clone"
+    create_base(base)
+    make_awkward_tree(base)
+    make_exotic_tree(base)
+    listing = tree_listing(base)
+
+    clone_root(base, clone, "copy")
+
+    assert tree_listing(clone) == listing
+    assert os.lstat(clone / "dev/null").st_rdev == os.makedev(1, 3)
+    assert os.lstat(clone / "usr/sbin/crontab").st_ino == os.lstat(clone / "usr/bin/crontab").st_ino
+    assert os.getxattr(clone / "usr/bin/ping", "security.capability") == CAP_NET_RAW
+    assert stat.S_IMODE(os.lstat(clone / "usr/bin/crontab").st_mode) == 0o2755
+
+
+@pytest.mark.root
+def test_copy_clone_keeps_nanosecond_times_of_every_kind_of_entry(scratch_on):
+    scratch = scratch_on("ext4")
+    base, clone = scratch / "base", scratch / "clone"
+    create_base(base)
+    make_exotic_tree(base)
+
+    clone_root(base, clone, "copy")
+
+    for relpath in ("usr/bin/ping", "usr/bin", "dev/null", "usr/bin/python3", "."):
+        copied = os.lstat(clone / relpath)
+        assert (copied.st_atime_ns, copied.st_mtime_ns) == (ATIME_NS, MTIME_NS), relpath
+
+
+@pytest.mark.root
+def test_copy_clone_keeps_holes_in_the_middle_of_a_file(scratch_on):
+    scratch = scratch_on("ext4")
+    base, clone = scratch / "base", scratch / "clone"
+    create_base(base)
+    make_exotic_tree(base)
+
+    clone_root(base, clone, "copy")
+
+    copied = os.stat(clone / "usr/holes.img")
+    assert copied.st_size == 40 * MIB
+    assert copied.st_blocks * 512 <= os.stat(base / "usr/holes.img").st_blocks * 512 < MIB
+    assert file_digests(clone / "usr") == {
+        path.replace(str(base), str(clone)): digest
+        for path, digest in file_digests(base / "usr").items()
+    }
+
+
+@pytest.mark.root
+def test_copy_clone_has_the_base_acls_not_those_of_the_bakes_directory(scratch_on):
+    scratch = scratch_on("ext4")
+    bakes = scratch / "bakes"
+    bakes.mkdir()
+    base = scratch / "base"
+    create_base(base)
+    make_exotic_tree(base)
+    os.setxattr(bakes, "system.posix_acl_default", ACL_WITH_NAMED_USER)
+
+    clone_root(base, bakes / "clone", "copy")
+
+    assert tree_listing(bakes / "clone") == tree_listing(base)
+
+
+@pytest.mark.root
+def test_copy_clone_copies_a_symlink_out_of_the_tree_as_a_symlink_and_leaves_its_target(
+    scratch_on,
+):
+    scratch = scratch_on("ext4")
+    host = scratch / "host"
+    host.mkdir(mode=0o700)
+    (host / "shadow").write_text("secret")
+    host_listing = tree_listing(host)
+    base, clone = scratch / "base", scratch / "clone"
+    create_base(base)
+    (base / "etc").symlink_to(host)
+    (base / "shadow").symlink_to(host / "shadow")
+    for link in (base / "etc", base / "shadow"):
+        os.lchown(link, 1000, 1000)
+        os.utime(link, ns=(ATIME_NS, MTIME_NS), follow_symlinks=False)
+
+    clone_root(base, clone, "copy")
+
+    assert sorted(path.name for path in clone.iterdir()) == ["etc", "shadow"]
+    assert os.readlink(clone / "etc") == str(host)
+    assert tree_listing(clone) == tree_listing(base)
+    assert tree_listing(host) == host_listing
 
 
 @pytest.mark.root
