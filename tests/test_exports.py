@@ -423,7 +423,7 @@ class NfsLab:
         return nfs_ls(f"{self.root}/{relative}", self.ganesha.port, source_ip, server)
 
     def reloaded(self, count: int) -> None:
-        wait_until(lambda: self.ganesha.reloads() >= count, 20, f"{count} ganesha reload(s)")
+        wait_until(lambda: self.ganesha.reloads() >= count, 20, what=f"{count} ganesha reload(s)")
 
 
 @pytest.fixture

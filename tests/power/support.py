@@ -1,28 +1,17 @@
-"""Helpers for power tests: targets for the test PPIs in ``ppis/``, a deadline poll."""
+"""Helpers for power tests: targets for the test PPIs in ``ppis/``."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bakery.power import PowerTarget
+from tests.support.wait import wait_until  # noqa: F401  (the tests' one deadline poll)
 
 PPIS = Path(__file__).parent / "ppis"
 SERIAL = "1a2b3c4d"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; answer the last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def ppi_target(script: str, serial: str = SERIAL, **settings: Any) -> PowerTarget:

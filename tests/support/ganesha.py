@@ -19,15 +19,15 @@ import json
 import random
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from bakery.sim.ganesha import GANESHA, Ganesha, running_ganesha  # noqa: F401
 from bakery.sim.server import free_port  # noqa: F401
+from bakery.sim.wait import wait_until  # noqa: F401
 
 NFS_TOOLS = ("nfs-cat", "nfs-ls")
 NFS_TIMEOUT = 30.0
@@ -35,18 +35,6 @@ NFS_TIMEOUT = 30.0
 NAMESPACE_POOL = ipaddress.ip_network("10.213.0.0/16")
 
 T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def missing_tools() -> list[str]:

@@ -15,22 +15,20 @@ used from the test's own thread, and a server started by ``call`` runs inside.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
 import subprocess
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from bakery.sim.network import call_in_thread, enter_namespace
+
 T = TypeVar("T")
 
-#: From <sched.h>; ``os.CLONE_NEWNET`` only exists from Python 3.12.
-CLONE_NEWNET = 0x40000000
 COMMAND_TIMEOUT = 30.0
 
 
@@ -69,21 +67,7 @@ class Namespace:
 
     def call(self, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` run in a thread that entered this namespace; its result or error."""
-        outcome: dict[str, Any] = {}
-
-        def enter_and_call() -> None:
-            try:
-                _enter(self.name)
-                outcome["value"] = func(*args)
-            except BaseException as exc:  # handed to the calling thread below
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=enter_and_call, name=f"netns-{self.name}")
-        thread.start()
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
+        return call_in_thread(lambda: enter_namespace(self.name), func, *args)
 
     def pids(self) -> list[int]:
         """Processes living in the namespace (all started by the test that made it)."""
@@ -91,18 +75,6 @@ class Namespace:
             ["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False
         )
         return [int(pid) for pid in listed.stdout.split()]
-
-
-def _enter(name: str) -> None:
-    """Move the calling thread into namespace ``name``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns into {name}: {os.strerror(errno)}")
-    finally:
-        os.close(fd)
 
 
 @contextmanager

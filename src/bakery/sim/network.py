@@ -84,21 +84,7 @@ class Network:
 
     def call(self, pi: SimPi, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` run from ``pi``'s network, in a thread of its own."""
-        outcome: dict[str, Any] = {}
-
-        def as_pi() -> None:
-            try:
-                self.enter(pi)
-                outcome["value"] = func(*args)
-            except BaseException as exc:  # handed to the calling thread below
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=as_pi, name=f"as-pi-{pi.serial}")
-        thread.start()
-        thread.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["value"]
+        return call_in_thread(lambda: self.enter(pi), func, *args)
 
     def close(self) -> None:
         """Remove whatever the network made."""
@@ -170,14 +156,7 @@ class NetnsNetwork(Network):
         return Link(pi.address, "eth0", None, self.nfs_port)
 
     def enter(self, pi: SimPi) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{self.namespaces[pi.serial]}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                errno = ctypes.get_errno()
-                raise OSError(errno, f"setns into Pi {pi.serial}: {os.strerror(errno)}")
-        finally:
-            os.close(fd)
+        enter_namespace(self.namespaces[pi.serial])
 
     def close(self) -> None:
         for namespace in self.namespaces.values():
@@ -224,3 +203,35 @@ def _kill_inside(namespace: str) -> None:
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def enter_namespace(name: str) -> None:
+    """Move the calling thread into the network namespace ``name`` (``ip netns``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into {name}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+def call_in_thread(enter: Callable[[], None], func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a new thread that first calls ``enter`` (e.g. joins a network
+    namespace, which only that thread then sees); its result, or its exception, here."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            enter()
+            outcome["value"] = func(*args)
+        except BaseException as exc:  # handed to the calling thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
