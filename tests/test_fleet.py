@@ -189,3 +189,85 @@ def test_pis_without_a_live_bake_get_nothing_to_boot(fleet):
     assert any("powering off" in e.message for e in Pi.get().events)
     fleet.set_pi_state("00000001", S.BROKEN, "smoke")
     assert fleet.boot_target("00000001", "127.0.0.11") is None
+
+
+def _baked(fleet, sd_image_file, **pi):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi("00000001", ip="127.0.0.11", **pi)
+    return fleet.bake("raspios")
+
+
+def test_an_unbake_that_fails_half_way_is_finished_at_the_next_start(
+    fleet, sd_image_file, monkeypatch
+):
+    bake = _baked(fleet, sd_image_file)
+
+    def exports_down(*_args):
+        raise fleet_module.exports.ExportError("exportfs -ra failed")
+
+    monkeypatch.setattr(fleet_module.exports, "publish", exports_down)
+    with pytest.raises(fleet_module.exports.ExportError):
+        fleet.unbake(bake.id)
+    assert Bake.get_by_id(bake.id).state == "unbaking"  # not claimed done
+    with pytest.raises(Conflict):
+        fleet.unbake(bake.id)  # a retry does not run the steps twice
+    monkeypatch.undo()
+    assert fleet.recover()["unbaked"] == 1
+    assert Bake.get_by_id(bake.id).state == "unbaked"
+    pi = Pi.get(Pi.serial == "00000001")
+    assert (pi.state, pi.bake_id) == ("available", None)
+    assert not fleet.bake_dir(bake.id).exists()
+
+
+def test_a_pi_marked_broken_while_baked_can_be_unbaked_and_repaired(fleet, sd_image_file):
+    bake = _baked(fleet, sd_image_file)
+    fleet.set_pi_state("00000001", S.BROKEN, "smoke")
+    fleet.unbake(bake.id)
+    pi = Pi.get(Pi.serial == "00000001")
+    assert (pi.state, pi.bake_id) == ("broken", None)
+    assert fleet.set_pi_state("00000001", S.AVAILABLE).state == "available"
+
+
+def test_a_power_off_failure_during_unbake_leaves_the_pi_broken_and_repairable(
+    fleet, sd_image_file, tmp_path
+):
+    import sys
+
+    ppi = tmp_path / "ppi.py"
+    ppi.write_text(
+        "import json, sys\nr = json.load(sys.stdin)\n"
+        "print('ok' if r['op'] == 'on' else json.dumps({'ok': False, 'error': "
+        "{'type': 'fatal', 'message': 'relay stuck'}}))\n"
+    )
+    bake = _baked(
+        fleet, sd_image_file, power_driver="ppi",
+        power_settings={"path": sys.executable, "args": [str(ppi)]},
+    )  # fmt: skip
+    fleet.unbake(bake.id)
+    pi = Pi.get(Pi.serial == "00000001")
+    assert (pi.state, pi.bake_id) == ("broken", None) and "relay stuck" in pi.broken_reason
+    assert fleet.set_pi_state("00000001", S.AVAILABLE).state == "available"
+
+
+def test_recover_frees_a_pi_whose_bake_is_gone(fleet, sd_image_file):
+    bake = _baked(fleet, sd_image_file)
+    Bake.update(state="failed").where(Bake.id == bake.id).execute()  # a half-finished run
+    fleet.recover()
+    pi = Pi.get(Pi.serial == "00000001")
+    assert (pi.state, pi.bake_id) == ("available", None)
+
+
+def test_an_address_belongs_to_one_pi(fleet):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    fleet.register_pi("00000002", ip="127.0.0.11")
+    assert Pi.get(Pi.serial == "00000001").last_ip is None
+    fleet.update_pi("00000001", ip="127.0.0.11")
+    assert Pi.get(Pi.serial == "00000002").last_ip is None
+
+
+def test_a_disk_created_on_a_bake_is_in_its_disks_list(fleet, sd_image_file):
+    bake = _baked(fleet, sd_image_file)
+    disk = fleet.create_disk(4, bake_id=bake.id)
+    listing = fleet.bake_root(bake.id) / fleet.settings.disks_list_path
+    assert listing.read_text().split()[0] == disk.id

@@ -33,3 +33,13 @@ def test_only_single_host_addresses_are_accepted(bad):
 def test_names_cannot_escape_a_directory(bad):
     with pytest.raises(InvalidIdentifier):
         identifiers.name(bad)
+
+
+@pytest.mark.parametrize("bad", ["0.0.0.0", "::", "224.0.0.1", "ff02::1"])
+def test_wildcard_and_multicast_addresses_are_not_a_pi(bad):
+    with pytest.raises(InvalidIdentifier):
+        identifiers.ip(bad)
+
+
+def test_an_ipv4_client_on_a_dual_stack_socket_is_its_ipv4_address():
+    assert identifiers.ip("::ffff:10.0.0.5") == "10.0.0.5"

@@ -114,3 +114,17 @@ def test_tokens_from_the_settings_work_and_rotate(live_server):
     assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 401
     headers = {"Authorization": f"Bearer {rotated}"}
     assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_token_removed_from_the_settings_stops_working(live_server):
+    kept, dropped = "k" * 40, "x" * 40
+    server = live_server(api_tokens={"director": kept, "old": dropped})
+    server.stop()
+    server = live_server(api_tokens={"director": kept})
+    for token, status in ((kept, 200), (dropped, 401)):
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (
+            requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code
+            == status
+        )

@@ -56,18 +56,27 @@ def revoke_token(name: str) -> None:
         raise NotFound(f"no token named {name!r}")
 
 
+#: The role of tokens that come from the settings (and go when they leave them).
+CONFIGURED_ROLE = "configured"
+
+
 def import_configured_tokens(settings: Settings) -> None:
-    """Make the tokens named in the settings valid (and only their current value):
-    a BOSH operator rotates a token by changing the manifest and redeploying."""
+    """Make exactly the tokens named in the settings valid, with their current value: a
+    BOSH operator rotates or revokes a token by changing the manifest and redeploying."""
+    ApiToken.delete().where(
+        ApiToken.role == CONFIGURED_ROLE, ApiToken.name.not_in(list(settings.api_tokens) or [""])
+    ).execute()
     for name, plaintext in settings.api_tokens.items():
         digest = hash_token(plaintext)
         updated = (
-            ApiToken.update(token_hash=digest, prefix=plaintext[:10])
+            ApiToken.update(token_hash=digest, prefix=plaintext[:10], role=CONFIGURED_ROLE)
             .where(ApiToken.name == name)
             .execute()
         )
         if not updated:
-            ApiToken.create(name=name, token_hash=digest, prefix=plaintext[:10], role="admin")
+            ApiToken.create(
+                name=name, token_hash=digest, prefix=plaintext[:10], role=CONFIGURED_ROLE
+            )
 
 
 def ensure_admin_token(settings: Settings) -> str | None:

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -186,7 +186,10 @@ class Fleet:
         if Pi.select().where(Pi.serial == serial).exists():
             raise Conflict(f"a Pi with serial {serial} is already registered")
         self._check_mac_free(fields.get("mac"), serial)
-        pi = Pi.create(serial=serial, model=model, state=PiState.AVAILABLE.value, **fields)
+        with database.atomic():
+            if fields.get("last_ip"):
+                self._release_address(fields["last_ip"])
+            pi = Pi.create(serial=serial, model=model, state=PiState.AVAILABLE.value, **fields)
         self.record(pi, "state", "registered", state=pi.state)
         return pi
 
@@ -201,7 +204,10 @@ class Fleet:
         self._check_mac_free(fields.get("mac"), pi.serial)
         if not fields:
             return pi
-        Pi.update(updated_at=utcnow(), **fields).where(Pi.id == pi.id).execute()
+        with database.atomic():
+            if fields.get("last_ip"):
+                self._release_address(fields["last_ip"], keep=pi.id)
+            Pi.update(updated_at=utcnow(), **fields).where(Pi.id == pi.id).execute()
         self.record(pi, "pi", "updated", fields=sorted(fields))
         if "last_ip" in fields and pi.bake_id:
             self.publish_exports()
@@ -213,9 +219,9 @@ class Fleet:
         if state is PiState.BROKEN:
             return self.transition(pi, PiState.BROKEN, reason, broken_reason=reason or "operator")
         if state is PiState.AVAILABLE and pi.state in (S.DISCOVERED.value, S.BROKEN.value):
-            if pi.bake_id:
+            if self._live_bake_of(pi):
                 raise Conflict(f"Pi {pi.serial} still has bake {pi.bake_id}; unbake it first")
-            return self.transition(pi, PiState.AVAILABLE, reason, broken_reason="")
+            return self.transition(pi, PiState.AVAILABLE, reason, broken_reason="", bake_id=None)
         raise Conflict(
             f"Pi {pi.serial} is {pi.state}; an operator may only mark a Pi broken, "
             "or make a discovered or broken Pi available",
@@ -224,9 +230,14 @@ class Fleet:
 
     def delete_pi(self, serial: str) -> None:
         pi = self.get_pi(serial)
-        if pi.bake_id or pi.state in (S.PREPARING.value, S.BAKED.value, S.UNBAKING.value):
+        if self._live_bake_of(pi) or pi.state in (S.PREPARING.value, S.UNBAKING.value):
             raise Conflict(f"Pi {pi.serial} has a live bake; unbake it first")
         pi.delete_instance(recursive=True)
+
+    @staticmethod
+    def _live_bake_of(pi: Pi) -> Bake | None:
+        bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi.bake_id else None
+        return bake if bake is not None and bake.state in LIVE_BAKE_STATES else None
 
     def _checked_pi_fields(self, **changes: Any) -> dict[str, Any]:
         fields: dict[str, Any] = {}
@@ -474,65 +485,79 @@ class Fleet:
         self.record(bake.pi, "bake", message, bake.id, **data)
 
     def _roll_back(self, bake: Bake, reason: str) -> None:
-        """Undo a bake that never became ``baked``: power, exports, disks, root, claim."""
+        """Undo a bake that never became ``baked``: power, exports, disks, root, claim.
+
+        Every step is attempted even if one before it fails (logged), so the Pi is
+        always handed back; what could not be cleaned, ``recover`` cleans at start."""
         log.warning("rolling back bake %s: %s", bake.id, reason)
         pi = Pi.get_by_id(bake.pi_id)
-        if bake.step in ("powering_on", "powered_on"):
-            with contextlib.suppress(PowerError):
-                self.power_pi(pi, "off")
         Bake.update(state=BakeState.FAILED.value, error=reason[:2000], finished_at=utcnow()).where(
             Bake.id == bake.id
         ).execute()
-        self._release_disks(bake)
-        self.publish_exports()
-        self._remove_tree(self.bake_dir(bake.id))
+        steps = [
+            lambda: self._release_disks(bake),
+            self.publish_exports,
+            lambda: self._remove_tree(self.bake_dir(bake.id)),
+        ]
+        if bake.step in ("powering_on", "powered_on"):
+            steps.insert(0, lambda: self.power_pi(pi, "off"))
+        for step in steps:
+            _best_effort(step, f"rollback of bake {bake.id}")
+        self._free_pi(pi, bake, PiState.AVAILABLE, reason[:200])
+
+    def _free_pi(self, pi: Pi, bake: Bake, target: PiState, reason: str = "") -> None:
+        """Detach the Pi from ``bake`` and move it to ``target`` (available or broken).
+
+        Does nothing to a Pi that has moved on to another bake; a Pi an operator marked
+        broken meanwhile is detached but stays broken."""
+        released = Pi.update(bake_id=None).where(Pi.id == pi.id, Pi.bake_id == bake.id).execute()
+        if not released:
+            return
+        pi = Pi.get_by_id(pi.id)
         with contextlib.suppress(Conflict):
-            self.transition(
-                pi, PiState.AVAILABLE, reason[:200], expect=PiState.PREPARING, bake_id=None
-            )
+            if pi.state == S.BAKED.value:
+                pi = self.transition(pi, S.UNBAKING, reason)
+            if allowed(PiState(pi.state), target) and pi.state != S.BROKEN.value:
+                broken = reason if target is S.BROKEN else ""
+                self.transition(pi, target, reason, broken_reason=broken)
 
     def unbake(self, bake_id: str) -> Bake:
         """Power off, unexport, delete the root and the bake's own disks, free the Pi."""
         bake = self.get_live_bake(bake_id)
-        if bake.state == BakeState.PREPARING.value:
-            raise Conflict(f"bake {bake.id} is still being prepared", code="bake_in_progress")
-        if bake.state == BakeState.BAKED.value:
-            with database.atomic():
-                started = (
-                    Bake.update(state=BakeState.UNBAKING.value)
-                    .where(Bake.id == bake.id, Bake.state == BakeState.BAKED.value)
-                    .execute()
-                )
-                if not started:
-                    raise Conflict(f"bake {bake.id} changed meanwhile", code="state_changed")
-                pi = Pi.get_by_id(bake.pi_id)
-                if pi.state == PiState.BAKED.value:
-                    self.transition(pi, PiState.UNBAKING)
+        if bake.state != BakeState.BAKED.value:
+            raise Conflict(f"bake {bake.id} is {bake.state}", code="bake_in_progress")
+        with database.atomic():
+            started = (
+                Bake.update(state=BakeState.UNBAKING.value)
+                .where(Bake.id == bake.id, Bake.state == BakeState.BAKED.value)
+                .execute()
+            )
+            if not started:  # another request is unbaking it: only that one finishes it
+                raise Conflict(f"bake {bake.id} is being unbaked", code="bake_in_progress")
+            pi = Pi.get_by_id(bake.pi_id)
+            if pi.state == PiState.BAKED.value and pi.bake_id == bake.id:
+                self.transition(pi, PiState.UNBAKING)
         return self._finish_unbake(Bake.get_by_id(bake.id))
 
     def _finish_unbake(self, bake: Bake) -> Bake:
+        """The steps of an unbake; the bake is ``unbaked`` only once they have all run
+        (a failed step leaves it ``unbaking``, finished by ``recover`` at the next start)."""
         pi = Pi.get_by_id(bake.pi_id)
         power_failure = ""
         try:
-            self.power_pi(pi, "off")
+            if pi.bake_id == bake.id:  # never switch off the Pi's next bake
+                self.power_pi(pi, "off")
         except PowerError as exc:
             power_failure = f"power off failed during unbake: {exc.message}"
         self._release_disks(bake)
+        self.publish_exports()  # exports only preparing and baked bakes
+        self._remove_tree(self.bake_dir(bake.id))
         Bake.update(state=BakeState.UNBAKED.value, finished_at=utcnow()).where(
             Bake.id == bake.id
         ).execute()
-        self.publish_exports()
-        self._remove_tree(self.bake_dir(bake.id))
-        pi = Pi.get_by_id(pi.id)
-        if power_failure:
-            # A Pi we could not switch off may still run: keep it out of the fridge.
-            self.transition(
-                pi, PiState.BROKEN, power_failure, broken_reason=power_failure, bake_id=None
-            )
-        elif pi.state == PiState.UNBAKING.value:
-            self.transition(pi, PiState.AVAILABLE, bake_id=None)
-        else:
-            Pi.update(bake_id=None).where(Pi.id == pi.id).execute()
+        # A Pi we could not switch off may still run: keep it out of the fridge.
+        target = PiState.BROKEN if power_failure else PiState.AVAILABLE
+        self._free_pi(pi, bake, target, power_failure)
         return Bake.get_by_id(bake.id)
 
     def _release_disks(self, bake: Bake) -> None:
@@ -574,7 +599,10 @@ class Fleet:
 
     def agent_settings_for_address(self, ip: str) -> dict:
         """The agent settings of the live bake on the Pi at ``ip`` (the metadata service)."""
-        pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
+        try:
+            pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
+        except identifiers.InvalidIdentifier:
+            pi = None
         bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
         if bake is None or bake.state not in LIVE_BAKE_STATES or bake.agent_settings is None:
             raise NotFound(f"no agent settings for {ip}")
@@ -612,6 +640,7 @@ class Fleet:
             disks.delete_disk_image(self.settings, disk_id)
             raise
         if bake:
+            self.write_bake_files(bake)
             self.publish_exports()
         self.record(
             bake.pi if bake else None,
@@ -834,16 +863,20 @@ class Fleet:
         mine = Bake.host_id == self.settings.host_id
         counts = {"rolled_back": 0, "unbaked": 0, "stray_paths": 0}
         for bake in Bake.select().where(mine, Bake.state == BakeState.PREPARING.value):
-            self._roll_back(bake, "interrupted by a restart")
-            counts["rolled_back"] += 1
+            if _best_effort(
+                lambda b=bake: self._roll_back(b, "interrupted by a restart"),
+                f"recovery of bake {bake.id}",
+            ):
+                counts["rolled_back"] += 1
         for bake in Bake.select().where(mine, Bake.state == BakeState.UNBAKING.value):
-            self._finish_unbake(bake)
-            counts["unbaked"] += 1
-        orphans = Pi.select().where(Pi.state == PiState.PREPARING.value)
-        for pi in orphans:
-            bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi.bake_id else None
-            if bake is None or bake.state not in LIVE_BAKE_STATES:
-                self.transition(pi, PiState.AVAILABLE, "claim without a bake", bake_id=None)
+            if _best_effort(lambda b=bake: self._finish_unbake(b), f"recovery of bake {bake.id}"):
+                counts["unbaked"] += 1
+        for pi in Pi.select().where(Pi.bake_id.is_null(False)):
+            if self._live_bake_of(pi) is None:
+                dead = Bake.get_or_none(Bake.id == pi.bake_id) or Bake(id=pi.bake_id)
+                self._free_pi(pi, dead, PiState.AVAILABLE, "its bake is gone")
+        for pi in Pi.select().where(Pi.state == PiState.PREPARING.value, Pi.bake_id.is_null()):
+            self.transition(pi, PiState.AVAILABLE, "claim without a bake")
         for path in self._stray_paths():
             self._remove_tree(path)
             counts["stray_paths"] += 1
@@ -903,6 +936,16 @@ def _as_user_error(exc: BaseException) -> BaseException:
         return PowerFailed(f"bake failed: power on: {exc.message}")
     if isinstance(exc, roots.SeasoningError):
         return InvalidInput(f"bake failed: unsafe bakeform root: {exc}", code="unsafe_bakeform")
-    if isinstance(exc, roots.RootError | OSError):
+    if isinstance(exc, roots.RootError | exports.ExportError | OSError):
         return StorageFailed(f"bake failed: could not make the Pi's root: {exc}")
     return exc
+
+
+def _best_effort(step: Callable[[], object], what: str) -> bool:
+    """Run one cleanup step; a failure is logged, not raised, so the next step runs."""
+    try:
+        step()
+    except Exception:
+        log.exception("%s: a step failed; recovery at the next start will retry", what)
+        return False
+    return True

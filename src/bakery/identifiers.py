@@ -67,9 +67,14 @@ def ip(value: str) -> str:
     if "%" in text:
         raise InvalidIdentifier(f"address {value!r}: scoped addresses are not accepted")
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidIdentifier(f"address {value!r} is not a single IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped  # an IPv4 client seen by a dual-stack socket
+    if address.is_unspecified or address.is_multicast:
+        raise InvalidIdentifier(f"address {value!r} is not one host's address")
+    return str(address)
 
 
 def label(value: str) -> str:
