@@ -13,6 +13,7 @@ import pytest
 from bakery import auth, models
 from bakery.app import create_app
 from bakery.config import load_settings
+from bakery.netboot.tftp import TftpServer, listening_socket
 from tests.support.postgres import create_database, pg_bindir, postgres_server
 from tests.support.server import LiveServer
 
@@ -97,6 +98,17 @@ def app(settings):
 def fleet(app):
     with models.database.connection_context():
         yield app.extensions["bakery.fleet"]
+
+
+@pytest.fixture
+def tftp_server(settings, fleet):
+    """Bakery's TFTP server, in this process, on a free loopback port."""
+    server = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

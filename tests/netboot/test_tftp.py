@@ -14,7 +14,6 @@ import pytest
 from bakery.config import load_settings
 from bakery.models import PiState
 from bakery.netboot import tftp_packets as tp
-from bakery.netboot.tftp import TftpServer, listening_socket
 from tests.netboot.pi_client import PI4_BOOT_FILES, Download, PiClient, run
 from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, default_boot_files
 
@@ -54,13 +53,8 @@ def settings(tmp_path):
 
 
 @pytest.fixture
-def server(settings, fleet):
-    tftp = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0))
-    tftp.start()
-    try:
-        yield tftp
-    finally:
-        tftp.stop()
+def server(tftp_server):
+    return tftp_server
 
 
 @pytest.fixture

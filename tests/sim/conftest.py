@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from bakery.config import load_settings
-from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.sim.bootloader import Timeouts
 from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, firmware_files, fleet_boot_files
 from bakery.sim.models import make_pis
@@ -52,17 +51,6 @@ def settings(tmp_path, db_url):
 def fleet_image(tmp_path_factory) -> Path:
     """An SD image whose boot partition boots every simulated model."""
     return build_sd_image(tmp_path_factory.mktemp("fleet") / "fleet.img", boot=fleet_boot_files())
-
-
-@pytest.fixture
-def tftp_server(settings, fleet):
-    """Bakery's TFTP server, in this process, on a free loopback port."""
-    server = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from marshmallow import Schema, fields, validate
 
 from ..models import LIVE_BAKE_STATES, Bake, Disk
 from .fields import Hostname, Labels, Name, ObjectId, Serial
-from .pis import PowerResultSchema, PowerSchema
+from .pis import PowerResultSchema, PowerSchema, power_answer
 
 blp = Blueprint("bakes", __name__, url_prefix="/api/v1/bakes", description="Bakes (BOSH VMs)")
 
@@ -108,13 +108,7 @@ class BakePower(MethodView):
     def post(self, args, bake_id):
         """Power the bake's Pi on or off, or power-cycle it (BOSH reboot_vm)."""
         result = fleet().power_bake(bake_id, args["action"])
-        serial = fleet().get_bake(bake_id).pi.serial
-        return {
-            "serial": serial,
-            "action": args["action"],
-            "state": result.state,
-            "message": result.message,
-        }
+        return power_answer(fleet().get_bake(bake_id).pi.serial, args["action"], result)
 
 
 @blp.route("/<bake_id>/agent-settings")

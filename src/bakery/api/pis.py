@@ -95,6 +95,11 @@ class EventQuerySchema(Schema):
     bake_id = fields.String()
 
 
+def power_answer(serial: str, action: str, result) -> dict:
+    """What a power route answers: which Pi, what was asked, what the driver reported."""
+    return {"serial": serial, "action": action, "state": result.state, "message": result.message}
+
+
 def fleet():
     return current_app.extensions["bakery.fleet"]
 
@@ -147,12 +152,7 @@ class PiPower(MethodView):
     def post(self, args, serial):
         """Switch a Pi on or off, power-cycle it, or ask its power state."""
         result = fleet().operator_power(serial, args["action"])
-        return {
-            "serial": serial,
-            "action": args["action"],
-            "state": result.state,
-            "message": result.message,
-        }
+        return power_answer(fleet().get_pi(serial).serial, args["action"], result)
 
 
 @blp.route("/<serial>/events")
