@@ -99,3 +99,20 @@ def test_tokens(bakery):
     assert "director" in bakery("token", "list").output
     bakery("token", "revoke", "director")
     assert "director" not in bakery("token", "list").output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--config", "/nonexistent/bakery.json"],
+        ["tftp", "--bind", "not-an-address"],
+        ["netboot", "--config", "/nonexistent/bakery.json"],
+        ["dnsmasq-config", "--config", "/nonexistent/bakery.json"],
+    ],
+)
+def test_service_commands_refuse_bad_settings_in_one_line(args, tmp_path, monkeypatch):
+    monkeypatch.setenv("BAKERY_ROOT", str(tmp_path))
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
