@@ -8,15 +8,14 @@ then times, per format:
 - baseline: reading the upload once (``cat`` for .img, ``xz -dc`` for .xz) plus ``cp -a`` of
   the root from a read-only loop mount and ``mcopy`` of the boot partition (no vfat here).
 
-Page cache: warm for both sides (every input is read once before the first timed run,
-outputs go to the same filesystem, and dirty pages are flushed with an untimed ``sync``
-before every timed run).
+Page cache: warm for both sides (every input is read once before the first timed run, and
+dirty pages are flushed with an untimed ``sync`` before every timed run).
 
-Outputs are kept until every run is done, each run writing to a directory of its own:
-ext4 (without a journal, as here) skips inode numbers freed in the last minutes when it
-allocates (``recently_deleted``), so a run that follows the deletion of the previous run's
-thousands of files pays several times over for every file it creates, by how recently and
-how much was deleted, not by what it does.
+Every timed run writes to a fresh ext4 loop filesystem of its own, made before the clock
+starts: on a long-used filesystem the cost of creating thousands of files depends on its
+history, not on the run (ext4 skips inode numbers freed in the last minutes when it
+allocates, ``recently_deleted``, and the same run took 0.2 s or 1.6 s to write the root's
+files depending on what an earlier run had deleted).
 
     sudo .venv/bin/python bench/import.py [--size-mib 1024] [--workdir DIR] [--keep]
 """
@@ -32,10 +31,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.support.loopfs import loop_filesystem  # noqa: E402
 from tests.support.sdimage import FIRST_SECTOR, MIB, SECTOR, build_sd_image  # noqa: E402
 
 from bakery.images import import_image  # noqa: E402
@@ -114,44 +115,48 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def run_dir(work: Path) -> Path:
-    """A fresh directory under ``work/runs`` for one timed run's output (see above)."""
-    runs = work / "runs"
-    runs.mkdir(exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=runs))
+def fresh_output(work: Path, image: Path) -> AbstractContextManager[Path]:
+    """A fresh ext4 filesystem for one timed run's output (see above), room for the
+    image twice over (Bakery's scratch copy and the trees) with a margin."""
+    size_mib = 3 * image.stat().st_size // MIB + 256
+    return loop_filesystem("ext4", size_mib, work)
 
 
-def bakery_import(upload: Path, work: Path) -> float:
-    staging = run_dir(work) / "staging"
-    (staging / "root").mkdir(parents=True)
-    with upload.open("rb") as stream:
-        return timed(lambda: import_image(stream, staging))
+def bakery_import(upload: Path, image: Path, work: Path) -> float:
+    with fresh_output(work, image) as out:
+        staging = out / "staging"
+        (staging / "root").mkdir(parents=True)
+        with upload.open("rb") as stream:
+            return timed(lambda: import_image(stream, staging))
 
 
 def baseline(upload: Path, image: Path, work: Path, read_upload: list[str]) -> float:
-    out = run_dir(work) / "baseline"
-    mnt = work / "mnt"
+    with fresh_output(work, image) as out:
+        return timed(lambda: unavoidable_work(upload, image, out, work / "mnt", read_upload))
+
+
+def unavoidable_work(
+    upload: Path, image: Path, out: Path, mnt: Path, read_upload: list[str]
+) -> None:
+    """Read the upload once, ``cp -a`` the root from a read-only loop mount, ``mcopy`` the
+    boot partition."""
     (out / "boot").mkdir(parents=True)
     mnt.mkdir(exist_ok=True)
     root_offset = FIRST_SECTOR * SECTOR + boot_size(image)
-
-    def work_done() -> None:
-        with open(os.devnull, "wb") as sink:
-            subprocess.run([*read_upload, str(upload)], stdout=sink, check=True)
-        subprocess.run(
-            ["mount", "-o", f"loop,ro,offset={root_offset}", str(image), str(mnt)], check=True
-        )
-        try:
-            subprocess.run(["cp", "-a", f"{mnt}/.", str(out / "root")], check=True)
-        finally:
-            subprocess.run(["umount", str(mnt)], check=True)
-        subprocess.run(
-            ["mcopy", "-s", "-n", "-p", "-m", "-i", f"{image}@@{FIRST_SECTOR * SECTOR}",
-             "::/", f"{out / 'boot'}/"],
-            env=MTOOLS_ENV, check=True,
-        )  # fmt: skip
-
-    return timed(work_done)
+    with open(os.devnull, "wb") as sink:
+        subprocess.run([*read_upload, str(upload)], stdout=sink, check=True)
+    subprocess.run(
+        ["mount", "-o", f"loop,ro,offset={root_offset}", str(image), str(mnt)], check=True
+    )
+    try:
+        subprocess.run(["cp", "-a", f"{mnt}/.", str(out / "root")], check=True)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    subprocess.run(
+        ["mcopy", "-s", "-n", "-p", "-m", "-i", f"{image}@@{FIRST_SECTOR * SECTOR}",
+         "::/", f"{out / 'boot'}/"],
+        env=MTOOLS_ENV, check=True,
+    )  # fmt: skip
 
 
 def boot_size(image: Path) -> int:
@@ -190,11 +195,10 @@ def main() -> None:
         warm(image, image_xz)
         for label, upload, reader in ((".img", image, ["cat"]), (".xz", image_xz, ["xz", "-dc"])):
             theirs = min(baseline(upload, image, work, reader) for _ in range(args.rounds))
-            ours = min(bakery_import(upload, work) for _ in range(args.rounds))
+            ours = min(bakery_import(upload, image, work) for _ in range(args.rounds))
             print(f"import {label}: bakery {ours:.2f}s, baseline {theirs:.2f}s, "
                   f"ratio {ours / theirs:.2f}x (target <= {TARGET})")  # fmt: skip
     finally:
-        shutil.rmtree(work / "runs", ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

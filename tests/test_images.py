@@ -22,6 +22,7 @@ from bakery.images import (
     ImageError,
     Partition,
     UploadTooLarge,
+    _SparseWriter,
     choose_partitions,
     detect_compression,
     import_image,
@@ -124,6 +125,19 @@ def test_compression_is_detected_from_magic_bytes():
     assert detect_compression(b"\xfd7zXZ\x00\x00") == "xz"
     assert detect_compression(gzip.compress(b"x")) == "gz"
     assert detect_compression(mbr((0x0C, 2048, 1))) == "none"
+
+
+def test_scratch_copy_keeps_every_byte_and_leaves_holes_where_the_upload_is_zeros(tmp_path):
+    block = _SparseWriter.BLOCK
+    data = b"\x01" * 100 + bytes(6 * block) + b"\x02" * block + bytes(block + 512) + b"\x03"
+    scratch = tmp_path / "scratch.img"
+    with scratch.open("wb") as out:
+        writer = _SparseWriter(out)
+        for start in range(0, len(data), 2 * block + 7):  # chunks across block boundaries
+            writer.write(data[start : start + 2 * block + 7])
+        writer.close()
+    assert scratch.read_bytes() == data
+    assert scratch.stat().st_blocks * 512 <= len(data) - 4 * block
 
 
 # ---------------------------------------------------------------- real images
