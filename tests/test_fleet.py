@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 from bakery import fleet as fleet_module
@@ -47,7 +50,8 @@ def test_a_transition_applies_only_if_the_pi_is_still_where_we_saw_it(fleet):
     assert Pi.get_by_id(pi.id).state == "broken"
 
 
-def test_a_clone_failure_rolls_the_bake_back(fleet, sd_image_file, monkeypatch):
+@pytest.mark.parametrize("clone", ["clone_root", "clone_boot"])
+def test_a_clone_failure_rolls_the_bake_back(fleet, sd_image_file, monkeypatch, clone):
     with open(sd_image_file, "rb") as image:
         fleet.import_bakeform("raspios", image)
     fleet.register_pi("00000001", ip="127.0.0.11")
@@ -55,7 +59,7 @@ def test_a_clone_failure_rolls_the_bake_back(fleet, sd_image_file, monkeypatch):
     def broken_clone(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fleet_module.roots, "clone_root", broken_clone)
+    monkeypatch.setattr(fleet_module.roots, clone, broken_clone)
     with pytest.raises(StorageFailed, match="No space left"):
         fleet.bake("raspios")
     assert Pi.get(Pi.serial == "00000001").state == "available"
@@ -196,6 +200,24 @@ def _baked(fleet, sd_image_file, **pi):
         fleet.import_bakeform("raspios", image)
     fleet.register_pi("00000001", ip="127.0.0.11", **pi)
     return fleet.bake("raspios")
+
+
+def test_a_bake_boots_its_own_links_to_its_bakeform_boot_files(fleet, sd_image_file):
+    bake = _baked(fleet, sd_image_file)
+    bakeform_kernel = fleet.bakeform_dir("raspios") / "boot" / "kernel8.img"
+    bake_kernel = fleet.bake_boot(bake.id) / "kernel8.img"
+    assert os.path.samefile(bakeform_kernel, bake_kernel)  # a link: no space, one TFTP cache
+    assert fleet.boot_target("00000001", "127.0.0.11").boot_dir == fleet.bake_boot(bake.id)
+    fleet.unbake(bake.id)
+    assert bakeform_kernel.is_file() and not fleet.bake_dir(bake.id).exists()
+
+
+def test_recover_gives_a_bake_made_without_boot_files_its_own(fleet, sd_image_file):
+    bake = _baked(fleet, sd_image_file)
+    shutil.rmtree(fleet.bake_boot(bake.id))
+    fleet.recover()
+    assert (fleet.bake_boot(bake.id) / "kernel8.img").is_file()
+    assert fleet.boot_target("00000001", "127.0.0.11").bake_id == bake.id
 
 
 def test_an_unbake_that_fails_half_way_is_finished_at_the_next_start(

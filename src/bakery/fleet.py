@@ -95,6 +95,10 @@ class Fleet:
     def bake_root(self, bake_id: str) -> Path:
         return self.bake_dir(bake_id) / "root"
 
+    def bake_boot(self, bake_id: str) -> Path:
+        """The boot files a bake's Pi is served: its own links to its bakeform's."""
+        return self.bake_dir(bake_id) / "boot"
+
     # -- events --------------------------------------------------------------------------
 
     def record(
@@ -460,6 +464,7 @@ class Fleet:
         root = self.bake_root(bake.id)
         root.parent.mkdir(parents=True, exist_ok=True)
         roots.clone_root(self.bakeform_dir(bakeform.name) / "root", root, bakeform.clone_method)
+        roots.clone_boot(self.bakeform_dir(bakeform.name) / "boot", self.bake_boot(bake.id))
         self._step(bake, "cloned", "root cloned", method=bakeform.clone_method)
         roots.season_root(root, hostname=bake.hostname, resolv_conf=self.settings.resolv_conf)
         stemcell.install_disk_agent(root, self.settings.disks_list_path)
@@ -782,16 +787,12 @@ class Fleet:
         live = (BakeState.PREPARING.value, BakeState.BAKED.value)
         if bake is None or bake.state not in live or pi.state == S.BROKEN.value:
             return None
+        boot_dir = self.bake_boot(bake.id)
         cmdline = bootfiles.render_cmdline(
-            bake.bakeform.cmdline if bake.bakeform else "",
-            self.settings.nfs_server,
-            self.bake_root(bake.id),
+            images.read_cmdline(boot_dir), self.settings.nfs_server, self.bake_root(bake.id)
         )
         return bootfiles.BootTarget(
-            serial=pi.serial,
-            bake_id=bake.id,
-            boot_dir=self.bakeform_dir(bake.bakeform_name) / "boot",
-            cmdline=cmdline,
+            serial=pi.serial, bake_id=bake.id, boot_dir=boot_dir, cmdline=cmdline
         )
 
     def discover_pi(self, serial: str, ip: str, model: str | None = None) -> Pi | None:
@@ -877,11 +878,21 @@ class Fleet:
                 self._free_pi(pi, dead, PiState.AVAILABLE, "its bake is gone")
         for pi in Pi.select().where(Pi.state == PiState.PREPARING.value, Pi.bake_id.is_null()):
             self.transition(pi, PiState.AVAILABLE, "claim without a bake")
+        for bake in Bake.select().where(mine, Bake.state == BakeState.BAKED.value):
+            _best_effort(lambda b=bake: self._give_boot_files(b), f"boot files of bake {bake.id}")
         for path in self._stray_paths():
             self._remove_tree(path)
             counts["stray_paths"] += 1
         self.publish_exports()
         return counts
+
+    def _give_boot_files(self, bake: Bake) -> None:
+        """Bakes made before bakes had boot files of their own get them (from their
+        bakeform as it is now) the first time a release with them starts."""
+        if not self.bake_boot(bake.id).exists() and self.bake_root(bake.id).exists():
+            roots.clone_boot(
+                self.bakeform_dir(bake.bakeform_name) / "boot", self.bake_boot(bake.id)
+            )
 
     def _stray_paths(self) -> Iterator[Path]:
         live_bakes = {b.id for b in Bake.select(Bake.id).where(Bake.state.in_(LIVE_BAKE_STATES))}

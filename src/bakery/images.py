@@ -550,6 +550,11 @@ def _extract(raw: Path, layout: Layout, staging: Path) -> str:
     for error in errors:
         if error is not None:
             raise error
+    return read_cmdline(boot_dir)
+
+
+def read_cmdline(boot_dir: Path) -> str:
+    """The kernel command line an extracted boot partition carries, stripped ("" if none)."""
     cmdline = boot_dir / "cmdline.txt"
     if not cmdline.is_file():
         return ""

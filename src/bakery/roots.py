@@ -182,6 +182,20 @@ def _reflink_tree(source: Path, target: Path) -> None:
     )
 
 
+def clone_boot(source: Path, dest: Path) -> None:
+    """Give a bake its own copy of its bakeform's boot files (``dest`` must not exist).
+
+    Hard links where both sides share a filesystem: a bakeform's files are never changed
+    in place (replacing a bakeform swaps its whole directory), so the links cost no space
+    and a live bake keeps booting the kernel and firmware that match its root after its
+    bakeform is replaced. A copy where links cannot reach."""
+    if os.path.lexists(dest):
+        raise FileExistsError(errno.EEXIST, "boot files destination already exists", str(dest))
+    same_filesystem = os.stat(source).st_dev == os.stat(dest.parent).st_dev
+    link = ["--link"] if same_filesystem else []
+    _run(["cp", "--archive", *link, "--no-target-directory", "--", str(source), str(dest)])
+
+
 # --- copying a tree where nothing can be shared ---------------------------------------------
 
 #: Threads copying file contents. ``sendfile`` runs without the GIL, so several files are

@@ -180,6 +180,32 @@ def test_served_config_txt_drops_auto_initramfs(server, fleet, tmp_path):
     assert served == b"[all]\ndtoverlay=vc4-kms-v3d\n"
 
 
+def test_a_bakeform_replaced_under_a_live_bake_leaves_it_booting_what_it_was_baked_with(
+    pi, server, fleet, tmp_path
+):
+    newer_cmdline = b"console=tty1 newer=1 root=PARTUUID=4e639091-02 rootwait\n"
+    newer = {**BOOT_FILES, "kernel8.img": b"a newer kernel\n" * 512, "cmdline.txt": newer_cmdline}
+    with open(build_sd_image(tmp_path / "newer.img", boot=newer), "rb") as upload:
+        fleet.import_bakeform("raspios", upload, replace=True)
+    assert pi.get("kernel8.img") == BOOT_FILES["kernel8.img"]  # matches the modules in its root
+    assert b"newer=1" not in pi.get("cmdline.txt")
+    fleet.register_pi("0000beef", ip="127.0.0.2")
+    fleet.bake("raspios", serial="0000beef")
+    next_pi = PiClient(server.address, "0000beef", bind_ip="127.0.0.2")
+    assert next_pi.get("kernel8.img") == newer["kernel8.img"]
+    assert next_pi.get("cmdline.txt").startswith(b"console=tty1 newer=1 root=/dev/nfs ")
+
+
+def test_pis_baked_from_one_bakeform_share_one_cached_copy_of_each_file(pi, server, fleet):
+    assert pi.get("kernel8.img") == BOOT_FILES["kernel8.img"]
+    cached = server.cache.used
+    fleet.register_pi("0000beef", ip="127.0.0.2")
+    fleet.bake("raspios", serial="0000beef")
+    other = PiClient(server.address, "0000beef", bind_ip="127.0.0.2")
+    assert other.get("kernel8.img") == BOOT_FILES["kernel8.img"]
+    assert server.cache.used == cached
+
+
 # -- refusing what is not a boot file ----------------------------------------------------
 
 
@@ -196,8 +222,8 @@ def test_served_config_txt_drops_auto_initramfs(server, fleet, tmp_path):
         f"{SERIAL}\\..\\secret",
     ],
 )
-def test_paths_outside_the_boot_tree_are_refused_without_reading(pi, server, fleet, name):
-    (fleet.bakeform_dir("raspios") / "secret").write_text("not for Pis")
+def test_paths_outside_the_boot_tree_are_refused_without_reading(pi, server, fleet, baked, name):
+    (fleet.bake_dir(baked.id) / "secret").write_text("not for Pis")  # next to its boot files
     assert error_code(server, name) == tp.ErrorCode.ACCESS_VIOLATION
     assert server.cache.used == 0
 

@@ -39,7 +39,7 @@ class BootTarget:
 
     serial: str
     bake_id: str
-    #: The bakeform's extracted boot partition.
+    #: The bake's boot files (its own links to its bakeform's boot partition).
     boot_dir: Path
     #: cmdline.txt as this Pi must see it.
     cmdline: str

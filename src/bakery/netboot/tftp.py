@@ -96,7 +96,10 @@ class PacketImage:
 
 class PacketCache:
     """Packet images by (file, mtime, size, block size, rendering), least recently
-    used evicted past ``limit`` bytes. Used from executor threads, hence the lock."""
+    used evicted past ``limit`` bytes. Used from executor threads, hence the lock.
+
+    A file is known by its inode, not its path: every bake links its bakeform's boot
+    files into a directory of its own, and the Pis of one bakeform share one image."""
 
     def __init__(self, limit: int = CACHE_BYTES) -> None:
         self.limit = limit
@@ -107,7 +110,7 @@ class PacketCache:
     def get(self, path: Path, blksize: int, render: Callable[[bytes], bytes]) -> PacketImage:
         """The packet image of ``path`` as ``render`` transforms it; read on a miss."""
         stat = path.stat()
-        key = (str(path), stat.st_mtime_ns, stat.st_size, blksize, render)
+        key = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size, blksize, render)
         with self._lock:
             image = self._images.get(key)
             if image is not None:
