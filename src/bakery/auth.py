@@ -53,7 +53,7 @@ def verify_token(presented: str) -> ApiToken | None:
 
 def revoke_token(name: str) -> None:
     if not ApiToken.delete().where(ApiToken.name == name).execute():
-        raise NotFound(f"no token named {name!r}")
+        raise NotFound(f"no token named {name!r}", code="token_not_found")
 
 
 #: The role of tokens that come from the settings (and go when they leave them).

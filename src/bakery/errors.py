@@ -26,6 +26,10 @@ class InvalidInput(BakeryError):
 
 
 class NotFound(BakeryError):
+    """``code`` names what is missing (``bake_not_found``, ``disk_not_found``...), so a
+    client tells a missing disk from a missing bake in one answer; ``not_found`` is
+    left for URLs that name no resource at all."""
+
     status = 404
     code = "not_found"
 

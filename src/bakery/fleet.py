@@ -116,34 +116,34 @@ class Fleet:
         try:
             serial = identifiers.serial(serial)
         except identifiers.InvalidIdentifier as exc:
-            raise NotFound(str(exc)) from None
+            raise NotFound(str(exc), code="pi_not_found") from None
         pi = Pi.get_or_none(Pi.serial == serial)
         if pi is None:
-            raise NotFound(f"no Pi with serial {serial}")
+            raise NotFound(f"no Pi with serial {serial}", code="pi_not_found")
         return pi
 
     def get_bake(self, bake_id: str) -> Bake:
         bake = Bake.get_or_none(Bake.id == bake_id) if identifiers.ID_RE.match(bake_id) else None
         if bake is None:
-            raise NotFound(f"no bake {bake_id!r}")
+            raise NotFound(f"no bake {bake_id!r}", code="bake_not_found")
         return bake
 
     def get_live_bake(self, bake_id: str) -> Bake:
         bake = self.get_bake(bake_id)
         if bake.state not in LIVE_BAKE_STATES:
-            raise NotFound(f"bake {bake_id} was unbaked")
+            raise NotFound(f"bake {bake_id} was unbaked", code="bake_not_found")
         return bake
 
     def get_bakeform(self, name: str) -> Bakeform:
         bakeform = Bakeform.get_or_none(Bakeform.name == name)
         if bakeform is None:
-            raise NotFound(f"no bakeform named {name!r}")
+            raise NotFound(f"no bakeform named {name!r}", code="bakeform_not_found")
         return bakeform
 
     def get_disk(self, disk_id: str) -> Disk:
         disk = Disk.get_or_none(Disk.id == disk_id) if identifiers.ID_RE.match(disk_id) else None
         if disk is None:
-            raise NotFound(f"no disk {disk_id!r}")
+            raise NotFound(f"no disk {disk_id!r}", code="disk_not_found")
         return disk
 
     # -- Pi state machine ----------------------------------------------------------------
@@ -610,7 +610,7 @@ class Fleet:
             pi = None
         bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
         if bake is None or bake.state not in LIVE_BAKE_STATES or bake.agent_settings is None:
-            raise NotFound(f"no agent settings for {ip}")
+            raise NotFound(f"no agent settings for {ip}", code="agent_settings_not_found")
         return bake.agent_settings
 
     def set_bake_metadata(self, bake_id: str, metadata: dict) -> Bake:
@@ -721,7 +721,7 @@ class Fleet:
             Snapshot.id == snapshot_id
         )
         if not found:
-            raise NotFound(f"no snapshot {snapshot_id!r}")
+            raise NotFound(f"no snapshot {snapshot_id!r}", code="snapshot_not_found")
         return found
 
     def delete_snapshot(self, snapshot_id: str) -> None:

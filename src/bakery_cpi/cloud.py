@@ -51,13 +51,18 @@ def call(method: str, arguments: list, config: CpiConfig, api_version: int, log:
         raise CloudError(str(exc)) from None
 
 
+#: Bakery's error code for each thing the director may find missing.
+MISSING_CODES = {VMNotFound: "bake_not_found", DiskNotFound: "disk_not_found"}
+
+
 @contextmanager
-def missing_is(error: CpiError) -> Iterator[None]:
-    """Answer Bakery's 404 with the director's own not-found error."""
+def missing_is(error: VMNotFound | DiskNotFound) -> Iterator[None]:
+    """Answer Bakery's "no such bake" (or disk) with the director's own not-found error;
+    the code, not the status, says which one is missing when a request names both."""
     try:
         yield
     except ApiError as exc:
-        if exc.status == 404:
+        if exc.code == MISSING_CODES[type(error)]:
             raise error from None
         raise
 
@@ -269,9 +274,9 @@ class Cloud:
 
     def attach_disk(self, vm_cid: str, disk_cid: str) -> str | None:
         """Attach, then name the disk in the VM's settings; v2 answers the device hint."""
-        self._require_disk(disk_cid)
-        with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
-            self.client.post(f"/disks/{disk_cid}/attach", {"bake_id": self._vm(vm_cid)})
+        disk_missing = DiskNotFound(f"Disk '{disk_cid}' not found")
+        with missing_is(disk_missing), missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
+            self.client.post(f"/disks/{self._disk(disk_cid)}/attach", {"bake_id": self._vm(vm_cid)})
         self._write_persistent_disks(vm_cid)
         return agent_settings.disk_hint(disk_cid) if self.api_version >= 2 else None
 
@@ -370,10 +375,6 @@ class Cloud:
         if not is_object_id(disk_cid):
             raise DiskNotFound(f"Disk '{disk_cid}' not found")
         return disk_cid
-
-    def _require_disk(self, disk_cid: Any) -> None:
-        if self._find(f"/disks/{self._disk(disk_cid)}") is None:
-            raise DiskNotFound(f"Disk '{disk_cid}' not found")
 
     @staticmethod
     def _require_name(stemcell_cid: Any) -> None:

@@ -88,8 +88,8 @@ def test_delete_bakeform(client, bakeform, settings):
     assert client.delete("/api/v1/bakeforms/raspios").status_code == 204
     assert client.get("/api/v1/bakeforms").json == []
     assert leftovers(settings) == []
-    assert_error(client.delete("/api/v1/bakeforms/raspios"), 404, "not_found")
-    assert_error(client.get("/api/v1/bakeforms/raspios"), 404, "not_found")
+    assert_error(client.delete("/api/v1/bakeforms/raspios"), 404, "bakeform_not_found")
+    assert_error(client.get("/api/v1/bakeforms/raspios"), 404, "bakeform_not_found")
 
 
 def test_delete_is_refused_while_a_bake_uses_it(client, bakeform, pis):

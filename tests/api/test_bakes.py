@@ -49,8 +49,8 @@ def test_bake_rejects_bad_input(client, bakeform, pis):
     assert_error(bake(client, serial="zz"), 422, "validation_error", "serial")
     assert_error(bake(client, labels="x"), 422, "validation_error", "labels")
     assert_error(client.post("/api/v1/bakes", json={}), 422, "validation_error", "bakeform")
-    assert_error(client.post("/api/v1/bakes", json={"bakeform": "nope"}), 404, "not_found")
-    assert_error(bake(client, serial="0000abcd"), 404, "not_found", "0000abcd")
+    assert_error(client.post("/api/v1/bakes", json={"bakeform": "nope"}), 404, "bakeform_not_found")
+    assert_error(bake(client, serial="0000abcd"), 404, "pi_not_found", "0000abcd")
     assert client.get("/api/v1/bakes").json == []
     assert {p["state"] for p in client.get("/api/v1/pis").json} == {"available"}
 
@@ -65,7 +65,7 @@ def test_unbake_removes_root_exports_and_frees_the_pi(client, bakeform, pis, set
     assert client.get(f"/api/v1/pis/{made['serial']}").json["state"] == "available"
     assert client.get("/api/v1/bakes").json == []
     assert client.get("/api/v1/bakes?all=true").json[0]["state"] == "unbaked"
-    assert_error(client.delete(f"/api/v1/bakes/{made['id']}"), 404, "not_found", "unbaked")
+    assert_error(client.delete(f"/api/v1/bakes/{made['id']}"), 404, "bake_not_found", "unbaked")
 
 
 def test_bake_ids_are_never_reused(client, bakeform):
@@ -123,7 +123,7 @@ def test_agent_settings_and_metadata(client, bakeform, pis):
         client.put(f"{url}/metadata", data="x", content_type="application/json"), 400, "bad_request"
     )
     missing = "/api/v1/bakes/0123456789abcdef0123456789abcdef"
-    assert_error(client.get(f"{missing}/agent-settings"), 404, "not_found")
+    assert_error(client.get(f"{missing}/agent-settings"), 404, "bake_not_found")
     assert_error(client.get("/api/v1/bakes/../etc"), 404, "not_found")
 
 
@@ -138,7 +138,7 @@ def test_listing_bakes_validates_its_filters(client, bakeform, pis):
     assert [b["id"] for b in client.get("/api/v1/bakes?serial=00000002").json] == [made["id"]]
     assert_error(client.get("/api/v1/bakes?serial=zz"), 422, "validation_error", "serial")
     assert_error(client.get("/api/v1/bakes?all=maybe"), 422, "validation_error", "all")
-    assert_error(client.get("/api/v1/bakes?serial=0000ffff"), 404, "not_found")
+    assert_error(client.get("/api/v1/bakes?serial=0000ffff"), 404, "pi_not_found")
 
 
 def test_agent_settings_are_written_into_the_bakes_root(client, bakeform, pis, settings):
@@ -176,7 +176,7 @@ def test_disks_given_to_a_bake_are_attached_before_it_powers_on(client, bakeform
     listing = settings.path("bakes", made["id"], "root", settings.disks_list_path).read_text()
     assert listing == f"{disk['id']} {settings.nfs_server}:{settings.path('disks', disk['id'])}\n"
     client.delete(f"/api/v1/bakes/{made['id']}")
-    assert_error(client.get(f"/api/v1/disks/{disk['id']}"), 404, "not_found")
+    assert_error(client.get(f"/api/v1/disks/{disk['id']}"), 404, "disk_not_found")
 
 
 def test_a_disk_of_another_bake_cannot_be_given_to_a_new_one(client, bakeform, pis):
@@ -206,7 +206,7 @@ def test_a_pi_reads_its_own_agent_settings_without_a_token(client, anonymous, ba
     other = anonymous.get(
         "/api/v1/metadata/agent-settings", environ_base={"REMOTE_ADDR": "127.0.0.99"}
     )
-    assert_error(other, 404, "not_found")
+    assert_error(other, 404, "agent_settings_not_found")
 
 
 def test_a_bake_can_wait_for_its_settings_before_powering_on(client, bakeform, pis):
@@ -227,7 +227,9 @@ def test_a_bake_can_wait_for_its_settings_before_powering_on(client, bakeform, p
     )
     client.delete(f"/api/v1/bakes/{made['id']}")
     assert_error(
-        client.post(f"/api/v1/bakes/{made['id']}/power", json={"action": "on"}), 404, "not_found"
+        client.post(f"/api/v1/bakes/{made['id']}/power", json={"action": "on"}),
+        404,
+        "bake_not_found",
     )
 
 

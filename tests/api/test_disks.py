@@ -57,7 +57,7 @@ def test_unbake_deletes_ephemeral_disks_and_keeps_persistent_ones(client, bakefo
     ).json
     keep = client.post("/api/v1/disks", json={"size_mib": 5, "bake_id": made["id"]}).json
     client.delete(f"/api/v1/bakes/{made['id']}")
-    assert_error(client.get(f"/api/v1/disks/{eph['id']}"), 404, "not_found")
+    assert_error(client.get(f"/api/v1/disks/{eph['id']}"), 404, "disk_not_found")
     assert not settings.path("disks", eph["id"]).exists()
     assert client.get(f"/api/v1/disks/{keep['id']}").json["bake_id"] is None
 
@@ -77,10 +77,10 @@ def test_resize_grows_and_refuses_to_shrink(client, settings):
 
 
 def test_unknown_and_malformed_ids_are_404_or_422(client):
-    assert_error(client.get(f"/api/v1/disks/{NO_SUCH}"), 404, "not_found")
+    assert_error(client.get(f"/api/v1/disks/{NO_SUCH}"), 404, "disk_not_found")
     assert_error(client.get("/api/v1/disks/..%2F..%2Fetc"), 404, "not_found")
-    assert_error(client.delete(f"/api/v1/disks/{NO_SUCH}"), 404, "not_found")
-    assert_error(client.post(f"/api/v1/disks/{NO_SUCH}/detach"), 404, "not_found")
+    assert_error(client.delete(f"/api/v1/disks/{NO_SUCH}"), 404, "disk_not_found")
+    assert_error(client.post(f"/api/v1/disks/{NO_SUCH}/detach"), 404, "disk_not_found")
     disk = client.post("/api/v1/disks", json={"size_mib": 1}).json
     assert_error(
         client.post(f"/api/v1/disks/{disk['id']}/attach", json={"bake_id": "x"}),
@@ -91,10 +91,12 @@ def test_unknown_and_malformed_ids_are_404_or_422(client):
     assert_error(
         client.post(f"/api/v1/disks/{disk['id']}/attach", json={"bake_id": NO_SUCH}),
         404,
-        "not_found",
+        "bake_not_found",
     )
     assert_error(
-        client.post("/api/v1/disks", json={"size_mib": 1, "bake_id": NO_SUCH}), 404, "not_found"
+        client.post("/api/v1/disks", json={"size_mib": 1, "bake_id": NO_SUCH}),
+        404,
+        "bake_not_found",
     )
 
 
@@ -103,7 +105,7 @@ def test_disk_metadata(client):
     url = f"/api/v1/disks/{disk['id']}/metadata"
     assert client.put(url, json={"deployment": "cf"}).json["metadata"] == {"deployment": "cf"}
     assert_error(client.put(url, json=["x"]), 422, "validation_error")
-    assert_error(client.put(f"/api/v1/disks/{NO_SUCH}/metadata", json={}), 404, "not_found")
+    assert_error(client.put(f"/api/v1/disks/{NO_SUCH}/metadata", json={}), 404, "disk_not_found")
 
 
 def test_snapshots_need_a_reflink_filesystem(client, settings):
@@ -114,5 +116,5 @@ def test_snapshots_need_a_reflink_filesystem(client, settings):
         pytest.skip("this machine's temp dir has reflinks; tests/test_disks.py covers it")
     assert_error(response, 501, "not_supported", "reflink")
     assert not settings.path("snapshots").exists() or not os.listdir(settings.path("snapshots"))
-    assert_error(client.get(f"/api/v1/snapshots/{NO_SUCH}"), 404, "not_found")
-    assert_error(client.delete(f"/api/v1/snapshots/{NO_SUCH}"), 404, "not_found")
+    assert_error(client.get(f"/api/v1/snapshots/{NO_SUCH}"), 404, "snapshot_not_found")
+    assert_error(client.delete(f"/api/v1/snapshots/{NO_SUCH}"), 404, "snapshot_not_found")

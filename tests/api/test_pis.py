@@ -116,8 +116,8 @@ def test_update_rejects_bad_values_and_unknown_pis(client):
     assert_error(
         client.patch("/api/v1/pis/00000001", json={"mac": "zz"}), 422, "validation_error", "mac"
     )
-    assert_error(client.patch("/api/v1/pis/00000009", json={"model": "4B"}), 404, "not_found")
-    assert_error(client.patch("/api/v1/pis/not-a-serial", json={}), 404, "not_found")
+    assert_error(client.patch("/api/v1/pis/00000009", json={"model": "4B"}), 404, "pi_not_found")
+    assert_error(client.patch("/api/v1/pis/not-a-serial", json={}), 404, "pi_not_found")
 
 
 def test_available_pi_cannot_be_made_available_again(client):
@@ -130,8 +130,8 @@ def test_available_pi_cannot_be_made_available_again(client):
 def test_delete_a_pi(client):
     register(client, "00000001")
     assert client.delete("/api/v1/pis/00000001").status_code == 204
-    assert_error(client.get("/api/v1/pis/00000001"), 404, "not_found")
-    assert_error(client.delete("/api/v1/pis/00000001"), 404, "not_found")
+    assert_error(client.get("/api/v1/pis/00000001"), 404, "pi_not_found")
+    assert_error(client.delete("/api/v1/pis/00000001"), 404, "pi_not_found")
 
 
 def test_power_action_on_a_manual_pi_is_recorded(client):
@@ -146,7 +146,9 @@ def test_power_action_on_a_manual_pi_is_recorded(client):
         "validation_error",
         "action",
     )
-    assert_error(client.post("/api/v1/pis/00000002/power", json={"action": "on"}), 404, "not_found")
+    assert_error(
+        client.post("/api/v1/pis/00000002/power", json={"action": "on"}), 404, "pi_not_found"
+    )
 
 
 def test_power_failure_is_a_503_with_the_reason(client, tmp_path):

@@ -36,7 +36,7 @@ def test_token_name_is_validated(client):
 
 
 def test_revoking_an_unknown_token_is_404(client):
-    assert_error(client.delete("/api/v1/tokens/nobody"), 404, "not_found", "nobody")
+    assert_error(client.delete("/api/v1/tokens/nobody"), 404, "token_not_found", "nobody")
 
 
 def test_first_start_writes_an_admin_token_only_root_reads(settings, app):

@@ -48,6 +48,8 @@ def test_deleting_what_is_already_gone(cpi, api, stemcell):
     failed(cpi("get_disks", vm_cid), "VMNotFound")
     failed(cpi("set_disk_metadata", disk_cid, {"a": "b"}), "DiskNotFound")
     failed(cpi("attach_disk", MISSING_ID, disk_cid), "DiskNotFound")
+    live_disk = ok(cpi("create_disk", 64, {}, None))
+    failed(cpi("attach_disk", vm_cid, live_disk), "VMNotFound")  # the disk is there, the VM not
 
 
 def test_persistent_disk_outlives_its_vm(cpi, api, stemcell):

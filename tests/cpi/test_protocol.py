@@ -104,7 +104,7 @@ class NoBakes(BaseHTTPRequestHandler):
     """A Bakery that knows no bake: enough to prove the CPI speaks TLS to it."""
 
     def do_GET(self):  # noqa: N802  (http.server's naming)
-        body = json.dumps({"error": {"code": "not_found", "message": "no bake"}}).encode()
+        body = json.dumps({"error": {"code": "bake_not_found", "message": "no bake"}}).encode()
         self.send_response(404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
