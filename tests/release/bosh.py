@@ -1,6 +1,7 @@
 """What the release tests need of BOSH: the release directory read the way ``bosh
-create-release`` reads it (specs, file globs over ``src/`` and blobs), and job templates
-rendered the way the director renders them (``erb_render.rb``, with Ruby's ERB)."""
+create-release`` reads it (specs, file globs over ``src/`` and blobs), packages compiled
+the way the agent compiles them, and job templates rendered the way the director renders
+them (``erb_render.rb``, with Ruby's ERB)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ INSTANCE = {
     "release": {"name": "bakery", "version": "0+dev.1"},
 }
 VARIABLE = re.compile(r"\(\(([A-Za-z0-9_./-]+)\)\)")
+#: The bare PATH packages are compiled and run with here: no virtualenv, no /usr/local.
+BARE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+FETCH_BLOBS = RELEASE / "scripts" / "fetch-blobs"
+#: Written once scripts/fetch-blobs succeeded: a fetch cut short is fetched again.
+FETCHED_MARK = ".fetched"
 
 needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
 
@@ -84,6 +90,74 @@ def stage_package(package: str, compile_dir: Path, blobs_dir: Path) -> list[str]
             staged.append(relative)
     shutil.copyfile(RELEASE / "packages" / package / "packaging", compile_dir / "packaging")
     return staged
+
+
+def fetched_blobs(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    arguments: list[str],
+    env: dict[str, str] | None = None,
+) -> Path:
+    """``scripts/fetch-blobs --dest DIR *arguments``, laid out like blobs/: fetched once and
+    kept in pytest's cache (when enabled) under ``name``, which names what was fetched."""
+    cache = getattr(request.config, "cache", None)
+    blobs = cache.mkdir(name) if cache else tmp_path_factory.mktemp(name)
+    if not (blobs / FETCHED_MARK).exists():
+        subprocess.run(
+            [str(FETCH_BLOBS), "--dest", str(blobs), *arguments],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        (blobs / FETCHED_MARK).touch()
+    return blobs
+
+
+def compile_package(package: str, blobs_dir: Path, root: Path) -> Path:
+    """Compile ``package`` as the agent does on a compilation VM: staged in
+    ``root/compile/<package>``, ``bash -x packaging`` there with the BOSH_* variables and a
+    bare PATH, in a network namespace of its own so nothing can come from the network.
+    Dependencies are looked up in ``root/packages``. Returns the installed package."""
+    compile_dir = root / "compile" / package
+    compile_dir.mkdir(parents=True)
+    stage_package(package, compile_dir, blobs_dir)
+    packages_dir = root / "packages"
+    install_dir = packages_dir / package
+    install_dir.mkdir(parents=True)
+    env = {
+        "PATH": BARE_PATH,
+        "BOSH_COMPILE_TARGET": str(compile_dir),
+        "BOSH_INSTALL_TARGET": str(install_dir),
+        "BOSH_PACKAGES_DIR": str(packages_dir),
+        "BOSH_PACKAGE_NAME": package,
+        "BOSH_PACKAGE_VERSION": "0+dev.1",
+    }
+    result = subprocess.run(
+        ["unshare", "--net", "bash", "-x", "packaging"],
+        cwd=compile_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"packaging {package} failed:\n{result.stderr[-4000:]}"
+    return install_dir
+
+
+def run_packaged(
+    executable: Path, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """A packaged program run as a job runs it: nothing from this machine's environment
+    but a bare PATH (and ``env``), so it cannot lean on the test's virtualenv."""
+    return subprocess.run(
+        [str(executable), *args],
+        input=stdin,
+        env={"PATH": BARE_PATH, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def interpolate(value: Any, variables: dict[str, Any]) -> Any:

@@ -8,13 +8,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .bosh import RELEASE, needs_ruby, stage_package
+from .bosh import RELEASE, compile_package, fetched_blobs, needs_ruby, run_packaged
 
 pytestmark = [
     needs_ruby,
@@ -22,7 +21,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed"),
 ]
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-BARE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +28,13 @@ def wheels(request, tmp_path_factory) -> Path:
     """What scripts/fetch-blobs vendors, for this machine's Python: fetched once and kept
     in pytest's cache (when enabled) until setup.cfg's dependencies change."""
     digest = hashlib.sha256((RELEASE / "setup.cfg").read_bytes()).hexdigest()[:12]
-    name = f"bakery-blobs-{PYTHON_VERSION}-{digest}"
-    cache = getattr(request.config, "cache", None)
-    blobs = cache.mkdir(name) if cache else tmp_path_factory.mktemp(name)
-    if not list(blobs.glob("bakery-wheels/*.whl")):
-        subprocess.run(
-            [str(RELEASE / "scripts" / "fetch-blobs"), "--dest", str(blobs),
-             "--python-version", PYTHON_VERSION, "wheels"],
-            env={**os.environ, "PYTHON": sys.executable},
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
-    return blobs
+    return fetched_blobs(
+        request,
+        tmp_path_factory,
+        f"bakery-blobs-{PYTHON_VERSION}-{digest}",
+        ["--python-version", PYTHON_VERSION, "wheels"],
+        env={**os.environ, "PYTHON": sys.executable},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,32 +42,9 @@ def built(tmp_path_factory, wheels) -> Path:
     """The compiled bakery package, in a /var/vcap/packages-like directory whose python3
     package is this machine's interpreter."""
     root = tmp_path_factory.mktemp("bosh")
-    packages_dir = root / "packages"
-    (packages_dir / "python3" / "bin").mkdir(parents=True)
-    (packages_dir / "python3" / "bin" / "python3").symlink_to(base_interpreter())
-    compile_dir = root / "compile" / "bakery"
-    compile_dir.mkdir(parents=True)
-    stage_package("bakery", compile_dir, wheels)
-    install_dir = packages_dir / "bakery"
-    install_dir.mkdir()
-    env = {
-        "PATH": BARE_PATH,
-        "BOSH_COMPILE_TARGET": str(compile_dir),
-        "BOSH_INSTALL_TARGET": str(install_dir),
-        "BOSH_PACKAGES_DIR": str(packages_dir),
-        "BOSH_PACKAGE_NAME": "bakery",
-        "BOSH_PACKAGE_VERSION": "0+dev.1",
-    }
-    result = subprocess.run(
-        ["unshare", "--net", "bash", "-x", "packaging"],
-        cwd=compile_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return install_dir
+    (root / "packages" / "python3" / "bin").mkdir(parents=True)
+    (root / "packages" / "python3" / "bin" / "python3").symlink_to(base_interpreter())
+    return compile_package("bakery", wheels, root)
 
 
 def base_interpreter() -> Path:
@@ -83,22 +53,13 @@ def base_interpreter() -> Path:
     return Path(sys.base_prefix) / "bin" / f"python{PYTHON_VERSION}"
 
 
-def run(executable: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(executable), *args],
-        input=stdin,
-        env={"PATH": BARE_PATH},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_packaged_bakery_runs_from_its_own_virtualenv(built):
-    help_text = run(built / "bin" / "bakery", "--help")
+    help_text = run_packaged(built / "bin" / "bakery", "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "serve" in help_text.stdout
-    where = run(built / "bin" / "python", "-c", "import bakery, flask; print(bakery.__file__)")
+    where = run_packaged(
+        built / "bin" / "python", "-c", "import bakery, flask; print(bakery.__file__)"
+    )
     assert where.stdout.startswith(str(built))
 
 
@@ -113,11 +74,11 @@ def test_packaged_cpi_answers_info(built, tmp_path):
         )
     )
     request = {"method": "info", "arguments": [], "context": {"director_uuid": "x"}}
-    answer = run(built / "bin" / "bakery-cpi", str(config), stdin=json.dumps(request))
+    answer = run_packaged(built / "bin" / "bakery-cpi", str(config), stdin=json.dumps(request))
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["result"]["api_version"] == 2
 
 
 def test_packaged_virtualenv_holds_the_postgresql_driver(built):
-    probe = run(built / "bin" / "python", "-c", "import psycopg2")
+    probe = run_packaged(built / "bin" / "python", "-c", "import psycopg2")
     assert probe.returncode == 0, probe.stderr

@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from .bosh import (
+    FETCH_BLOBS,
     RELEASE,
     SRC,
     glob_matches,
@@ -99,6 +100,16 @@ def test_every_file_glob_matches_the_sources_or_a_recorded_blob(package):
         assert in_src or in_blobs, f"{package}: nothing matches {pattern!r}"
 
 
+@pytest.mark.parametrize("package", ["dnsmasq", "mtools"])
+def test_package_files_take_the_source_fetch_blobs_pins(package):
+    """The tarball scripts/fetch-blobs fetches (and verifies) is the one the package
+    compiles: a name the spec's glob misses fails create-release."""
+    pinned = re.search(rf"^{package.upper()}_ORIG=\S*/(\S+)$", FETCH_BLOBS.read_text(), re.M)
+    assert pinned, f"scripts/fetch-blobs pins no {package} source"
+    blob = PurePosixPath(package, pinned.group(1))
+    assert any(blob.match(pattern) for pattern in package_spec(package)["files"])
+
+
 def test_the_package_sources_are_the_python_packages_and_nothing_else():
     matched = set(glob_matches("bakery/**/*.py", [SRC])) | set(
         glob_matches("bakery_cpi/**/*.py", [SRC])
@@ -112,7 +123,7 @@ def test_release_scripts_are_shellcheck_clean():
     scripts = [
         *sorted((RELEASE / "packages").glob("*/packaging")),
         RELEASE / "jobs" / "bakery_cpi" / "templates" / "cpi.erb",
-        RELEASE / "scripts" / "fetch-blobs",
+        FETCH_BLOBS,
     ]
     result = subprocess.run(
         ["shellcheck", "--shell=bash", *map(str, scripts)], capture_output=True, text=True

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -31,6 +31,7 @@ from .bosh import (
 
 pytestmark = needs_ruby
 VCAP_JOBS = "/var/vcap/jobs"
+VCAP_PACKAGES = "/var/vcap/packages/"
 DIRECTOR_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TOKEN = "bky_release-test-token-0123456789abcdef"
 #: The properties a job has no default for and cannot run without.
@@ -172,6 +173,24 @@ def test_bpm_runs_bakery_serve_on_the_rendered_config(tmp_path):
     assert process["executable"] == "/var/vcap/packages/bakery/bin/bakery"
     assert process["args"] == ["serve", "--config", config_path]
     assert process["persistent_disk"] is True
+
+
+def test_bpm_finds_the_mtools_package_before_the_system_tools(tmp_path):
+    """Bakeform import runs mdir and mcopy, which stemcells lack."""
+    (process,) = _bpm({}, tmp_path)["processes"]
+    path = process["env"]["PATH"].split(":")
+    assert path == ["/var/vcap/packages/mtools/bin", *DIRECTOR_PATH.split(":")]
+
+
+def test_every_package_the_bakery_process_runs_from_is_installed_with_the_job(tmp_path):
+    """The agent installs only the packages a job lists: any other is missing on the VM."""
+    job_dir = render_job("bakery", REQUIRED["bakery"], tmp_path)
+    (process,) = load_yaml(job_dir / job_spec("bakery")["templates"]["bpm.yml.erb"])["processes"]
+    rendered, _ = settings_from(job_dir)
+    paths = [process["executable"], rendered["dnsmasq_binary"], *process["env"]["PATH"].split(":")]
+    used = {PurePosixPath(path).parts[4] for path in paths if path.startswith(VCAP_PACKAGES)}
+    assert used == {"bakery", "dnsmasq", "mtools"}
+    assert used <= set(job_spec("bakery")["packages"])
 
 
 def test_bpm_mounts_a_data_dir_outside_the_persistent_disk(tmp_path):
