@@ -10,7 +10,7 @@ import pytest
 from bakery import fleet as fleet_module
 from bakery.errors import Conflict, StorageFailed
 from bakery.fleet import TRANSITIONS, allowed
-from bakery.models import Bake, Bakeform, Disk, Pi, PiState
+from bakery.models import Bake, Bakeform, Disk, Event, Pi, PiState
 
 S = PiState
 
@@ -184,6 +184,23 @@ def test_booting_a_baked_pi_pins_its_address_and_exports(fleet, sd_image_file):
     assert Pi.get(Pi.serial == "00000002").last_ip is None
     exports = open(fleet.settings.exports_file).read()
     assert "Clients = 127.0.0.12;" in exports and "127.0.0.11" not in exports
+
+
+def test_a_pi_with_a_registered_mac_does_not_move_to_an_address_no_neighbour_confirms(
+    fleet, sd_image_file
+):
+    with open(sd_image_file, "rb") as image:
+        fleet.import_bakeform("raspios", image)
+    fleet.register_pi("00000001", ip="127.0.0.11", mac="dc:a6:32:00:00:01")
+    fleet.bake("raspios")
+    exports_before = open(fleet.settings.exports_file).read()
+    assert fleet.boot_target("00000001", "192.0.2.57") is None  # TEST-NET: no neighbour
+    assert Pi.get().last_ip == "127.0.0.11"
+    assert open(fleet.settings.exports_file).read() == exports_before
+    refusal = Pi.get().events.order_by(Event.id.desc()).first()
+    assert refusal.message == (
+        "address 192.0.2.57 not taken: it has no known MAC yet, the Pi has dc:a6:32:00:00:01"
+    )
 
 
 def test_pis_without_a_live_bake_get_nothing_to_boot(fleet):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from typing import Any, BinaryIO
 
 import peewee as pw
 
-from . import disks, exports, identifiers, images, roots, stemcell
+from . import disks, exports, identifiers, images, neighbours, roots, stemcell
 from .config import Settings
 from .errors import (
     Conflict,
@@ -775,13 +776,17 @@ class Fleet:
 
         A Pi never seen before is recorded (``discovered``, or ``available`` with
         ``auto_accept``). The address a Pi boots from becomes its address, and its
-        exports follow it, before it is told where its root is."""
+        exports follow it, before it is told where its root is, once the address is
+        confirmed to be the Pi's (``address_is_the_pis``); a request from an address that
+        is not gets nothing."""
         serial, ip = identifiers.serial(serial), identifiers.ip(ip)
         pi = Pi.get_or_none(Pi.serial == serial)
         if pi is None:
             self.discover_pi(serial, ip, model)
             return None
         if pi.last_ip != ip:
+            if not self.address_is_the_pis(pi, ip):
+                return None
             pi = self.pin_address(pi, ip)
         bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi.bake_id else None
         live = (BakeState.PREPARING.value, BakeState.BAKED.value)
@@ -812,6 +817,30 @@ class Fleet:
             return None
         self.record(pi, "state", f"discovered at {ip}", state=state.value, model=pi.model)
         return pi
+
+    def address_is_the_pis(self, pi: Pi, ip: str) -> bool:
+        """Whether a Pi may move to ``ip``: yes if its MAC is not registered (nothing to
+        check against) or ``ip`` is a loopback address (the simulator's, this host's
+        own); otherwise only if the kernel's neighbour table has ``ip`` at the Pi's MAC.
+        Without this any host on the Pi LAN that knows a serial could send one TFTP
+        request and have that Pi's root exported to itself. An address not resolved yet
+        is refused too: our answer makes the kernel resolve it, and the Pi's next try
+        (the bootloader retries) is confirmed."""
+        if pi.mac is None or ipaddress.ip_address(ip).is_loopback:
+            return True
+        seen = neighbours.mac_of(ip)
+        if seen == pi.mac:
+            return True
+        whose = f"MAC {seen}" if seen else "no known MAC yet"
+        self.record(
+            pi,
+            "boot",
+            f"address {ip} not taken: it has {whose}, the Pi has {pi.mac}",
+            pi.bake_id,
+            ip=ip,
+            seen_mac=seen,
+        )
+        return False
 
     def pin_address(self, pi: Pi, ip: str) -> Pi:
         """Make ``ip`` the Pi's address (DHCP may move a Pi) and re-export to it."""
