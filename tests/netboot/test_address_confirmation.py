@@ -4,14 +4,15 @@ server's neighbour table deciding whose an address is."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
 
-from bakery.config import load_settings
 from bakery.models import Pi
 from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.sim.tftp_client import PiClient, TftpError
+from tests.netboot.conftest import SERVER_IP
 from tests.support import netns
 from tests.support.sdimage import REQUIRED_TOOLS
 from tests.support.wait import wait_until
@@ -24,33 +25,14 @@ pytestmark = [
     ),
 ]
 
-SERVER_IP = "10.98.0.1"
 SERIAL = "1234abcd"
 PI_MAC = "dc:a6:32:00:00:57"
-PI_OLD_IP = "10.98.0.57"
+PI_OLD_IP = "10.99.0.57"
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return load_settings(
-        environ={},
-        root=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'bakery.db'}",
-        power_on_gap=0,
-        nfs_backend="ganesha",
-        exports_file=str(tmp_path / "exports.conf"),
-        nfs_server=SERVER_IP,
-        tftp_retries=2,
-    )
-
-
-@pytest.fixture
-def wire():
-    """(server side, Pi LAN side) of one Ethernet segment."""
-    with netns.joined_namespaces(
-        netns.End("bk-srv", f"{SERVER_IP}/24"), netns.End("bk-lan")
-    ) as namespaces:
-        yield namespaces
+def settings(tftp_settings):
+    return dataclasses.replace(tftp_settings, nfs_server=SERVER_IP)
 
 
 @pytest.fixture
@@ -101,17 +83,17 @@ def test_a_host_that_knows_a_serial_gets_nothing_and_the_pi_keeps_its_exports(
     wire, server, baked, fleet, settings
 ):
     _, lan = wire
-    intruder_mac = take_address(lan, "10.98.0.66")  # the veth's own MAC, not the Pi's
+    intruder_mac = take_address(lan, "10.99.0.66")  # the veth's own MAC, not the Pi's
     exports = exported_to(settings)
 
     with pytest.raises(TftpError) as refused:
-        fetch(lan, server, "10.98.0.66", "cmdline.txt")
+        fetch(lan, server, "10.99.0.66", "cmdline.txt")
 
     assert refused.value.code == 1  # file not found: nothing says the serial exists
     assert Pi.get().last_ip == PI_OLD_IP
-    assert exported_to(settings) == exports and "10.98.0.66" not in exports
+    assert exported_to(settings) == exports and "10.99.0.66" not in exports
     assert refusals(fleet) == [
-        f"address 10.98.0.66 not taken: it has MAC {intruder_mac}, the Pi has {PI_MAC}"
+        f"address 10.99.0.66 not taken: it has MAC {intruder_mac}, the Pi has {PI_MAC}"
     ]
 
 
@@ -119,13 +101,13 @@ def test_the_pi_at_a_new_address_on_its_own_mac_gets_its_root_exported_there(
     wire, server, baked, fleet, settings
 ):
     _, lan = wire
-    take_address(lan, "10.98.0.58", mac=PI_MAC)
+    take_address(lan, "10.99.0.58", mac=PI_MAC)
 
-    cmdline = fetch(lan, server, "10.98.0.58", "cmdline.txt").decode()
+    cmdline = fetch(lan, server, "10.99.0.58", "cmdline.txt").decode()
 
     assert f"nfsroot={SERVER_IP}:{fleet.bake_root(baked.id)},vers=3" in cmdline
-    assert Pi.get().last_ip == "10.98.0.58" and refusals(fleet) == []
-    assert "10.98.0.58" in exported_to(settings) and PI_OLD_IP not in exported_to(settings)
+    assert Pi.get().last_ip == "10.99.0.58" and refusals(fleet) == []
+    assert "10.99.0.58" in exported_to(settings) and PI_OLD_IP not in exported_to(settings)
 
 
 def test_a_pi_that_never_asked_who_we_are_is_confirmed_on_its_next_try(
@@ -135,22 +117,22 @@ def test_a_pi_that_never_asked_who_we_are_is_confirmed_on_its_next_try(
     request comes from an address we know nothing of. Our answer makes the kernel
     resolve it, so the bootloader's retry finds it at the Pi's MAC."""
     server_side, lan = wire
-    take_address(lan, "10.98.0.58", mac=PI_MAC)
+    take_address(lan, "10.99.0.58", mac=PI_MAC)
     server_mac = server_side.run(["cat", f"/sys/class/net/{server_side.interface}/address"])
     lan.run(["ip", "neigh", "replace", SERVER_IP, "lladdr", server_mac.stdout.strip(),
              "dev", lan.interface, "nud", "permanent"])  # fmt: skip
 
     with pytest.raises(TftpError):
-        fetch(lan, server, "10.98.0.58", "cmdline.txt")
+        fetch(lan, server, "10.99.0.58", "cmdline.txt")
     assert refusals(fleet) == [
-        f"address 10.98.0.58 not taken: it has no known MAC yet, the Pi has {PI_MAC}"
+        f"address 10.99.0.58 not taken: it has no known MAC yet, the Pi has {PI_MAC}"
     ]
 
     def retry() -> bytes | None:
         try:
-            return fetch(lan, server, "10.98.0.58", "cmdline.txt")
+            return fetch(lan, server, "10.99.0.58", "cmdline.txt")
         except TftpError:
             return None
 
     assert b"nfsroot=" in wait_until(retry, timeout=10, what="the retry to be confirmed")
-    assert Pi.get().last_ip == "10.98.0.58"
+    assert Pi.get().last_ip == "10.99.0.58"

@@ -19,11 +19,11 @@ from bakery.config import load_settings
 from bakery.fleet import Fleet
 from bakery.netboot.dnsmasq import DnsmasqSupervisor, parse_dhcp_line, render_config
 from tests.netboot import dhcp_client
+from tests.netboot.conftest import SERVER_IP
 from tests.netboot.dhcp_client import PiIdentity
 from tests.support import netns
 from tests.support.wait import wait_until
 
-SERVER_IP = "10.99.0.1"
 PI4 = PiIdentity("4", "dc:a6:32:01:02:03", serial="bd989ae1")
 PI3B = PiIdentity("3b", "b8:27:eb:85:c0:f2", serial="7285c0f2")
 NOT_A_PI = PiIdentity("4", "00:1b:21:0a:0b:0c")
@@ -196,15 +196,6 @@ needs_netns = pytest.mark.skipif(
     bool(netns.missing_tools()) or shutil.which("dnsmasq") is None,
     reason="needs ip (iproute2) and dnsmasq",
 )
-
-
-@pytest.fixture
-def wire():
-    """The server's end (with the proxy's address) and the Pis' end of one segment."""
-    with netns.joined_namespaces(
-        netns.End("bk-srv", f"{SERVER_IP}/24"), netns.End("bk-pi")
-    ) as namespaces:
-        yield namespaces
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 import pytest
 
-from bakery.config import load_settings
 from bakery.models import PiState
 from bakery.netboot import tftp_packets as tp
 from tests.netboot.pi_client import PI4_BOOT_FILES, Download, PiClient, run
@@ -37,19 +36,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> object:
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """SQLite only: the API tests cover PostgreSQL; these are about the wire."""
-    (tmp_path / "firmware").mkdir()
-    return load_settings(
-        environ={},
-        root=tmp_path / "data",
-        database_url=f"sqlite:///{tmp_path / 'bakery.db'}",
-        power_on_gap=0,
-        nfs_backend="ganesha",
-        exports_file=str(tmp_path / "exports.conf"),
-        firmware_dir=str(tmp_path / "firmware"),
-        tftp_retries=2,
-    )
+def settings(tftp_settings):
+    return tftp_settings
 
 
 @pytest.fixture
