@@ -160,6 +160,16 @@ def test_an_unknown_pi_booting_is_recorded_as_discovered(fleet):
     assert Pi.get(Pi.serial == "cafebabe").state == "available"
 
 
+def test_discovered_pis_stop_being_recorded_past_the_cap(fleet, monkeypatch):
+    monkeypatch.setattr(fleet_module, "MAX_DISCOVERED", 2)
+    for serial in ("00000001", "00000002", "00000003"):  # the third: a made-up serial
+        assert fleet.boot_target(serial, "127.0.0.11") is None
+    assert [pi.serial for pi in Pi.select().order_by(Pi.serial)] == ["00000001", "00000002"]
+    fleet.set_pi_state("00000001", S.AVAILABLE, "accepted")
+    fleet.boot_target("00000003", "127.0.0.13")
+    assert Pi.get(Pi.serial == "00000003").state == "discovered"
+
+
 def test_auto_accept_makes_new_pis_available(fleet, monkeypatch):
     import dataclasses
 

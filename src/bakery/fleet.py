@@ -72,6 +72,10 @@ TRANSITIONS: dict[tuple[PiState, PiState], str] = {
 
 STAGING_PREFIX = ".incoming-"
 TRASH_PREFIX = ".trash-"
+#: Pis left ``discovered`` (waiting for an operator) beyond which new serials are only
+#: logged: far more than a rack holds, yet a host on the Pi LAN sending requests with
+#: made-up serials cannot grow the fleet table without end.
+MAX_DISCOVERED = 1024
 
 
 def allowed(current: PiState, target: PiState) -> bool:
@@ -803,6 +807,10 @@ class Fleet:
     def discover_pi(self, serial: str, ip: str, model: str | None = None) -> Pi | None:
         """Record a Pi seen on the wire; a race with another request is harmless."""
         state = S.AVAILABLE if self.settings.auto_accept else S.DISCOVERED
+        waiting = Pi.select().where(Pi.state == S.DISCOVERED.value).count()
+        if state is S.DISCOVERED and waiting >= MAX_DISCOVERED:
+            log.warning("not recording Pi %s at %s: %d Pis await acceptance", serial, ip, waiting)
+            return None
         try:
             with database.atomic():
                 self._release_address(ip)
