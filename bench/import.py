@@ -116,8 +116,8 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def fresh_output(work: Path, image: Path) -> AbstractContextManager[Path]:
-    """A fresh ext4 filesystem for one timed run's output (see above), room for the
-    image twice over (Bakery's scratch copy and the trees) with a margin."""
+    """A fresh ext4 filesystem for one timed run's output (see above): room for
+    Bakery's scratch copy of the image and the trees extracted from it, with a margin."""
     size_mib = 3 * image.stat().st_size // MIB + 256
     return loop_filesystem("ext4", size_mib, work)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 
@@ -211,6 +212,42 @@ def test_a_pi_with_a_registered_mac_does_not_move_to_an_address_no_neighbour_con
     assert refusal.message == (
         "address 192.0.2.57 not taken: it has no known MAC yet, the Pi has dc:a6:32:00:00:01"
     )
+
+
+def test_refusals_reach_the_timeline_once_a_minute_whatever_the_addresses(fleet):
+    fleet.register_pi("00000001", ip="127.0.0.11", mac="dc:a6:32:00:00:01")
+    for address in ("192.0.2.57", "192.0.2.58", "192.0.2.59"):  # TEST-NET: no neighbours
+        assert fleet.boot_target("00000001", address) is None
+    refusals = [e for e in Pi.get().events if " not taken: " in e.message]
+    assert len(refusals) == 1 and Pi.get().last_ip == "127.0.0.11"
+
+
+def test_a_made_up_serial_from_a_baked_pis_address_leaves_it_its_exports(fleet, sd_image_file):
+    bake = _baked(fleet, sd_image_file)
+    assert fleet.boot_target("0badc0de", "127.0.0.11") is None  # same address, unknown serial
+    assert Pi.get(Pi.serial == "00000001").last_ip == "127.0.0.11"
+    assert Pi.get(Pi.serial == "0badc0de").last_ip is None
+    assert f'Path = "{fleet.bake_root(bake.id)}";' in open(fleet.settings.exports_file).read()
+
+
+def test_no_bakeform_is_swapped_while_a_bake_clones_it(fleet, sd_image_file, monkeypatch):
+    """Root and boot files of a bake come from one import, even under ``--replace``."""
+    clone_root = fleet_module.roots.clone_root
+    swap_possible = []
+
+    def clone_and_try_a_swap(*args, **kwargs):
+        lock = fleet.settings.path("locks", "bakeforms.lock")
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a swap takes
+                swap_possible.append(True)
+            except BlockingIOError:
+                swap_possible.append(False)
+        return clone_root(*args, **kwargs)
+
+    monkeypatch.setattr(fleet_module.roots, "clone_root", clone_and_try_a_swap)
+    _baked(fleet, sd_image_file)
+    assert swap_possible == [False]
 
 
 def test_pis_without_a_live_bake_get_nothing_to_boot(fleet):

@@ -20,6 +20,7 @@ import pytest
 
 from bakery.roots import (
     SeasoningError,
+    clone_boot,
     clone_method_for,
     clone_root,
     create_base,
@@ -429,6 +430,34 @@ def test_failed_clone_leaves_nothing_behind(scratch_on):
             clone_root(base, dest, "copy")
 
         assert list(too_small.iterdir()) == []
+
+
+def boot_partition(top: Path) -> Path:
+    (top / "overlays").mkdir(parents=True)
+    (top / "kernel8.img").write_bytes(b"kernel" * 1000)
+    (top / "overlays" / "vc4.dtbo").write_bytes(b"overlay")
+    return top
+
+
+def test_boot_files_are_linked_where_the_bakeform_is_on_the_same_filesystem(tmp_path):
+    source = boot_partition(tmp_path / "bakeform" / "boot")
+    (tmp_path / "bake").mkdir()
+    clone_boot(source, tmp_path / "bake" / "boot")
+    assert (tmp_path / "bake" / "boot" / "kernel8.img").samefile(source / "kernel8.img")
+    assert (tmp_path / "bake" / "boot" / "overlays" / "vc4.dtbo").samefile(
+        source / "overlays" / "vc4.dtbo"
+    )
+
+
+@pytest.mark.root
+def test_boot_files_are_copied_where_links_cannot_reach(tmp_path):
+    source = boot_partition(tmp_path / "bakeform" / "boot")
+    with loop_filesystem("tmpfs", 4) as elsewhere:
+        clone_boot(source, elsewhere / "boot")
+        copied = elsewhere / "boot" / "kernel8.img"
+        assert copied.read_bytes() == (source / "kernel8.img").read_bytes()
+        assert not copied.samefile(source / "kernel8.img")
+        assert (elsewhere / "boot" / "overlays" / "vc4.dtbo").read_bytes() == b"overlay"
 
 
 @pytest.mark.root

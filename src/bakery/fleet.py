@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -76,6 +77,8 @@ TRASH_PREFIX = ".trash-"
 #: logged: far more than a rack holds, yet a host on the Pi LAN sending requests with
 #: made-up serials cannot grow the fleet table without end.
 MAX_DISCOVERED = 1024
+#: Seconds between two timeline events or log lines about the same refused request.
+QUIET_REPEATS = 60.0
 
 
 def allowed(current: PiState, target: PiState) -> bool:
@@ -88,6 +91,7 @@ class Fleet:
     def __init__(self, settings: Settings, power: PowerController | None = None) -> None:
         self.settings = settings
         self.power = power or PowerController(settings, record=self._record_power)
+        self._said: dict[tuple[str, int], float] = {}
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -468,8 +472,10 @@ class Fleet:
         pi = bake.pi
         root = self.bake_root(bake.id)
         root.parent.mkdir(parents=True, exist_ok=True)
-        roots.clone_root(self.bakeform_dir(bakeform.name) / "root", root, bakeform.clone_method)
-        roots.clone_boot(self.bakeform_dir(bakeform.name) / "boot", self.bake_boot(bake.id))
+        source = self.bakeform_dir(bakeform.name)
+        with self._lock("bakeforms", shared=True):  # root and boot of one import
+            roots.clone_root(source / "root", root, bakeform.clone_method)
+            roots.clone_boot(source / "boot", self.bake_boot(bake.id))
         self._step(bake, "cloned", "root cloned", method=bakeform.clone_method)
         roots.season_root(root, hostname=bake.hostname, resolv_conf=self.settings.resolv_conf)
         stemcell.install_disk_agent(root, self.settings.disks_list_path)
@@ -805,18 +811,19 @@ class Fleet:
         )
 
     def discover_pi(self, serial: str, ip: str, model: str | None = None) -> Pi | None:
-        """Record a Pi seen on the wire; a race with another request is harmless."""
+        """Record a Pi seen on the wire; a race with another request is harmless.
+
+        It gets the address only if no other Pi has it: a request with a made-up serial
+        from a baked Pi's address must not take that Pi's exports away."""
         state = S.AVAILABLE if self.settings.auto_accept else S.DISCOVERED
-        waiting = Pi.select().where(Pi.state == S.DISCOVERED.value).count()
-        if state is S.DISCOVERED and waiting >= MAX_DISCOVERED:
-            log.warning("not recording Pi %s at %s: %d Pis await acceptance", serial, ip, waiting)
+        if state is S.DISCOVERED and self._too_many_discovered(serial, ip):
             return None
+        taken = Pi.select().where(Pi.last_ip == ip).exists()
         try:
             with database.atomic():
-                self._release_address(ip)
                 pi = Pi.create(
                     serial=serial,
-                    last_ip=ip,
+                    last_ip=None if taken else ip,
                     model=model or "unknown",
                     state=state.value,
                     power_driver="manual",
@@ -826,29 +833,43 @@ class Fleet:
         self.record(pi, "state", f"discovered at {ip}", state=state.value, model=pi.model)
         return pi
 
+    def _too_many_discovered(self, serial: str, ip: str) -> bool:
+        waiting = Pi.select().where(Pi.state == S.DISCOVERED.value).count()
+        if waiting < MAX_DISCOVERED:
+            return False
+        if self._first_in_a_while(("discovered", 0)):
+            log.warning("not recording Pi %s at %s: %d Pis await acceptance", serial, ip, waiting)
+        return True
+
     def address_is_the_pis(self, pi: Pi, ip: str) -> bool:
         """Whether a Pi may move to ``ip``: yes if its MAC is not registered (nothing to
         check against) or ``ip`` is a loopback address (the simulator's, this host's
         own); otherwise only if the kernel's neighbour table has ``ip`` at the Pi's MAC.
         Without this any host on the Pi LAN that knows a serial could send one TFTP
-        request and have that Pi's root exported to itself. An address not resolved yet
-        is refused too: our answer makes the kernel resolve it, and the Pi's next try
-        (the bootloader retries) is confirmed."""
+        request and have that Pi's root exported to itself. (One that also forges ARP
+        with the Pi's MAC is not stopped: the kernel believes the sender of an ARP
+        request; only a LAN kept to the Pis, or a switch inspecting ARP, stops that.) An
+        address not resolved yet is refused too: our answer makes the kernel resolve it,
+        and the Pi's next try (the bootloader retries) is confirmed."""
         if pi.mac is None or ipaddress.ip_address(ip).is_loopback:
             return True
         seen = neighbours.mac_of(ip)
         if seen == pi.mac:
             return True
-        whose = f"MAC {seen}" if seen else "no known MAC yet"
-        self.record(
-            pi,
-            "boot",
-            f"address {ip} not taken: it has {whose}, the Pi has {pi.mac}",
-            pi.bake_id,
-            ip=ip,
-            seen_mac=seen,
-        )
+        if self._first_in_a_while(("refused address", pi.id)):
+            whose = f"MAC {seen}" if seen else "no known MAC yet"
+            message = f"address {ip} not taken: it has {whose}, the Pi has {pi.mac}"
+            self.record(pi, "boot", message, pi.bake_id, ip=ip, seen_mac=seen)
         return False
+
+    def _first_in_a_while(self, what: tuple[str, int]) -> bool:
+        """True at most once per ``QUIET_REPEATS`` seconds for ``what``: requests anyone
+        on the Pi LAN can send must not flood the timeline or the log."""
+        now = time.monotonic()
+        if now - self._said.get(what, float("-inf")) < QUIET_REPEATS:
+            return False
+        self._said[what] = now
+        return True
 
     def pin_address(self, pi: Pi, ip: str) -> Pi:
         """Make ``ip`` the Pi's address (DHCP may move a Pi) and re-export to it."""
@@ -926,10 +947,11 @@ class Fleet:
     def _give_boot_files(self, bake: Bake) -> None:
         """Bakes made before bakes had boot files of their own get them (from their
         bakeform as it is now) the first time a release with them starts."""
-        if not self.bake_boot(bake.id).exists() and self.bake_root(bake.id).exists():
-            roots.clone_boot(
-                self.bakeform_dir(bake.bakeform_name) / "boot", self.bake_boot(bake.id)
-            )
+        if self.bake_boot(bake.id).exists() or not self.bake_root(bake.id).exists():
+            return
+        with self._lock("bakeforms", shared=True):
+            boot = self.bakeform_dir(bake.bakeform_name) / "boot"
+            roots.clone_boot(boot, self.bake_boot(bake.id))
 
     def _stray_paths(self) -> Iterator[Path]:
         live_bakes = {b.id for b in Bake.select(Bake.id).where(Bake.state.in_(LIVE_BAKE_STATES))}
@@ -962,12 +984,13 @@ class Fleet:
     # -- helpers -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
-        """A cross-process lock (all workers and the TFTP server of this host)."""
+    def _lock(self, name: str, *, shared: bool = False) -> Iterator[None]:
+        """A cross-process lock (all workers and the TFTP server of this host); many
+        ``shared`` holders at once, or one exclusive."""
         path = self.settings.path("locks", f"{name}.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
 
     @staticmethod

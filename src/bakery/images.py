@@ -31,6 +31,7 @@ sockets (meaningless in an image).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import queue
@@ -52,7 +53,7 @@ from typing import BinaryIO
 CHUNK = 1024 * 1024
 #: Chunks the upload's hash may trail the write by (SHA-256 at ~2 GB/s is slower than
 #: writing to the page cache): it finishes while extraction starts. Bounds memory held.
-HASH_LAG = 192
+HASH_LAG = 64
 SECTOR = 512
 RAW_NAME = ".upload.img"
 FAT_TYPES = {0x01: "FAT12", 0x04: "FAT16", 0x06: "FAT16", 0x0B: "FAT32", 0x0C: "FAT32 LBA",
@@ -69,8 +70,6 @@ ROOT_INODE = 2
 COPY_THREADS = 2
 _MAGICS = ((b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b", "gz"))
 _MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
-#: Prefix for debugfs: its exit-time fsync is a no-op (see the module docstring).
-_WITHOUT_FSYNC = ["eatmydata"] if shutil.which("eatmydata") else []
 
 
 class ImageError(ValueError):
@@ -1015,7 +1014,7 @@ def _debugfs(device: str, cwd: Path, commands: list[str], *, code: str) -> bytes
     """Run debugfs read-only; any complaint on stderr (beyond its banner) is a failure,
     because debugfs exits 0 even when a command failed."""
     result = subprocess.run(
-        [*_WITHOUT_FSYNC, "debugfs", "-f", "-", device],
+        [*_without_fsync(), "debugfs", "-f", "-", device],
         input="\n".join(commands).encode() + b"\n",
         cwd=cwd,
         capture_output=True,
@@ -1030,6 +1029,13 @@ def _debugfs(device: str, cwd: Path, commands: list[str], *, code: str) -> bytes
         detail = "; ".join(complaints[:3]) or f"exit {result.returncode}"
         raise ImageError(code, f"reading the root filesystem failed: {detail}")
     return result.stdout
+
+
+@functools.cache
+def _without_fsync() -> list[str]:
+    """The prefix that makes debugfs' exit-time fsync a no-op, where eatmydata is
+    installed (see the module docstring)."""
+    return ["eatmydata"] if shutil.which("eatmydata") else []
 
 
 def _run(args: list[str], *, env: dict[str, str] | None, code: str) -> bytes:

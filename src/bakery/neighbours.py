@@ -5,7 +5,8 @@ A Pi's NFS exports follow the address its TFTP requests come from. An address al
 a claim anyone on the Pi LAN can make; the neighbour table says which MAC actually
 answers for it (the kernel learns it from the ARP request a host sends before its first
 packet to us, or from our own ARP when we answer), so a Pi whose MAC is registered only
-moves to an address its own network card holds.
+moves to an address its own network card holds, or one whose holder forges ARP with
+that MAC (which nothing in this table can tell apart).
 
 Read from ``/proc/thread-self``: a network namespace belongs to a thread, and the
 simulator and tests run servers in threads that entered one.

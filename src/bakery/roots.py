@@ -188,12 +188,16 @@ def clone_boot(source: Path, dest: Path) -> None:
     Hard links where both sides share a filesystem: a bakeform's files are never changed
     in place (replacing a bakeform swaps its whole directory), so the links cost no space
     and a live bake keeps booting the kernel and firmware that match its root after its
-    bakeform is replaced. A copy where links cannot reach."""
+    bakeform is replaced. A copy where links cannot reach (another filesystem, another
+    bind mount of the same one)."""
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "boot files destination already exists", str(dest))
-    same_filesystem = os.stat(source).st_dev == os.stat(dest.parent).st_dev
-    link = ["--link"] if same_filesystem else []
-    _run(["cp", "--archive", *link, "--no-target-directory", "--", str(source), str(dest)])
+    copy = ["cp", "--archive", "--no-target-directory", "--", str(source), str(dest)]
+    try:
+        _run([*copy[:2], "--link", *copy[2:]])
+    except RootError:
+        delete_tree(dest)
+        _run(copy)
 
 
 # --- copying a tree where nothing can be shared ---------------------------------------------

@@ -56,13 +56,16 @@ MISSING_CODES = {VMNotFound: "bake_not_found", DiskNotFound: "disk_not_found"}
 
 
 @contextmanager
-def missing_is(error: VMNotFound | DiskNotFound) -> Iterator[None]:
+def missing_is(error: VMNotFound | DiskNotFound, *, named_alone: bool = True) -> Iterator[None]:
     """Answer Bakery's "no such bake" (or disk) with the director's own not-found error;
-    the code, not the status, says which one is missing when a request names both."""
+    the code, not the status, says which one is missing when a request names both. A
+    request that names only this resource (``named_alone``) also takes the plain
+    ``not_found`` of a Bakery older than its CPI for it."""
+    codes = {MISSING_CODES[type(error)], *(["not_found"] if named_alone else [])}
     try:
         yield
     except ApiError as exc:
-        if exc.code == MISSING_CODES[type(error)]:
+        if exc.code in codes:
             raise error from None
         raise
 
@@ -275,7 +278,8 @@ class Cloud:
     def attach_disk(self, vm_cid: str, disk_cid: str) -> str | None:
         """Attach, then name the disk in the VM's settings; v2 answers the device hint."""
         disk_missing = DiskNotFound(f"Disk '{disk_cid}' not found")
-        with missing_is(disk_missing), missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
+        vm_missing = VMNotFound(f"VM '{vm_cid}' not found")
+        with missing_is(disk_missing, named_alone=False), missing_is(vm_missing, named_alone=False):
             self.client.post(f"/disks/{self._disk(disk_cid)}/attach", {"bake_id": self._vm(vm_cid)})
         self._write_persistent_disks(vm_cid)
         return agent_settings.disk_hint(disk_cid) if self.api_version >= 2 else None

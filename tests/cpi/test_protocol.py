@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -100,19 +103,45 @@ def test_context_properties_override_cpi_json_like_a_cpi_config(config_file):
     assert f"cannot reach Bakery at {other} " in error["message"]
 
 
-class NoBakes(BaseHTTPRequestHandler):
-    """A Bakery that knows no bake: enough to prove the CPI speaks TLS to it."""
+class EmptyOlderBakery(BaseHTTPRequestHandler):
+    """A Bakery that knows nothing, and answers every 404 with the plain ``not_found``
+    of the releases before resource-specific codes."""
 
-    def do_GET(self):  # noqa: N802  (http.server's naming)
-        body = json.dumps({"error": {"code": "bake_not_found", "message": "no bake"}}).encode()
+    def answer(self):
+        body = json.dumps({"error": {"code": "not_found", "message": "no such thing"}}).encode()
         self.send_response(404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    do_GET = do_POST = do_PUT = do_DELETE = answer  # noqa: N815  (http.server's naming)
+
     def log_message(self, *args):
         pass
+
+
+@contextmanager
+def serving(wrap: Callable[[socket.socket], socket.socket] = lambda sock: sock) -> Iterator[int]:
+    """An ``EmptyOlderBakery`` on a free loopback port (its socket passed through ``wrap``)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EmptyOlderBakery)
+    server.socket = wrap(server.socket)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_an_older_bakerys_plain_not_found_is_still_the_directors_not_found(tmp_path):
+    with serving() as port:
+        config = write_config(tmp_path / "cpi.json", f"http://127.0.0.1:{port}", "t")
+        failed(run_cpi(config, request("delete_vm", ANY_ID)), "VMNotFound")
+        failed(run_cpi(config, request("delete_disk", ANY_ID)), "DiskNotFound")
+        failed(run_cpi(config, request("reboot_vm", ANY_ID)), "VMNotFound")
 
 
 @pytest.fixture
@@ -130,16 +159,8 @@ def https_bakery(tmp_path):
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NoBakes)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", cert.read_text()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(lambda sock: context.wrap_socket(sock, server_side=True)) as port:
+        yield f"https://127.0.0.1:{port}", cert.read_text()
 
 
 def test_https_with_the_configured_ca_and_not_without(https_bakery, tmp_path):
