@@ -5,8 +5,9 @@ Run as root from the repository: ``sudo .venv/bin/python bench/tftp.py``. Every 
 serves the same Pi 4 boot set (start4.elf 2.2 MB, kernel8.img 8 MiB, fixup, dtb,
 overlays, config.txt, cmdline.txt) under ``<serial>/``; Bakery's comes from a real
 baked Pi per serial in a temp data dir (SQLite). Clients are Pi-4-shaped (probe with
-``tsize`` + Early terminate, then fetch with ``blksize 1468``, a new port per RRQ),
-driven from separate client processes so the client is not the bottleneck. The three
+``tsize`` + Early terminate, then fetch with ``blksize 1468``, a new port per RRQ,
+each Pi from its own loopback address), driven from separate client processes so the
+client is not the bottleneck. The three
 servers run side by side and are measured round-robin, so the machine's load swings hit
 them alike.
 """
@@ -72,6 +73,12 @@ def serials(count: int) -> list[str]:
     return [f"{0x10000000 + i:08x}" for i in range(count)]
 
 
+def pi_address(serial: str) -> str:
+    """Each Pi's own loopback address, as each real Pi has its own (127.0.1.1, ...)."""
+    index = int(serial, 16) - 0x10000000
+    return f"127.0.{1 + index // 250}.{1 + index % 250}"
+
+
 # -- the servers ---------------------------------------------------------------------------
 
 
@@ -88,7 +95,7 @@ def prepare_bakery(work: Path, files: dict[str, bytes], pis: list[str]) -> Path:
         with open(image, "rb") as upload:
             fleet.import_bakeform("raspios", upload)
         for serial in pis:
-            fleet.register_pi(serial, ip="127.0.0.1")
+            fleet.register_pi(serial, ip=pi_address(serial))
             fleet.bake("raspios", serial=serial)
     models.database.close()
     return root
@@ -169,7 +176,8 @@ def stop(process: subprocess.Popen) -> None:
 def _client_process(address, pis, files, start, results) -> None:
     start.wait()  # every client process at the start line, and the parent's clock
     began = time.monotonic()
-    finished = run([pi4_sequence(address, serial, files) for serial in pis], timeout=10)
+    sequences = [pi4_sequence(address, serial, files, pi_address(serial)) for serial in pis]
+    finished = run(sequences, timeout=10)
     elapsed = time.monotonic() - began
     fetched = sum(len(d.data) for downloads in finished for d in downloads if not d.probe)
     failed = sum(1 for downloads in finished for d in downloads if d.error or not d.done)

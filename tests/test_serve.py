@@ -21,10 +21,22 @@ def tftp_get(port: int, path: str) -> subprocess.CompletedProcess:
 
 
 def tftp_children(server) -> list[int]:
+    """The ``bakery tftp`` process and the workers it forked (same command line)."""
     out = subprocess.run(
         ["pgrep", "-f", f"bakery.cli tftp --config {server.root}"], capture_output=True, text=True
     ).stdout
     return [int(pid) for pid in out.split()]
+
+
+def parent_of(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
+def tftp_main(server) -> tuple[int, list[int]]:
+    """The ``bakery tftp`` process that serve's netboot child started, and its workers."""
+    processes = wait_until(lambda: len(tftp_children(server)) == 2 and tftp_children(server))
+    [main] = [pid for pid in processes if parent_of(pid) not in processes]
+    return main, [pid for pid in processes if pid != main]
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -44,12 +56,12 @@ def test_serve_runs_the_tftp_server_and_restarts_it(live_server, sd_image_file):
     )
     assert b"root=/dev/nfs" in cmdline
 
-    [first] = wait_until(lambda: tftp_children(server), what="the tftp child")
-    os.kill(first, signal.SIGKILL)
+    first, workers = tftp_main(server)  # tftp_workers: 2 by default
+    os.kill(first, signal.SIGKILL)  # its worker must not outlive it, holding the port
     restarted = wait_until(
-        lambda: [p for p in tftp_children(server) if p != first],
+        lambda: not set(tftp_children(server)) & {first, *workers} and tftp_children(server),
         timeout=30,
-        what="the tftp child to be restarted",
+        what="the tftp child and its worker to be gone and restarted",
     )
     assert restarted
     assert b"root=/dev/nfs" in wait_until(

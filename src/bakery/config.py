@@ -69,8 +69,9 @@ class Settings:
     tftp_enabled: bool = True
     #: Where the TFTP server listens; empty = ``<nfs_server>:69``.
     tftp_bind: str = ""
-    #: TFTP server processes sharing the port (SO_REUSEPORT), to use several cores.
-    tftp_workers: int = 1
+    #: TFTP server processes sharing the port (SO_REUSEPORT, each Pi's requests to one of
+    #: them), to use several cores: 50 Pis at once, 2 workers 1.2x dnsmasq, 1 worker 0.86x.
+    tftp_workers: int = 2
     #: Largest TFTP blksize granted (1468 fits one Ethernet frame; Pi 4 asks for it).
     tftp_max_blksize: int = 1468
     #: Seconds before a TFTP block is sent again, and how many times.

@@ -13,6 +13,7 @@ import pytest
 
 from bakery.models import PiState
 from bakery.netboot import tftp_packets as tp
+from bakery.netboot.tftp import TftpServer, listening_socket
 from tests.netboot.pi_client import PI4_BOOT_FILES, Download, PiClient, run
 from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, default_boot_files
 
@@ -192,6 +193,28 @@ def test_pis_baked_from_one_bakeform_share_one_cached_copy_of_each_file(pi, serv
     other = PiClient(server.address, "0000beef", bind_ip="127.0.0.2")
     assert other.get("kernel8.img") == BOOT_FILES["kernel8.img"]
     assert server.cache.used == cached
+
+
+def test_workers_sharing_the_port_each_get_every_request_of_their_pis(settings, fleet):
+    """Two servers on one port, as ``bakery tftp --workers 2`` runs them: a Pi asks for
+    each file from a new port, yet all its requests reach the same one of them."""
+    first = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0, workers=2))
+    port = first.address[1]
+    second = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", port, 2))
+    for worker in (first, second):
+        worker.start()
+    try:
+        holders = {}
+        for address, serial in (("127.0.0.2", "0000a002"), ("127.0.0.3", "0000a003")):
+            for _ in range(12):
+                sock, _answer = request(first, f"{serial}/start4.elf", bind_ip=address)
+                sock.close()
+            holders[serial] = [worker for worker in (first, second) if serial in worker.pis]
+    finally:
+        for worker in (first, second):
+            worker.stop()
+    assert len(holders["0000a002"]) == len(holders["0000a003"]) == 1
+    assert holders["0000a002"] != holders["0000a003"]  # and the Pis are shared out
 
 
 # -- refusing what is not a boot file ----------------------------------------------------

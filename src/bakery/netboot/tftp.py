@@ -21,6 +21,7 @@ are written in batches.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import os
@@ -56,6 +57,13 @@ QUIET_PERIOD = 30.0
 TURN_AWAY_INTERVAL = 30.0
 #: How often retransmit deadlines are checked, in seconds.
 SWEEP_INTERVAL = 0.05
+#: A classic BPF program choosing the socket of a ``SO_REUSEPORT`` group (linux/filter.h,
+#: asm-generic/socket.h): load a word relative to the network header, modulo, return.
+SO_ATTACH_REUSEPORT_CBPF = 51
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+BPF_LD_W_ABS, BPF_ALU_MOD_K, BPF_RET_A = 0x20, 0x94, 0x16
+SKF_NET_OFF = 0xFFF00000  # -0x100000 as the unsigned offset the kernel reads
+IPV4_SOURCE_OFFSET = 12
 #: Pis whose boot bookkeeping is kept (oldest forgotten first).
 MAX_TRACKED_PIS = 4096
 #: Bytes a memoryview slice and its list slot take (counted against CACHE_BYTES).
@@ -615,14 +623,41 @@ def _on_kept_connection(call: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         raise
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The RRQ socket, with ``SO_REUSEPORT`` so worker processes can share the port
-    (the kernel spreads clients by address and port)."""
+def listening_socket(host: str, port: int, workers: int = 1) -> socket.socket:
+    """The RRQ socket, with ``SO_REUSEPORT`` so ``workers`` processes can share the port,
+    each request going to the worker of its source address (``steer_by_source``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setblocking(False)
     sock.bind((host, port))
+    if workers > 1:
+        steer_by_source(sock, workers)
     return sock
+
+
+def steer_by_source(sock: socket.socket, workers: int) -> bool:
+    """Make the kernel give each request on the shared port to socket number
+    ``source address % workers`` of the group, instead of spreading requests by a hash of
+    address and port: a Pi asks for every file from a new port, and what a worker knows
+    of a Pi's boot (its first request, the files that tell its model, when it was last
+    turned away) must all be in one worker. False, and the hash, where the kernel does
+    not take the program."""
+    program = b"".join(
+        struct.pack("=HBBI", code, 0, 0, k)
+        for code, k in (
+            (BPF_LD_W_ABS, SKF_NET_OFF + IPV4_SOURCE_OFFSET),  # A = the IPv4 source address
+            (BPF_ALU_MOD_K, workers),  # A %= workers
+            (BPF_RET_A, 0),  # the index of the socket in the group
+        )
+    )
+    instructions = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HP", len(program) // 8, ctypes.addressof(instructions))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+    except OSError as exc:
+        log.warning("TFTP workers share requests by hash, not by Pi: %s", exc.strerror)
+        return False
+    return True
 
 
 def transfer_socket(host: str, client: tuple[str, int]) -> socket.socket:
@@ -637,33 +672,46 @@ def transfer_socket(host: str, client: tuple[str, int]) -> socket.socket:
 
 def run_tftp(settings: Settings, workers: int = 1) -> None:
     """Serve TFTP in the foreground until SIGTERM/SIGINT, with ``workers`` processes
-    sharing the port (``SO_REUSEPORT``). Each process connects to the database itself."""
-    children = [_fork_worker(settings) for _ in range(workers - 1)]
+    sharing the port (``SO_REUSEPORT``, each Pi's requests to one of them). Each process
+    connects to the database itself."""
+    children = [_fork_worker(settings, workers) for _ in range(workers - 1)]
     try:
-        _serve_process(settings)
+        _serve_process(settings, workers)
     finally:
         for pid in children:
             _stop_child(pid)
 
 
-def _serve_process(settings: Settings) -> None:
+def _serve_process(settings: Settings, workers: int) -> None:
     models.connect(settings.database)
     models.create_schema()
-    TftpServer(settings).serve_forever()
+    TftpServer(settings, sock=listening_socket(*settings.tftp_address, workers)).serve_forever()
 
 
-def _fork_worker(settings: Settings) -> int:
+def _fork_worker(settings: Settings, workers: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            _serve_process(settings)
+            _die_with(parent)
+            _serve_process(settings, workers)
         except BaseException:
             log.exception("TFTP worker failed")
             code = 1
         finally:
             os._exit(code)
     return pid
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM this worker when ``parent`` dies, however it dies (``PR_SET_PDEATHSIG``):
+    a killed ``bakery tftp`` must not leave workers holding the port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("TFTP worker cannot follow its parent: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop_child(pid: int) -> None:
