@@ -635,13 +635,13 @@ def listening_socket(host: str, port: int, workers: int = 1) -> socket.socket:
     return sock
 
 
-def steer_by_source(sock: socket.socket, workers: int) -> bool:
+def steer_by_source(sock: socket.socket, workers: int) -> None:
     """Make the kernel give each request on the shared port to socket number
     ``source address % workers`` of the group, instead of spreading requests by a hash of
     address and port: a Pi asks for every file from a new port, and what a worker knows
     of a Pi's boot (its first request, the files that tell its model, when it was last
-    turned away) must all be in one worker. False, and the hash, where the kernel does
-    not take the program."""
+    turned away) must all be in one worker. Where the kernel does not take the program,
+    the hash stays (and a warning says so)."""
     program = b"".join(
         struct.pack("=HBBI", code, 0, 0, k)
         for code, k in (
@@ -656,8 +656,6 @@ def steer_by_source(sock: socket.socket, workers: int) -> bool:
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
     except OSError as exc:
         log.warning("TFTP workers share requests by hash, not by Pi: %s", exc.strerror)
-        return False
-    return True
 
 
 def transfer_socket(host: str, client: tuple[str, int]) -> socket.socket:
