@@ -192,12 +192,15 @@ def clone_boot(source: Path, dest: Path) -> None:
     bind mount of the same one)."""
     if os.path.lexists(dest):
         raise FileExistsError(errno.EEXIST, "boot files destination already exists", str(dest))
-    copy = ["cp", "--archive", "--no-target-directory", "--", str(source), str(dest)]
+
+    def cp(*options: str) -> None:
+        _run(["cp", "--archive", *options, "--no-target-directory", "--", str(source), str(dest)])
+
     try:
-        _run([*copy[:2], "--link", *copy[2:]])
+        cp("--link")
     except RootError:
         delete_tree(dest)
-        _run(copy)
+        cp()
 
 
 # --- copying a tree where nothing can be shared ---------------------------------------------
