@@ -449,6 +449,16 @@ def test_boot_files_are_linked_where_the_bakeform_is_on_the_same_filesystem(tmp_
     )
 
 
+def test_boot_files_never_land_on_an_existing_destination(tmp_path):
+    source = boot_partition(tmp_path / "bakeform" / "boot")
+    taken = tmp_path / "bake" / "boot"
+    taken.mkdir(parents=True)
+    (taken / "kernel8.img").write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        clone_boot(source, taken)
+    assert (taken / "kernel8.img").read_bytes() == b"someone else's"
+
+
 @pytest.mark.root
 def test_boot_files_are_copied_where_links_cannot_reach(tmp_path):
     source = boot_partition(tmp_path / "bakeform" / "boot")
