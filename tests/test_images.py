@@ -18,16 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bakery.images import (
-    ImageError,
-    Partition,
-    UploadTooLarge,
-    _SparseWriter,
-    choose_partitions,
-    detect_compression,
-    import_image,
-    parse_mbr,
-)
+from bakery.images import ImageError, UploadTooLarge, import_image
+from bakery.images.layout import Partition, choose_partitions, parse_mbr
+from bakery.images.receive import SparseWriter, detect_compression
 from tests.support.sdimage import (
     FIRST_SECTOR,
     MIB,
@@ -128,11 +121,11 @@ def test_compression_is_detected_from_magic_bytes():
 
 
 def test_scratch_copy_keeps_every_byte_and_leaves_holes_where_the_upload_is_zeros(tmp_path):
-    block = _SparseWriter.BLOCK
+    block = SparseWriter.BLOCK
     data = b"\x01" * 100 + bytes(6 * block) + b"\x02" * block + bytes(block + 512) + b"\x03"
     scratch = tmp_path / "scratch.img"
     with scratch.open("wb") as out:
-        writer = _SparseWriter(out)
+        writer = SparseWriter(out)
         for start in range(0, len(data), 2 * block + 7):  # chunks across block boundaries
             writer.write(data[start : start + 2 * block + 7])
         writer.close()

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from bakery.models import PiState
-from bakery.netboot import tftp_packets as tp
 from bakery.netboot.tftp import TftpServer, listening_socket
+from bakery.netboot.tftp import packets as tp
 from tests.netboot.pi_client import PI4_BOOT_FILES, Download, PiClient, run
 from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, default_boot_files
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bakery.netboot import tftp_packets as tp
 from bakery.netboot.bootfiles import (
     UnsafePath,
     find_boot_file,
     guess_model,
     parse_request_path,
 )
-from bakery.netboot.tftp import PacketCache, PacketImage
+from bakery.netboot.tftp import packets as tp
+from bakery.netboot.tftp.cache import PacketCache, PacketImage
 
 
 def test_rrq_round_trips_with_options_lower_cased():

@@ -114,7 +114,7 @@ def test_the_package_sources_are_the_python_packages_and_nothing_else():
     matched = set(glob_matches("bakery/**/*.py", [SRC])) | set(
         glob_matches("bakery_cpi/**/*.py", [SRC])
     )
-    assert "bakery/cli.py" in matched and "bakery_cpi/__main__.py" in matched
+    assert "bakery/cli/__init__.py" in matched and "bakery_cpi/__main__.py" in matched
     assert not [path for path in matched if "__pycache__" in path]
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bakery import images
 from bakery.cli import main
 from bakery.config import Settings
+from bakery.images import import_image
+from bakery.images.layout import choose_partitions, parse_mbr
+from bakery.images.receive import detect_compression
 from bakery.stemcell import StemcellError, build_stemcell
 from bakery.stemcell.install import packaged_file
 from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, populate_root
@@ -64,7 +66,7 @@ def members(tarball: Path) -> dict[str, bytes]:
 
 def root_partition(image: bytes) -> bytes:
     raw = io.BytesIO(image)
-    layout = images.choose_partitions(images.parse_mbr(raw.read(512)), len(image))
+    layout = choose_partitions(parse_mbr(raw.read(512)), len(image))
     return image[layout.root.offset : layout.root.end]
 
 
@@ -78,7 +80,7 @@ def imported_root(stemcell: Path, tmp_path_factory) -> Path:
     staging = tmp_path_factory.mktemp("bakeform")
     (staging / "root").mkdir()
     with tarfile.open(stemcell, "r:gz") as tar:
-        images.import_image(tar.extractfile("image"), staging)
+        import_image(tar.extractfile("image"), staging)
     return staging / "root"
 
 
@@ -124,7 +126,7 @@ def test_the_manifest_is_the_yaml_the_director_validates(stemcell: Path):
 
 def test_the_image_is_gzipped_and_its_root_filesystem_is_clean(stemcell: Path, tmp_path: Path):
     image = members(stemcell)["image"]
-    assert images.detect_compression(image) == "gz"
+    assert detect_compression(image) == "gz"
     root = tmp_path / "root.ext4"
     root.write_bytes(root_partition(unzip(image)))
 

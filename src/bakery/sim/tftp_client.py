@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from bakery.netboot import tftp_packets as tp
+from bakery.netboot.tftp import packets as tp
 
 PI4_BLKSIZE = 1468
 #: What a Pi 4 asks for, in order, for a Raspberry Pi OS boot partition; each fetch

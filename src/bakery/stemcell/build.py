@@ -24,8 +24,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from bakery import identifiers, images
+from bakery import identifiers
 from bakery.config import Settings
+from bakery.images import ImageError, read_layout
+from bakery.images.layout import Partition
+from bakery.images.receive import detect_compression
 from bakery.stemcell.install import Entry, RootFile, disk_agent_entries, unit_entries
 
 AGENT_BINARY = "var/vcap/bosh/bin/bosh-agent"
@@ -165,7 +168,7 @@ def _workdir(parent: Path) -> Iterator[Path]:
 
 def _decompress(image: Path, raw: Path) -> None:
     with image.open("rb") as source:
-        compression = images.detect_compression(source.read(8))
+        compression = detect_compression(source.read(8))
     if compression == "none":
         shutil.copyfile(image, raw)
         return
@@ -173,19 +176,19 @@ def _decompress(image: Path, raw: Path) -> None:
         _run([*_DECOMPRESSORS[compression]], stdin=source, stdout=target)
 
 
-def _root_partition(raw: Path) -> images.Partition:
+def _root_partition(raw: Path) -> Partition:
     """The ext4 root, after the same checks the bakeform import makes: a stemcell whose
     image Bakery would refuse is no use."""
     try:
-        return images.read_layout(raw).root
-    except images.ImageError as exc:
+        return read_layout(raw).root
+    except ImageError as exc:
         raise StemcellError(f"not a Raspberry Pi OS image: {exc}") from None
 
 
 # -- writing into the ext4 root with debugfs -------------------------------------------------
 
 
-def _inject(raw: Path, root: images.Partition, entries: list[Entry], work: Path) -> None:
+def _inject(raw: Path, root: Partition, entries: list[Entry], work: Path) -> None:
     """Add `entries` to the ext4 filesystem at `root` inside `raw`.
 
     debugfs reports a failed command on stderr but still exits 0, and ``mkdir`` or

@@ -7,9 +7,6 @@ injects into a stemcell image, so both ways of installing give a Pi the same age
 
 from __future__ import annotations
 
-import errno
-import os
-import secrets
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,23 +85,4 @@ def install_entries(root: Path, entries: list[Entry]) -> None:
         if isinstance(entry, RootFile):
             roots.write_in_root(root, entry.path, entry.data, mode=entry.mode)
         else:
-            symlink_in_root(root, entry.path, entry.target)
-
-
-def symlink_in_root(root: Path, relpath: str, target: str) -> None:
-    """Make `relpath` of `root` a symlink to `target`, like `roots.write_in_root` does for
-    files: made under a temporary name and renamed over the old entry, so an existing
-    symlink or file is replaced and never followed; a directory there is refused."""
-    parent, _, name = relpath.strip("/").rpartition("/")
-    if name in ("", ".", ".."):
-        raise roots.SeasoningError(f"{relpath!r} is not a plain path inside the root")
-    with roots.open_in_root(root, parent, create=True) as dir_fd:
-        temp_name = f".{name}.bakery-{secrets.token_hex(4)}"
-        os.symlink(target, temp_name, dir_fd=dir_fd)
-        try:
-            os.rename(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError as exc:
-            os.unlink(temp_name, dir_fd=dir_fd)
-            if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                raise
-            raise roots.SeasoningError(f"{relpath!r} is a directory in the image") from None
+            roots.symlink_in_root(root, entry.path, entry.target)

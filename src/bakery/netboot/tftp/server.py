@@ -1,34 +1,13 @@
-"""The TFTP server Raspberry Pis netboot from (RFC 1350, 2347, 2348, 2349).
-
-``<serial>/<path>`` is answered from the boot files of that Pi's current bake, with
-``cmdline.txt`` rendered for its NFS root and ``config.txt`` trimmed; bare names (the
-Pi 3 ROM's ``bootcode.bin``) come from the firmware directory. The Pi bootloaders'
-habits shape it (pi-netboot §2, §6): a ``tsize`` probe aborted with "Early terminate"
-before most downloads, a new source port per request, ``//`` in paths, 1 s
-retransmits, block numbers that wrap to 0.
-
-Speed comes from the fact that all Pis on one bakeform read identical blocks: each
-file is cached once per block size as a ready-made run of DATA packets, so sending a
-block is one ``send`` of a memoryview slice. Every transfer has its own connected
-socket (its TID); all of them sit in one epoll set that the event loop (uvloop when
-installed) watches as a single reader, so a wake-up serves every ready transfer in one
-loop instead of one loop callback per packet. Retransmits are driven by one periodic
-sweep rather than a timer per packet. The fleet (database) is only asked about a Pi
-once per request burst, never per packet, always from its one thread, and boot events
-are written in batches.
-"""
+"""The TFTP server on one event loop: requests, the Pi behind each, and its timeline."""
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import functools
 import logging
-import os
 import select
 import signal
 import socket
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -38,17 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import models
-from ..config import Settings
-from ..fleet import Fleet
-from . import bootfiles
-from . import tftp_packets as tp
-from .bootfiles import BootTarget, UnsafePath
+from ... import models
+from ...config import Settings
+from ...fleet import Fleet
+from .. import bootfiles
+from ..bootfiles import BootTarget, UnsafePath
+from . import packets as tp
+from .cache import PacketCache, PacketImage
+from .sockets import listening_socket, transfer_socket
+from .transfer import Transfer
 
 log = logging.getLogger(__name__)
 
-#: Bytes of packet images kept in memory (shared by every Pi on the same bakeform).
-CACHE_BYTES = 512 * 1024 * 1024
 #: Seconds a Pi's boot target is reused for its next requests (a boot asks for ~20-40).
 TARGET_TTL = 2.0
 #: Seconds without requests after which a Pi's next request starts a new boot.
@@ -57,88 +37,9 @@ QUIET_PERIOD = 30.0
 TURN_AWAY_INTERVAL = 30.0
 #: How often retransmit deadlines are checked, in seconds.
 SWEEP_INTERVAL = 0.05
-#: A classic BPF program choosing the socket of a ``SO_REUSEPORT`` group (linux/filter.h,
-#: asm-generic/socket.h): load a word relative to the network header, modulo, return.
-SO_ATTACH_REUSEPORT_CBPF = 51
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-BPF_LD_W_ABS, BPF_ALU_MOD_K, BPF_RET_A = 0x20, 0x94, 0x16
-SKF_NET_OFF = 0xFFF00000  # -0x100000 as the unsigned offset the kernel reads
-IPV4_SOURCE_OFFSET = 12
-#: Pis whose boot bookkeeping is kept (oldest forgotten first).
 MAX_TRACKED_PIS = 4096
-#: Bytes a memoryview slice and its list slot take (counted against CACHE_BYTES).
-SLICE_OVERHEAD = 200
 CMDLINE = "cmdline.txt"
 CONFIG_TXT = "config.txt"
-_HEADER = struct.Struct("!HH")
-#: Opcodes as plain ints for the per-packet path (an IntEnum lookup costs more).
-_ACK, _ERROR = int(tp.Opcode.ACK), int(tp.Opcode.ERROR)
-
-
-class PacketImage:
-    """A file laid out as the DATA packets of one block size, back to back, so block
-    ``n`` is a slice: no copying or header building while sending."""
-
-    __slots__ = ("size", "blksize", "count", "nbytes", "packets")
-
-    def __init__(self, content: bytes, blksize: int) -> None:
-        self.size = len(content)
-        self.blksize = blksize
-        self.count = tp.block_count(self.size, blksize)
-        image = bytearray(self.count * 4 + self.size)
-        source = memoryview(content)
-        for index in range(self.count):
-            start = index * (blksize + 4)
-            chunk = source[index * blksize : (index + 1) * blksize]
-            _HEADER.pack_into(image, start, tp.Opcode.DATA, (index + 1) % tp.BLOCK_MODULO)
-            image[start + 4 : start + 4 + len(chunk)] = chunk
-        view = memoryview(image)
-        #: Memory held, counting the slice objects (they dominate at tiny block sizes).
-        self.nbytes = len(image) + self.count * SLICE_OVERHEAD
-        #: DATA packet ``n`` (1-based, unwrapped) is ``packets[n]``.
-        self.packets: list[memoryview | None] = [None]
-        for index in range(self.count):
-            start = index * (blksize + 4)
-            self.packets.append(view[start : start + 4 + min(blksize, self.size - index * blksize)])
-
-
-class PacketCache:
-    """Packet images by (file, mtime, size, block size, rendering), least recently
-    used evicted past ``limit`` bytes. Used from executor threads, hence the lock.
-
-    A file is known by its inode, not its path: every bake links its bakeform's boot
-    files into a directory of its own, and the Pis of one bakeform share one image."""
-
-    def __init__(self, limit: int = CACHE_BYTES) -> None:
-        self.limit = limit
-        self.used = 0
-        self._images: OrderedDict[tuple, PacketImage] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, path: Path, blksize: int, render: Callable[[bytes], bytes]) -> PacketImage:
-        """The packet image of ``path`` as ``render`` transforms it; read on a miss."""
-        stat = path.stat()
-        key = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size, blksize, render)
-        with self._lock:
-            image = self._images.get(key)
-            if image is not None:
-                self._images.move_to_end(key)
-                return image
-        image = PacketImage(render(path.read_bytes()), blksize)
-        self._store(key, image)
-        return image
-
-    def _store(self, key: tuple, image: PacketImage) -> None:
-        if image.nbytes > self.limit:
-            return
-        with self._lock:
-            if key in self._images:
-                return
-            self._images[key] = image
-            self.used += image.nbytes
-            while self.used > self.limit:
-                _, evicted = self._images.popitem(last=False)
-                self.used -= evicted.nbytes
 
 
 @dataclass
@@ -162,101 +63,6 @@ class Outcome:
 
 
 NOT_FOUND = Outcome(tp.ErrorCode.FILE_NOT_FOUND, "file not found")
-
-
-class Transfer:
-    """One read: the client's TID socket, the packet image, and where we are.
-
-    ``block`` is the unwrapped number of the packet last sent (0 = the OACK)."""
-
-    __slots__ = (
-        "server",
-        "client",
-        "sock",
-        "image",
-        "packets",
-        "name",
-        "serial",
-        "block",
-        "expected",
-        "watched_block",
-        "stalled_since",
-        "retries",
-        "started",
-        "oack",
-    )
-
-    def __init__(self, server: TftpServer, client: tuple[str, int], sock: socket.socket) -> None:
-        self.server = server
-        self.client = client
-        self.sock = sock
-        self.image: PacketImage | None = None
-        self.packets: list[memoryview | None] = []
-        self.name = ""
-        self.serial: str | None = None
-        self.block = 0
-        self.expected = 0
-        self.watched_block = -1
-        self.stalled_since = 0.0
-        self.retries = 0
-        self.started = time.monotonic()
-        self.oack = b""
-
-    def begin(self, image: PacketImage, oack: bytes) -> None:
-        self.image, self.packets, self.oack = image, image.packets, oack
-        if oack:
-            self.send(oack)
-        else:
-            self.advance()
-
-    def on_readable(self) -> None:
-        """The hot path: one ACK in, the next DATA packet out."""
-        buf = self.server.recv_buffer
-        try:
-            length = self.sock.recv_into(buf)
-        except BlockingIOError:
-            return
-        except OSError as exc:  # ICMP port unreachable: the client is gone
-            self.server.finish(self, f"client unreachable: {exc.strerror}")
-            return
-        if length < 4 or buf[0] != 0:
-            return
-        if buf[1] == _ACK:
-            if (buf[2] << 8 | buf[3]) == self.expected:
-                self.advance()
-            return
-        if buf[1] == _ERROR:
-            self.server.client_error(self, bytes(buf[:length]))
-
-    def advance(self) -> None:
-        if self.block == self.image.count:
-            self.server.finish(self)
-            return
-        self.block += 1
-        self.expected = self.block & 0xFFFF
-        self.send(self.packets[self.block])
-
-    def send(self, packet: bytes | memoryview) -> None:
-        try:
-            self.sock.send(packet)
-        except BlockingIOError:
-            pass  # the retransmit sweep sends it again
-        except OSError as exc:
-            self.server.finish(self, f"send failed: {exc.strerror}")
-
-    def check_progress(self, now: float, timeout: float, retries: int) -> None:
-        """Called by the sweep: resend when no ACK moved the transfer on for ``timeout``
-        seconds, give up after ``retries`` resends. Watching the block number here keeps
-        clock reads off the per-packet path."""
-        if self.block != self.watched_block:
-            self.watched_block, self.stalled_since, self.retries = self.block, now, 0
-        elif now - self.stalled_since >= timeout:
-            if self.retries >= retries:
-                self.server.finish(self, f"no ACK for block {self.block} after {retries} resends")
-                return
-            self.retries += 1
-            self.stalled_since = now
-            self.send(self.packets[self.block] if self.block else self.oack)
 
 
 class TftpServer:
@@ -621,100 +427,3 @@ def _on_kept_connection(call: Callable[..., Any], *args: Any, **kwargs: Any) -> 
     except Exception:
         models.database.close()
         raise
-
-
-def listening_socket(host: str, port: int, workers: int = 1) -> socket.socket:
-    """The RRQ socket, with ``SO_REUSEPORT`` so ``workers`` processes can share the port,
-    each request going to the worker of its source address (``steer_by_source``)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setblocking(False)
-    sock.bind((host, port))
-    if workers > 1:
-        steer_by_source(sock, workers)
-    return sock
-
-
-def steer_by_source(sock: socket.socket, workers: int) -> None:
-    """Make the kernel give each request on the shared port to socket number
-    ``source address % workers`` of the group, instead of spreading requests by a hash of
-    address and port: a Pi asks for every file from a new port, and what a worker knows
-    of a Pi's boot (its first request, the files that tell its model, when it was last
-    turned away) must all be in one worker. Where the kernel does not take the program,
-    the hash stays (and a warning says so)."""
-    program = b"".join(
-        struct.pack("=HBBI", code, 0, 0, k)
-        for code, k in (
-            (BPF_LD_W_ABS, SKF_NET_OFF + IPV4_SOURCE_OFFSET),  # A = the IPv4 source address
-            (BPF_ALU_MOD_K, workers),  # A %= workers
-            (BPF_RET_A, 0),  # the index of the socket in the group
-        )
-    )
-    instructions = ctypes.create_string_buffer(program, len(program))
-    fprog = struct.pack("HP", len(program) // 8, ctypes.addressof(instructions))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
-    except OSError as exc:
-        log.warning("TFTP workers share requests by hash, not by Pi: %s", exc.strerror)
-
-
-def transfer_socket(host: str, client: tuple[str, int]) -> socket.socket:
-    """A new TID: an ephemeral port connected to the client, so the kernel drops
-    packets from anyone else."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind((host, 0))
-    sock.connect(client)
-    return sock
-
-
-def run_tftp(settings: Settings, workers: int = 1) -> None:
-    """Serve TFTP in the foreground until SIGTERM/SIGINT, with ``workers`` processes
-    sharing the port (``SO_REUSEPORT``, each Pi's requests to one of them). Each process
-    connects to the database itself."""
-    children = [_fork_worker(settings, workers) for _ in range(workers - 1)]
-    try:
-        _serve_process(settings, workers)
-    finally:
-        for pid in children:
-            _stop_child(pid)
-
-
-def _serve_process(settings: Settings, workers: int) -> None:
-    models.connect(settings.database)
-    models.create_schema()
-    TftpServer(settings, sock=listening_socket(*settings.tftp_address, workers)).serve_forever()
-
-
-def _fork_worker(settings: Settings, workers: int) -> int:
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            _die_with(parent)
-            _serve_process(settings, workers)
-        except BaseException:
-            log.exception("TFTP worker failed")
-            code = 1
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _die_with(parent: int) -> None:
-    """SIGTERM this worker when ``parent`` dies, however it dies (``PR_SET_PDEATHSIG``):
-    a killed ``bakery tftp`` must not leave workers holding the port."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("TFTP worker cannot follow its parent: errno %d", ctypes.get_errno())
-    if os.getppid() != parent:  # it died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _stop_child(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass

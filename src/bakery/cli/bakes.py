@@ -1,0 +1,42 @@
+"""``bakery bake``, ``unbake`` and ``oven``: the verbs a Pi user types most."""
+
+from __future__ import annotations
+
+import click
+
+from .output import Context, api_command, emit
+
+BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_at")
+
+
+@api_command(None, "bake")
+@click.argument("bakeform_name", metavar="BAKEFORM")
+@click.option("--serial", help="Bake this Pi (default: any free one).")
+@click.option("--label", "labels", multiple=True, help="Bake a Pi with this label (repeatable).")
+@click.option("--model", help="Bake a Pi of this model.")
+@click.option("--hostname", help="Hostname (default pi-<serial>).")
+def bake(ctx: Context, bakeform_name: str, serial, labels, model, hostname) -> None:
+    """Bake BAKEFORM onto a free Pi and power it on."""
+    body = {
+        "bakeform": bakeform_name,
+        "serial": serial,
+        "labels": list(labels),
+        "model": model,
+        "hostname": hostname,
+    }
+    emit(ctx, ctx.api.post("/bakes", {k: v for k, v in body.items() if v is not None}))
+
+
+@api_command(None, "unbake")
+@click.argument("bake_id")
+def unbake(ctx: Context, bake_id: str) -> None:
+    """Power the Pi off, delete its root and free it."""
+    emit(ctx, ctx.api.delete(f"/bakes/{bake_id}"))
+
+
+@api_command(None, "oven")
+@click.option("--all", "show_all", is_flag=True, help="Include unbaked bakes.")
+def oven(ctx: Context, show_all: bool) -> None:
+    """Live bakes."""
+    rows = ctx.api.get("/bakes", all="true" if show_all else None)
+    emit(ctx, rows, BAKE_COLUMNS, title="bakes")

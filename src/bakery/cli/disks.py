@@ -1,0 +1,48 @@
+"""``bakery disk``: create, list, show, attach, detach, resize and delete disks."""
+
+from __future__ import annotations
+
+import click
+
+from .output import Context, api_command, emit, resource_commands
+
+
+@click.group()
+def disk() -> None:
+    """Sparse disks for bakes."""
+
+
+DISK_COLUMNS = ("id", "size_mib", "bake_id", "ephemeral", "created_at")
+
+
+@api_command(disk, "create")
+@click.argument("size_mib", type=click.IntRange(min=1))
+@click.option("--bake", "bake_id", help="Attach to this bake at once.")
+def disk_create(ctx: Context, size_mib: int, bake_id: str | None) -> None:
+    """Create a disk of SIZE_MIB MiB."""
+    body = {"size_mib": size_mib, **({"bake_id": bake_id} if bake_id else {})}
+    emit(ctx, ctx.api.post("/disks", body))
+
+
+resource_commands(disk, "/disks", "disk_id", DISK_COLUMNS)
+
+
+@api_command(disk, "attach")
+@click.argument("disk_id")
+@click.argument("bake_id")
+def disk_attach(ctx: Context, disk_id: str, bake_id: str) -> None:
+    emit(ctx, ctx.api.post(f"/disks/{disk_id}/attach", {"bake_id": bake_id}))
+
+
+@api_command(disk, "detach")
+@click.argument("disk_id")
+def disk_detach(ctx: Context, disk_id: str) -> None:
+    emit(ctx, ctx.api.post(f"/disks/{disk_id}/detach"))
+
+
+@api_command(disk, "resize")
+@click.argument("disk_id")
+@click.argument("size_mib", type=click.IntRange(min=1))
+def disk_resize(ctx: Context, disk_id: str, size_mib: int) -> None:
+    """Grow a disk to SIZE_MIB MiB."""
+    emit(ctx, ctx.api.post(f"/disks/{disk_id}/resize", {"size_mib": size_mib}))

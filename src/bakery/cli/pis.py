@@ -1,0 +1,152 @@
+"""``bakery pi``: register, update, list, show, power and delete Pis; ``bakery fridge``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from .output import Context, api_command, emit
+
+
+@click.group()
+def pi() -> None:
+    """The Raspberry Pis Bakery manages."""
+
+
+PI_COLUMNS = (
+    "serial",
+    "model",
+    "state",
+    "ip",
+    "mac",
+    "power_driver",
+    "power_state",
+    "labels",
+    "bake_id",
+)
+
+
+def parse_settings(pairs: Sequence[str], raw: str | None) -> dict | None:
+    """``--power-setting key=value`` pairs and/or ``--power-settings JSON``."""
+    if not pairs and raw is None:
+        return None
+    try:
+        settings = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--power-settings") from None
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--power-setting")
+        settings[key] = value
+    return settings
+
+
+def pi_options(func: Callable) -> Callable:
+    for option in reversed(
+        [
+            click.option("--mac", help="Ethernet MAC address."),
+            click.option("--model", help="3B, 3B+, 4B, 400, CM4, 5, CM5, 500."),
+            click.option("--ip", help="Address the Pi boots from (learned from TFTP otherwise)."),
+            click.option("--label", "labels", multiple=True, help="A label (repeatable)."),
+            click.option("--power-driver", help="manual, ppi or webhook."),
+            click.option(
+                "--power-setting",
+                "power_pairs",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help="A power driver setting (repeatable).",
+            ),
+            click.option(
+                "--power-settings",
+                "power_json",
+                metavar="JSON",
+                help="All power driver settings as a JSON object.",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def pi_body(mac, model, ip, labels, power_driver, power_pairs, power_json) -> dict:
+    body = {
+        "mac": mac,
+        "model": model,
+        "ip": ip,
+        "labels": list(labels) or None,
+        "power_driver": power_driver,
+        "power_settings": parse_settings(power_pairs, power_json),
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@api_command(pi, "register")
+@click.argument("serial")
+@pi_options
+def pi_register(ctx: Context, serial: str, **options: Any) -> None:
+    """Register the Pi with SERIAL (8 hex digits, as the Pi prints it)."""
+    emit(ctx, ctx.api.post("/pis", {"serial": serial, **pi_body(**options)}))
+
+
+@api_command(pi, "update")
+@click.argument("serial")
+@pi_options
+@click.option(
+    "--state",
+    type=click.Choice(["available", "broken"]),
+    help="Accept or repair (available) or take out of service (broken).",
+)
+@click.option("--reason", default="", help="Why, for the timeline.")
+def pi_update(ctx: Context, serial: str, state: str | None, reason: str, **options: Any) -> None:
+    """Change a Pi's description or take it in or out of service."""
+    body = pi_body(**options)
+    if state:
+        body.update(state=state, reason=reason)
+    emit(ctx, ctx.api.patch(f"/pis/{serial}", body))
+
+
+@api_command(pi, "list")
+@click.option("--state", help="Only Pis in this state.")
+@click.option("--label", "labels", multiple=True, help="Only Pis with this label.")
+def pi_list(ctx: Context, state: str | None, labels: tuple[str, ...]) -> None:
+    params = {"state": state, "label": list(labels) or None}
+    emit(ctx, ctx.api.get("/pis", **params), PI_COLUMNS, title="Pis")
+
+
+@api_command(pi, "show")
+@click.argument("serial")
+@click.option("--events", "limit", default=20, show_default=True, help="Timeline entries shown.")
+def pi_show(ctx: Context, serial: str, limit: int) -> None:
+    """A Pi and its timeline (states, power calls, boot steps)."""
+    info = ctx.api.get(f"/pis/{serial}")
+    events = ctx.api.get(f"/pis/{serial}/events", limit=limit)
+    if ctx.json:
+        emit(ctx, {**info, "events": events})
+        return
+    emit(ctx, info)
+    click.echo("")
+    emit(ctx, events, ("created_at", "kind", "message"), title="events")
+
+
+@api_command(pi, "power")
+@click.argument("serial")
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
+def pi_power(ctx: Context, serial: str, action: str) -> None:
+    emit(ctx, ctx.api.post(f"/pis/{serial}/power", {"action": action}))
+
+
+@api_command(pi, "delete")
+@click.argument("serial")
+def pi_delete(ctx: Context, serial: str) -> None:
+    ctx.api.delete(f"/pis/{serial}")
+    click.echo(f"deleted Pi {serial}", err=True)
+
+
+@api_command(None, "fridge")
+def fridge(ctx: Context) -> None:
+    """Pis available for a bake."""
+    emit(ctx, ctx.api.get("/pis", state="available"), PI_COLUMNS, title="available Pis")

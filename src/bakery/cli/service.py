@@ -1,0 +1,105 @@
+"""The service commands: ``serve`` (the API under gunicorn), ``tftp``, ``netboot`` and
+``dnsmasq-config``; a bad setting stops them with one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="BAKERY_CONFIG",
+    help="JSON settings file (env BAKERY_CONFIG).",
+)
+root_option = click.option(
+    "--root", type=click.Path(file_okay=False), help="Data directory (env BAKERY_ROOT)."
+)
+
+
+def service_settings(config_file: str | None, **overrides: Any):
+    """The settings a service command runs on; a bad one is a one-line error. Logging
+    is set up here too, once, at the level the settings ask for."""
+    import logging
+
+    from ..config import ConfigError, load_settings
+
+    try:
+        settings = load_settings(config_file, **overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    logging.basicConfig(
+        level=settings.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return settings
+
+
+@click.command()
+@config_option
+@click.option("--bind", help="host:port to listen on (default from settings).")
+@click.option("--workers", type=int, help="gunicorn worker processes.")
+@root_option
+def serve(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
+    """Run the API under gunicorn, ready for production."""
+    from ..serve import run
+
+    run(service_settings(config_file, bind=bind, workers=workers, root=root))
+
+
+@click.command("dnsmasq-config")
+@config_option
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout."
+)
+def dnsmasq_config(config_file: str | None, output: Path | None) -> None:
+    """Print the dnsmasq proxy-DHCP configuration for the Pis, from the settings."""
+    from ..netboot.dnsmasq import render_config
+
+    try:
+        text = render_config(service_settings(config_file))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+
+
+@click.command()
+@config_option
+@click.option("--bind", help="ip:port to serve TFTP on (default: setting tftp_bind).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Processes sharing the port (SO_REUSEPORT; default: setting tftp_workers).",
+)
+@root_option
+def tftp(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
+    """Serve Pi boot files over TFTP in the foreground (``serve`` runs it too)."""
+    from ..netboot.tftp import run_tftp
+
+    settings = service_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
+    try:
+        run_tftp(settings, workers=settings.tftp_workers)
+    except OSError as exc:
+        host, port = settings.tftp_address
+        raise click.ClickException(f"TFTP on {host}:{port}: {exc.strerror}") from None
+
+
+@click.command()
+@config_option
+@click.option("--with-parent", is_flag=True, help="Stop when standard input closes.")
+def netboot(config_file: str | None, with_parent: bool) -> None:
+    """Run the TFTP server and dnsmasq, supervised (``serve`` runs this too)."""
+    from ..netboot.service import run_netboot
+
+    try:
+        run_netboot(service_settings(config_file), parent=sys.stdin if with_parent else None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None

@@ -1,0 +1,203 @@
+"""The ext4 root filesystem, read with ``debugfs`` (libext2fs, user space): the tree
+listed level by level and vetted (unique names, no ``/`` in names, no directory
+reachable twice), and every inode's ``stat`` parsed into what writing it needs."""
+
+from __future__ import annotations
+
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ImageError
+from .tools import debugfs
+
+EXT4_INCOMPAT_64BIT = 0x80
+EXT4_HUGE_FILE_FL = 0x40000
+EXT4_INLINE_DATA_FL = 0x10000000
+ROOT_INODE = 2
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry of the root filesystem, as ``debugfs ls -p`` reports it."""
+
+    path: bytes  # relative to the root, b"" for the root itself
+    inode: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+
+
+def list_root_tree(device: str, cwd: Path) -> list[Entry]:
+    """Every entry of the filesystem, breadth first, one debugfs run per tree level.
+
+    Rejects what would make ``rdump`` write outside its destination or loop: names with
+    ``/``, duplicate names in a directory, a directory reachable twice, bogus ``.``/``..``.
+    """
+    root = Entry(b"", ROOT_INODE, stat.S_IFDIR | 0o755, 0, 0, 0)
+    entries = [root]
+    level = {ROOT_INODE: b""}
+    seen_dirs = {ROOT_INODE}
+    while level:
+        listings = _list_dirs(device, cwd, list(level))
+        next_level: dict[int, bytes] = {}
+        for inode, path in level.items():
+            children = _children(listings.get(inode, []), inode, path)
+            if inode == ROOT_INODE:
+                entries[0] = children.pop(0)
+            for child in children:
+                entries.append(child)
+                if not stat.S_ISDIR(child.mode):
+                    continue
+                if child.inode in seen_dirs:
+                    corrupt(f"directory inode {child.inode} is linked twice (at {child.path!r})")
+                seen_dirs.add(child.inode)
+                next_level[child.inode] = child.path
+        level = next_level
+    return entries
+
+
+def _children(listing: list[tuple[int, int, int, int, bytes, int]], inode: int, path: bytes):
+    """Entries of one directory; the root's own entry ('.') first when ``path`` is root."""
+    if len(listing) < 2 or listing[0][4] != b"." or listing[1][4] != b"..":
+        corrupt(f"directory {path or b'/'!r} (inode {inode}) lacks its '.' and '..' entries")
+    dot = listing[0]
+    if dot[0] != inode or not stat.S_ISDIR(dot[1]) or not stat.S_ISDIR(listing[1][1]):
+        corrupt(f"directory {path or b'/'!r} (inode {inode}) has bogus '.' or '..' entries")
+    children = [Entry(b"", inode, dot[1], dot[2], dot[3], 0)] if not path else []
+    names: set[bytes] = set()
+    for child_inode, mode, uid, gid, name, size in listing[2:]:
+        if child_inode == 0:
+            continue  # an unused slot (lost+found is full of them)
+        if name in (b"", b".", b"..") or name in names:
+            corrupt(f"directory {path or b'/'!r} has a duplicate or reserved name {name!r}")
+        names.add(name)
+        child_path = path + b"/" + name if path else name
+        children.append(Entry(child_path, child_inode, mode, uid, gid, size))
+    return children
+
+
+_SECTION = re.compile(rb"^debugfs: \w+ (?:-p )?<(\d+)>$")
+
+
+def _sections(output: bytes) -> Iterator[tuple[int, list[bytes]]]:
+    """Split debugfs -f output into (inode, lines) per echoed command."""
+    inode, lines = None, []
+    for line in output.split(b"\n"):
+        match = _SECTION.match(line)
+        if match:
+            if inode is not None:
+                yield inode, lines
+            inode, lines = int(match.group(1)), []
+        elif line and inode is not None:
+            lines.append(line)
+    if inode is not None:
+        yield inode, lines
+
+
+def _list_dirs(
+    device: str, cwd: Path, inodes: list[int]
+) -> dict[int, list[tuple[int, int, int, int, bytes, int]]]:
+    output = debugfs(device, cwd, [f"ls -p <{i}>" for i in inodes], code="corrupt_root")
+    return {inode: [_parse_ls_line(line) for line in lines] for inode, lines in _sections(output)}
+
+
+def _parse_ls_line(line: bytes) -> tuple[int, int, int, int, bytes, int]:
+    fields = line.split(b"/")
+    if len(fields) != 8 or fields[0] or fields[7]:
+        corrupt(f"root filesystem has an unsafe file name (contains '/' or a newline): {line!r}")
+    try:
+        numbers = [int(fields[1]), int(fields[2], 8), int(fields[3]), int(fields[4])]
+        size = int(fields[6] or 0)
+    except ValueError:
+        corrupt(f"debugfs listed an unreadable entry: {line!r}")
+    return (*numbers, fields[5], size)  # type: ignore[return-value]
+
+
+def corrupt(message: str) -> None:
+    raise ImageError("corrupt_root", f"root filesystem rejected: {message}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive blocks of a file, as debugfs lists an extent or a block map range."""
+
+    logical: int  # first block in the file
+    physical: int  # first block in the filesystem
+    length: int  # blocks
+    written: bool  # False for an unwritten (preallocated) extent: it reads as zeros
+
+
+@dataclass(frozen=True)
+class InodeDetails:
+    """What ``ls -p`` does not say."""
+
+    atime: tuple[int, int]  # seconds, nanoseconds
+    mtime: tuple[int, int]
+    blocks: int  # 512-byte units allocated (data, map and extended attribute blocks)
+    device: tuple[int, int] | None  # major, minor of device nodes
+    flags: int
+    xattr_block: bool
+    runs: tuple[Run, ...] | None  # None: debugfs listed no block map we understand
+    map_blocks: int  # blocks of the extent tree or indirect blocks themselves
+
+
+def inode_details(device: str, cwd: Path, entries: list[Entry]) -> dict[int, InodeDetails]:
+    """``stat`` of every inode, in one debugfs run."""
+    inodes = sorted({e.inode for e in entries})
+    output = debugfs(device, cwd, [f"stat <{i}>" for i in inodes], code="corrupt_root")
+    sections = list(_sections(output))
+    if [inode for inode, _ in sections] != inodes:
+        corrupt("debugfs stat output does not match the inodes asked for")
+    return {inode: _parse_stat(b"\n".join(lines)) for inode, lines in sections}
+
+
+_MAP_RUN = re.compile(rb"\((\d+)(?:-(\d+))?(\[u\])?\):(\d+)(?:-(\d+))?")
+_MAP_NODE = re.compile(rb"\((?:ETB\d+|IND|DIND|TIND)\):\d+")
+_MAP_SEPARATORS = re.compile(rb"[ ,]*")
+
+
+def _parse_stat(text: bytes) -> InodeDetails:
+    def number(pattern: bytes, base: int = 10) -> int:
+        match = re.search(pattern, text)
+        return int(match.group(1), base) if match else 0
+
+    def time_of(name: bytes) -> tuple[int, int]:
+        match = re.search(rb"\b" + name + rb": 0x([0-9a-f]+)(?::([0-9a-f]+))?", text)
+        if match is None:
+            return 0, 0
+        extra = int(match.group(2) or b"0", 16)
+        return int(match.group(1), 16) + ((extra & 3) << 32), extra >> 2
+
+    device = re.search(rb"Device major/minor number: ([0-9]+):([0-9]+)", text)
+    block_map = re.search(rb"^(?:EXTENTS|BLOCKS):\n?(.*)$", text, re.MULTILINE)
+    runs, map_blocks = _parse_block_map(block_map.group(1)) if block_map else (None, 0)
+    return InodeDetails(
+        atime=time_of(b"atime"),
+        mtime=time_of(b"mtime"),
+        blocks=number(rb"Blockcount: (\d+)"),
+        device=(int(device.group(1)), int(device.group(2))) if device else None,
+        flags=number(rb"Flags: 0x([0-9a-f]+)", 16),
+        xattr_block=number(rb"File ACL: (\d+)") != 0,
+        runs=runs,
+        map_blocks=map_blocks,
+    )
+
+
+def _parse_block_map(line: bytes) -> tuple[tuple[Run, ...] | None, int]:
+    """Runs and map blocks of a line like ``(0-11):2138-2149, (IND):2150, (12[u]):2151``;
+    (None, 0) if anything on it is not understood."""
+    runs = []
+    for match in _MAP_RUN.finditer(line):
+        first, last, unwritten, physical, physical_last = match.groups()
+        length = int(last or first) - int(first) + 1
+        if int(physical_last or physical) - int(physical) + 1 != length or length < 1:
+            return None, 0
+        runs.append(Run(int(first), int(physical), length, unwritten is None))
+    nodes = len(_MAP_NODE.findall(line))
+    if _MAP_SEPARATORS.fullmatch(_MAP_NODE.sub(b"", _MAP_RUN.sub(b"", line))) is None:
+        return None, 0
+    return tuple(runs), nodes

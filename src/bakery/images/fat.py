@@ -1,0 +1,42 @@
+"""The FAT boot partition, read with mtools (user space): listed and vetted first, then
+copied whole into the bakeform's ``boot/``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ImageError
+from .layout import Partition
+from .tools import run
+
+_MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
+
+
+def read_cmdline(boot_dir: Path) -> str:
+    """The kernel command line an extracted boot partition carries, stripped ("" if none)."""
+    cmdline = boot_dir / "cmdline.txt"
+    if not cmdline.is_file():
+        return ""
+    return cmdline.read_text(errors="replace").strip()
+
+
+def extract_boot(raw: Path, partition: Partition, dest: Path) -> None:
+    image = f"{raw}@@{partition.offset}"
+    listing = run(["mdir", "-/", "-b", "-i", image, "::/"], env=_MTOOLS_ENV, code="no_fat_boot")
+    for line in listing.decode(errors="replace").splitlines():
+        check_fat_path(line)
+    run(
+        ["mcopy", "-s", "-n", "-p", "-m", "-i", image, "::/", f"{dest}/"],
+        env=_MTOOLS_ENV,
+        code="extract_failed",
+    )
+    os.utime(dest)  # mcopy -m stamps it with the FAT root's nonexistent date (year 2098)
+
+
+def check_fat_path(listed: str) -> None:
+    """Refuse a boot partition name that could make mcopy write outside its destination."""
+    path = listed.removeprefix("::/").rstrip("/")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") or "\\" in part for part in parts) and path:
+        raise ImageError("extract_failed", f"boot partition holds an unsafe file name {listed!r}")

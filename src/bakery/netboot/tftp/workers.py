@@ -1,0 +1,70 @@
+"""``bakery tftp``: the server in the foreground, in as many forked worker processes as
+asked, all sharing one port; workers die with their parent."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+
+from ... import models
+from ...config import Settings
+from .server import TftpServer
+from .sockets import listening_socket
+
+log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def run_tftp(settings: Settings, workers: int = 1) -> None:
+    """Serve TFTP in the foreground until SIGTERM/SIGINT, with ``workers`` processes
+    sharing the port (``SO_REUSEPORT``, each Pi's requests to one of them). Each process
+    connects to the database itself."""
+    children = [_fork_worker(settings, workers) for _ in range(workers - 1)]
+    try:
+        _serve_process(settings, workers)
+    finally:
+        for pid in children:
+            _stop_child(pid)
+
+
+def _serve_process(settings: Settings, workers: int) -> None:
+    models.connect(settings.database)
+    models.create_schema()
+    TftpServer(settings, sock=listening_socket(*settings.tftp_address, workers)).serve_forever()
+
+
+def _fork_worker(settings: Settings, workers: int) -> int:
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            _die_with(parent)
+            _serve_process(settings, workers)
+        except BaseException:
+            log.exception("TFTP worker failed")
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _die_with(parent: int) -> None:
+    """SIGTERM this worker when ``parent`` dies, however it dies (``PR_SET_PDEATHSIG``):
+    a killed ``bakery tftp`` must not leave workers holding the port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("TFTP worker cannot follow its parent: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_child(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
