@@ -103,7 +103,7 @@ def fleet(app):
 @pytest.fixture
 def tftp_server(settings, fleet):
     """Bakery's TFTP server, in this process, on a free loopback port."""
-    server = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0))
+    server = TftpServer(settings, fleet.boot_source(), sock=listening_socket("127.0.0.1", 0))
     server.start()
     try:
         yield server

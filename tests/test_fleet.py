@@ -8,9 +8,12 @@ import shutil
 
 import pytest
 
-from bakery import fleet as fleet_module
+from bakery import exports, roots
 from bakery.errors import Conflict, StorageFailed
-from bakery.fleet import TRANSITIONS, allowed
+from bakery.fleet import netboot
+from bakery.fleet.states import PI_TRANSITIONS as TRANSITIONS
+from bakery.fleet.states import move_pi
+from bakery.fleet.states import pi_move_allowed as allowed
 from bakery.models import Bake, Bakeform, Disk, Event, Pi, PiState
 
 S = PiState
@@ -45,9 +48,9 @@ def test_shortcuts_are_not_allowed(current, target):
 def test_a_transition_applies_only_if_the_pi_is_still_where_we_saw_it(fleet):
     pi = fleet.register_pi("00000001")
     stale = Pi.get_by_id(pi.id)
-    fleet.transition(pi, S.BROKEN, "operator")
+    move_pi(pi, S.BROKEN, "operator")
     with pytest.raises(Conflict):
-        fleet.transition(stale, S.PREPARING)
+        move_pi(stale, S.PREPARING)
     assert Pi.get_by_id(pi.id).state == "broken"
 
 
@@ -60,7 +63,7 @@ def test_a_clone_failure_rolls_the_bake_back(fleet, sd_image_file, monkeypatch, 
     def broken_clone(*_args, **_kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(fleet_module.roots, clone, broken_clone)
+    monkeypatch.setattr(roots, clone, broken_clone)
     with pytest.raises(StorageFailed, match="No space left"):
         fleet.bake("raspios")
     assert Pi.get(Pi.serial == "00000001").state == "available"
@@ -162,7 +165,7 @@ def test_an_unknown_pi_booting_is_recorded_as_discovered(fleet):
 
 
 def test_discovered_pis_stop_being_recorded_past_the_cap(fleet, monkeypatch):
-    monkeypatch.setattr(fleet_module, "MAX_DISCOVERED", 2)
+    monkeypatch.setattr(netboot, "MAX_DISCOVERED", 2)
     for serial in ("00000001", "00000002", "00000003"):  # the third: a made-up serial
         assert fleet.boot_target(serial, "127.0.0.11") is None
     assert [pi.serial for pi in Pi.select().order_by(Pi.serial)] == ["00000001", "00000002"]
@@ -174,7 +177,9 @@ def test_discovered_pis_stop_being_recorded_past_the_cap(fleet, monkeypatch):
 def test_auto_accept_makes_new_pis_available(fleet, monkeypatch):
     import dataclasses
 
-    monkeypatch.setattr(fleet, "settings", dataclasses.replace(fleet.settings, auto_accept=True))
+    monkeypatch.setattr(
+        fleet.context, "settings", dataclasses.replace(fleet.settings, auto_accept=True)
+    )
     fleet.boot_target("0000beef", "127.0.0.34")
     assert Pi.get(Pi.serial == "0000beef").state == "available"
 
@@ -232,7 +237,7 @@ def test_a_made_up_serial_from_a_baked_pis_address_leaves_it_its_exports(fleet, 
 
 def test_no_bakeform_is_swapped_while_a_bake_clones_it(fleet, sd_image_file, monkeypatch):
     """Root and boot files of a bake come from one import, even under ``--replace``."""
-    clone_root = fleet_module.roots.clone_root
+    clone_root = roots.clone_root
     swap_possible = []
 
     def clone_and_try_a_swap(*args, **kwargs):
@@ -245,7 +250,7 @@ def test_no_bakeform_is_swapped_while_a_bake_clones_it(fleet, sd_image_file, mon
                 swap_possible.append(False)
         return clone_root(*args, **kwargs)
 
-    monkeypatch.setattr(fleet_module.roots, "clone_root", clone_and_try_a_swap)
+    monkeypatch.setattr(roots, "clone_root", clone_and_try_a_swap)
     _baked(fleet, sd_image_file)
     assert swap_possible == [False]
 
@@ -290,10 +295,10 @@ def test_an_unbake_that_fails_half_way_is_finished_at_the_next_start(
     bake = _baked(fleet, sd_image_file)
 
     def exports_down(*_args):
-        raise fleet_module.exports.ExportError("exportfs -ra failed")
+        raise exports.ExportError("exportfs -ra failed")
 
-    monkeypatch.setattr(fleet_module.exports, "publish", exports_down)
-    with pytest.raises(fleet_module.exports.ExportError):
+    monkeypatch.setattr(exports, "publish", exports_down)
+    with pytest.raises(exports.ExportError):
         fleet.unbake(bake.id)
     assert Bake.get_by_id(bake.id).state == "unbaking"  # not claimed done
     with pytest.raises(Conflict):

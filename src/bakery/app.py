@@ -17,7 +17,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask("bakery")
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are streamed; the limit is checked there
-    app.extensions["bakery.settings"] = settings
     models.connect(settings.database)
     models.create_schema()
     app.extensions["bakery.fleet"] = Fleet(settings)

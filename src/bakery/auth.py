@@ -9,10 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 
-from . import identifiers
+from . import fsutil, identifiers
 from .config import Settings
 from .errors import Conflict, NotFound
 from .models import ApiToken, utcnow
@@ -51,6 +50,10 @@ def verify_token(presented: str) -> ApiToken | None:
     return row
 
 
+def list_tokens() -> list[ApiToken]:
+    return list(ApiToken.select().order_by(ApiToken.name))
+
+
 def revoke_token(name: str) -> None:
     if not ApiToken.delete().where(ApiToken.name == name).execute():
         raise NotFound(f"no token named {name!r}", code="token_not_found")
@@ -87,9 +90,6 @@ def ensure_admin_token(settings: Settings) -> str | None:
         return None
     _, plaintext = create_token(ADMIN_TOKEN_NAME)
     path = settings.admin_token_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(plaintext + "\n")
+    fsutil.write_atomically(path, plaintext + "\n", mode=0o600)
     log.warning("first start: admin API token written to %s (read it, then keep it safe)", path)
     return str(path)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import fsutil
+
 NFS_BACKENDS = ("kernel", "ganesha", "none")
 
 
@@ -302,8 +304,5 @@ def dump_settings(settings: Settings, path: Path) -> Path:
         else getattr(settings, f.name)
         for f in dataclasses.fields(Settings)
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(values, out, indent=2, sort_keys=True)
+    fsutil.write_atomically(path, json.dumps(values, indent=2, sort_keys=True), mode=0o600)
     return path

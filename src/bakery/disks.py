@@ -7,18 +7,13 @@ never leaves a half-made disk where the listing or the exports would see it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import shutil
 from pathlib import Path
 
-from . import identifiers
+from . import fsutil, identifiers
 from .config import Settings
 
 DISK_FILE = "disk.img"
-STAGING_PREFIX = ".incoming-"
-#: ioctl(2) FICLONE: share all extents of one file with another (btrfs, xfs reflink=1).
-FICLONE = 0x40049409
 
 
 def disks_dir(settings: Settings) -> Path:
@@ -32,14 +27,14 @@ def disk_dir(settings: Settings, disk_id: str) -> Path:
 def create_disk_image(settings: Settings, disk_id: str, size_mib: int) -> Path:
     """Create ``disks/<id>/disk.img`` of ``size_mib`` MiB taking no space until written."""
     final = disk_dir(settings, disk_id)
-    staging = disks_dir(settings) / f"{STAGING_PREFIX}{disk_id}"
+    staging = disks_dir(settings) / fsutil.staging_name()
     staging.mkdir(parents=True)
     try:
         with open(staging / DISK_FILE, "xb") as image:
             image.truncate(size_mib * 1024 * 1024)
         os.rename(staging, final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        fsutil.remove(staging)
         raise
     return final / DISK_FILE
 
@@ -51,7 +46,7 @@ def resize_disk_image(settings: Settings, disk_id: str, size_mib: int) -> None:
 
 
 def delete_disk_image(settings: Settings, disk_id: str) -> None:
-    shutil.rmtree(disk_dir(settings, disk_id), ignore_errors=True)
+    fsutil.remove(disk_dir(settings, disk_id))
 
 
 def snapshot_dir(settings: Settings, snapshot_id: str) -> Path:
@@ -62,15 +57,15 @@ def snapshot_disk_image(settings: Settings, disk_id: str, snapshot_id: str) -> b
     """Reflink-copy a disk image into ``snapshots/<id>/``; False where the filesystem
     cannot share extents (a full copy would be a slow, surprising "snapshot")."""
     final = snapshot_dir(settings, snapshot_id)
-    staging = final.with_name(f"{STAGING_PREFIX}{snapshot_id}")
+    staging = final.with_name(fsutil.staging_name())
     staging.mkdir(parents=True)
     try:
         with open(disk_dir(settings, disk_id) / DISK_FILE, "rb") as source:
             with open(staging / DISK_FILE, "xb") as copy:
-                fcntl.ioctl(copy.fileno(), FICLONE, source.fileno())
+                fsutil.reflink(source.fileno(), copy.fileno())
         os.rename(staging, final)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        fsutil.remove(staging)
         if exc.errno in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
             return False
         raise
@@ -78,11 +73,4 @@ def snapshot_disk_image(settings: Settings, disk_id: str, snapshot_id: str) -> b
 
 
 def delete_snapshot_image(settings: Settings, snapshot_id: str) -> None:
-    shutil.rmtree(snapshot_dir(settings, snapshot_id), ignore_errors=True)
-
-
-def stray_dirs(base: Path, known_ids: set[str]) -> list[Path]:
-    """Directories under ``disks/`` or ``snapshots/`` that no row owns (left by a crash)."""
-    if not base.is_dir():
-        return []
-    return [p for p in base.iterdir() if p.name not in known_ids]
+    fsutil.remove(snapshot_dir(settings, snapshot_id))

@@ -13,7 +13,6 @@ in which a space, a quote or a newline changes who may mount what.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import ipaddress
 import logging
@@ -22,14 +21,13 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from bakery import identifiers
+from bakery import fsutil, identifiers
 from bakery.config import Settings
 
 log = logging.getLogger(__name__)
@@ -222,44 +220,11 @@ def read_ganesha_ids(text: str) -> dict[str, int]:
     return {match["tag"]: int(match["id"]) for match in GANESHA_BLOCK_RE.finditer(text)}
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` so a reader (the NFS server) sees the old or the new file, whole.
-
-    The data is fsynced before the rename and the directory after it, so a power cut
-    cannot leave an empty exports file that would cut every Pi off its root.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fchmod(stream.fileno(), 0o644)
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-@contextmanager
-def exports_lock(settings: Settings) -> Iterator[None]:
+def exports_lock(settings: Settings) -> AbstractContextManager[None]:
     """Serialise read + write + reload across processes (gunicorn workers, the TFTP server):
     interleaved publishes could reload the server with the older list, or hand out
     Export_Ids from a file another process is about to replace."""
-    lock_file = settings.path("locks", "exports.lock")
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as stream:
-        fcntl.flock(stream, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(stream, fcntl.LOCK_UN)
+    return fsutil.locked(settings.path("locks", "exports.lock"))
 
 
 @dataclass(frozen=True)
@@ -274,7 +239,7 @@ class FileBackend:
     def publish(self, exports: Sequence[Export]) -> None:
         checked = validate_exports(self.settings.root, exports)
         with exports_lock(self.settings):
-            write_atomically(self.exports_file, self.render(checked, self.exports_file))
+            fsutil.write_atomically(self.exports_file, self.render(checked, self.exports_file))
             self.reload()
 
 

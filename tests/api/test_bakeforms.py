@@ -78,7 +78,7 @@ def test_too_large_upload_is_a_413(client, settings, sd_image_file, monkeypatch)
     import dataclasses
 
     fleet = client.application.extensions["bakery.fleet"]
-    monkeypatch.setattr(fleet, "settings", dataclasses.replace(settings, max_upload_mib=1))
+    monkeypatch.setattr(fleet.context, "settings", dataclasses.replace(settings, max_upload_mib=1))
     with open(sd_image_file, "rb") as image:
         assert_error(upload(client, "big", image), 413, "too_large")
     assert leftovers(settings) == []

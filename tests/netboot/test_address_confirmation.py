@@ -40,7 +40,9 @@ def server(wire, settings, fleet):
     """Bakery's TFTP server inside the server namespace (its threads, and so the
     neighbour table it reads, are that namespace's)."""
     server_side, _ = wire
-    tftp = TftpServer(settings, fleet=fleet, sock=server_side.call(listening_socket, SERVER_IP, 0))
+    tftp = TftpServer(
+        settings, fleet.boot_source(), sock=server_side.call(listening_socket, SERVER_IP, 0)
+    )
     server_side.call(tftp.start)
     try:
         yield tftp

@@ -217,7 +217,9 @@ def supervised(wire, netboot_settings):
         settings = dataclasses.replace(
             netboot_settings, pi_interface=server_side.interface, **overrides
         )
-        supervisor = DnsmasqSupervisor(settings, lambda: Fleet(settings), tftp_address=tftp_address)
+        supervisor = DnsmasqSupervisor(
+            settings, Fleet(settings).boot_source(), tftp_address=tftp_address
+        )
         started.append(supervisor)
         server_side.call(supervisor.start)
         wait_until(lambda: supervisor.pid, timeout=10, what="dnsmasq to start")

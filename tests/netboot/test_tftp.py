@@ -198,9 +198,11 @@ def test_pis_baked_from_one_bakeform_share_one_cached_copy_of_each_file(pi, serv
 def test_workers_sharing_the_port_each_get_every_request_of_their_pis(settings, fleet):
     """Two servers on one port, as ``bakery tftp --workers 2`` runs them: a Pi asks for
     each file from a new port, yet all its requests reach the same one of them."""
-    first = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", 0, workers=2))
+    first = TftpServer(
+        settings, fleet.boot_source(), sock=listening_socket("127.0.0.1", 0, workers=2)
+    )
     port = first.address[1]
-    second = TftpServer(settings, fleet=fleet, sock=listening_socket("127.0.0.1", port, 2))
+    second = TftpServer(settings, fleet.boot_source(), sock=listening_socket("127.0.0.1", port, 2))
     for worker in (first, second):
         worker.start()
     try:

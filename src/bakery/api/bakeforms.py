@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from ..errors import TooLarge
-from ..models import Bakeform
+from .current import current_fleet
 
 blp = Blueprint(
     "bakeforms", __name__, url_prefix="/api/v1/bakeforms", description="OS images (bakeforms)"
@@ -30,22 +30,18 @@ class UploadQuerySchema(Schema):
     replace = fields.Boolean(load_default=False)
 
 
-def fleet():
-    return current_app.extensions["bakery.fleet"]
-
-
 @blp.route("")
 class Bakeforms(MethodView):
     @blp.response(200, BakeformSchema(many=True))
     def get(self):
-        return list(Bakeform.select().order_by(Bakeform.name))
+        return current_fleet().list_bakeforms()
 
 
 @blp.route("/<name>")
 class BakeformResource(MethodView):
     @blp.response(200, BakeformSchema)
     def get(self, name):
-        return fleet().get_bakeform(name)
+        return current_fleet().get_bakeform(name)
 
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.response(201, BakeformSchema)
@@ -62,14 +58,14 @@ class BakeformResource(MethodView):
         """Upload an image as bakeform ``name``; streamed, validated, then extracted.
 
         An existing name is a conflict unless ``replace=true``."""
-        limit = fleet().settings.max_upload_mib * 1024 * 1024
+        limit = current_fleet().settings.max_upload_mib * 1024 * 1024
         if request.content_length and request.content_length > limit:
             raise TooLarge(
                 f"upload of {request.content_length} bytes exceeds the {limit}-byte limit"
             )
-        return fleet().import_bakeform(name, request.stream, replace=args["replace"])
+        return current_fleet().import_bakeform(name, request.stream, replace=args["replace"])
 
     @blp.response(204)
     def delete(self, name):
         """Delete a bakeform no live bake uses."""
-        fleet().delete_bakeform(name)
+        current_fleet().delete_bakeform(name)

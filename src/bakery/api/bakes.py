@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from typing import Any
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from ..models import LIVE_BAKE_STATES, Bake, Disk
+from .current import current_fleet
 from .fields import Hostname, Labels, Name, ObjectId, Serial
 from .pis import PowerResultSchema, PowerSchema, power_answer
 
@@ -29,12 +30,11 @@ class BakeSchema(Schema):
     created_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
 
-    def _root_export(self, bake: Bake) -> str:
-        fleet_ = current_app.extensions["bakery.fleet"]
-        return f"{fleet_.settings.nfs_server}:{fleet_.bake_root(bake.id)}"
+    def _root_export(self, bake: Any) -> str:
+        return current_fleet().root_export(bake.id)
 
-    def _disks(self, bake: Bake) -> list[str]:
-        return [d.id for d in Disk.select(Disk.id).where(Disk.bake == bake.id).order_by(Disk.id)]
+    def _disks(self, bake: Any) -> list[str]:
+        return sorted(disk.id for disk in bake.disks)
 
 
 class BakeRequestSchema(Schema):
@@ -63,22 +63,13 @@ class SettingsSchema(Schema):
         unknown = "include"
 
 
-def fleet():
-    return current_app.extensions["bakery.fleet"]
-
-
 @blp.route("")
 class Bakes(MethodView):
     @blp.arguments(BakeQuerySchema, location="query")
     @blp.response(200, BakeSchema(many=True))
     def get(self, args):
         """Live bakes (the oven); ``all=true`` adds the unbaked history."""
-        query = Bake.select().order_by(Bake.created_at)
-        if not args["all"]:
-            query = query.where(Bake.state.in_(LIVE_BAKE_STATES))
-        if args.get("serial"):
-            query = query.where(Bake.pi == fleet().get_pi(args["serial"]))
-        return list(query)
+        return current_fleet().list_bakes(include_finished=args["all"], serial=args.get("serial"))
 
     @blp.arguments(BakeRequestSchema)
     @blp.response(201, BakeSchema)
@@ -86,19 +77,19 @@ class Bakes(MethodView):
         """Bake a bakeform onto a free Pi (any, a given serial, or one with all the labels).
 
         Answers once the Pi is powered on; 503 ``no_pi_available`` when none is free."""
-        return fleet().bake(args.pop("bakeform"), **args)
+        return current_fleet().bake(args.pop("bakeform"), **args)
 
 
 @blp.route("/<bake_id>")
 class BakeResource(MethodView):
     @blp.response(200, BakeSchema)
     def get(self, bake_id):
-        return fleet().get_bake(bake_id)
+        return current_fleet().get_bake(bake_id)
 
     @blp.response(200, BakeSchema)
     def delete(self, bake_id):
         """Unbake: power off, unexport, delete the root and the bake's own disks."""
-        return fleet().unbake(bake_id)
+        return current_fleet().unbake(bake_id)
 
 
 @blp.route("/<bake_id>/power")
@@ -107,8 +98,8 @@ class BakePower(MethodView):
     @blp.response(200, PowerResultSchema)
     def post(self, args, bake_id):
         """Power the bake's Pi on or off, or power-cycle it (BOSH reboot_vm)."""
-        result = fleet().power_bake(bake_id, args["action"])
-        return power_answer(fleet().get_bake(bake_id).pi.serial, args["action"], result)
+        result = current_fleet().power_bake(bake_id, args["action"])
+        return power_answer(current_fleet().get_bake(bake_id).pi.serial, args["action"], result)
 
 
 @blp.route("/<bake_id>/agent-settings")
@@ -116,12 +107,12 @@ class AgentSettings(MethodView):
     @blp.response(200, description="a JSON object")
     def get(self, bake_id):
         """The agent settings stored for this bake (the metadata endpoint's source)."""
-        return fleet().get_live_bake(bake_id).agent_settings or {}
+        return current_fleet().get_live_bake(bake_id).agent_settings or {}
 
     @blp.arguments(SettingsSchema)
     @blp.response(200, description="a JSON object")
     def put(self, settings, bake_id):
-        return fleet().set_agent_settings(bake_id, settings).agent_settings
+        return current_fleet().set_agent_settings(bake_id, settings).agent_settings
 
 
 @blp.route("/<bake_id>/metadata")
@@ -130,4 +121,4 @@ class Metadata(MethodView):
     @blp.response(200, BakeSchema)
     def put(self, metadata, bake_id):
         """Replace the bake's metadata (BOSH set_vm_metadata)."""
-        return fleet().set_bake_metadata(bake_id, metadata)
+        return current_fleet().set_bake_metadata(bake_id, metadata)

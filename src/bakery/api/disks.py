@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from typing import Any
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from ..disks import disk_dir
-from ..models import Disk, Snapshot
+from .current import current_fleet
 from .fields import ObjectId
 
 blp = Blueprint("disks", __name__, url_prefix="/api/v1/disks", description="Disks")
@@ -23,9 +23,8 @@ class DiskSchema(Schema):
     export = fields.Method("_export")
     created_at = fields.DateTime()
 
-    def _export(self, disk: Disk) -> str:
-        fleet_ = current_app.extensions["bakery.fleet"]
-        return f"{fleet_.settings.nfs_server}:{disk_dir(fleet_.settings, disk.id)}"
+    def _export(self, disk: Any) -> str:
+        return current_fleet().disk_export(disk.id)
 
 
 class DiskCreateSchema(Schema):
@@ -62,37 +61,30 @@ class DiskQuerySchema(Schema):
     bake_id = ObjectId()
 
 
-def fleet():
-    return current_app.extensions["bakery.fleet"]
-
-
 @blp.route("")
 class Disks(MethodView):
     @blp.arguments(DiskQuerySchema, location="query")
     @blp.response(200, DiskSchema(many=True))
     def get(self, args):
-        query = Disk.select().order_by(Disk.created_at)
-        if "bake_id" in args:
-            query = query.where(Disk.bake == args["bake_id"])
-        return list(query)
+        return current_fleet().list_disks(args.get("bake_id"))
 
     @blp.arguments(DiskCreateSchema)
     @blp.response(201, DiskSchema)
     def post(self, args):
         """Create a sparse disk, attached to a bake at once if ``bake_id`` is given."""
-        return fleet().create_disk(args.pop("size_mib"), **args)
+        return current_fleet().create_disk(args.pop("size_mib"), **args)
 
 
 @blp.route("/<disk_id>")
 class DiskResource(MethodView):
     @blp.response(200, DiskSchema)
     def get(self, disk_id):
-        return fleet().get_disk(disk_id)
+        return current_fleet().get_disk(disk_id)
 
     @blp.response(204)
     def delete(self, disk_id):
         """Delete a detached disk."""
-        fleet().delete_disk(disk_id)
+        current_fleet().delete_disk(disk_id)
 
 
 @blp.route("/<disk_id>/attach")
@@ -100,14 +92,14 @@ class Attach(MethodView):
     @blp.arguments(AttachSchema)
     @blp.response(200, DiskSchema)
     def post(self, args, disk_id):
-        return fleet().attach_disk(disk_id, args["bake_id"])
+        return current_fleet().attach_disk(disk_id, args["bake_id"])
 
 
 @blp.route("/<disk_id>/detach")
 class Detach(MethodView):
     @blp.response(200, DiskSchema)
     def post(self, disk_id):
-        return fleet().detach_disk(disk_id)
+        return current_fleet().detach_disk(disk_id)
 
 
 @blp.route("/<disk_id>/resize")
@@ -116,7 +108,7 @@ class Resize(MethodView):
     @blp.response(200, DiskSchema)
     def post(self, args, disk_id):
         """Grow a disk; shrinking is refused."""
-        return fleet().resize_disk(disk_id, args["size_mib"])
+        return current_fleet().resize_disk(disk_id, args["size_mib"])
 
 
 @blp.route("/<disk_id>/metadata")
@@ -125,21 +117,20 @@ class DiskMetadata(MethodView):
     @blp.response(200, DiskSchema)
     def put(self, metadata, disk_id):
         """Replace the disk's metadata (BOSH set_disk_metadata)."""
-        return fleet().set_disk_metadata(disk_id, metadata)
+        return current_fleet().set_disk_metadata(disk_id, metadata)
 
 
 @blp.route("/<disk_id>/snapshots")
 class DiskSnapshots(MethodView):
     @blp.response(200, SnapshotSchema(many=True))
     def get(self, disk_id):
-        disk = fleet().get_disk(disk_id)
-        return list(Snapshot.select().where(Snapshot.disk_id == disk.id))
+        return current_fleet().list_snapshots(disk_id)
 
     @blp.arguments(MetadataSchema)
     @blp.response(201, SnapshotSchema)
     def post(self, metadata, disk_id):
         """Take a copy-on-write snapshot; 501 where the data dir has no reflinks."""
-        return fleet().snapshot_disk(disk_id, metadata)
+        return current_fleet().snapshot_disk(disk_id, metadata)
 
 
 snapshots = Blueprint(
@@ -151,8 +142,8 @@ snapshots = Blueprint(
 class SnapshotResource(MethodView):
     @snapshots.response(200, SnapshotSchema)
     def get(self, snapshot_id):
-        return fleet().get_snapshot(snapshot_id)
+        return current_fleet().get_snapshot(snapshot_id)
 
     @snapshots.response(204)
     def delete(self, snapshot_id):
-        fleet().delete_snapshot(snapshot_id)
+        current_fleet().delete_snapshot(snapshot_id)

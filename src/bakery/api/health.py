@@ -6,7 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from .. import __version__
-from ..models import Pi
+from .current import current_fleet
 
 blp = Blueprint("health", __name__, url_prefix="/api/v1/health", description="Liveness")
 
@@ -16,5 +16,5 @@ class Health(MethodView):
     @blp.doc(security=[])
     def get(self):
         """Answer when the service and its database work."""
-        Pi.select().limit(1).count()
+        current_fleet().check_database()
         return {"status": "ok", "version": __version__}

@@ -7,9 +7,11 @@ The BOSH agent can use it as an HTTP settings source instead of the File source.
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+
+from .current import current_fleet
 
 blp = Blueprint(
     "metadata", __name__, url_prefix="/api/v1/metadata", description="Per-Pi metadata (no token)"
@@ -22,6 +24,4 @@ class AgentSettingsForCaller(MethodView):
     @blp.response(200, description="the caller's agent settings")
     def get(self):
         """The agent settings of the bake on the Pi at the caller's address."""
-        return current_app.extensions["bakery.fleet"].agent_settings_for_address(
-            request.remote_addr or ""
-        )
+        return current_fleet().agent_settings_for_address(request.remote_addr or "")

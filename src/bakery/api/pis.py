@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from typing import Any
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from ..models import Event, Pi, PiState
+from ..fleet import PiState, PowerResult
+from .current import current_fleet
 from .fields import Ip, Labels, Mac, Serial
 
 blp = Blueprint("pis", __name__, url_prefix="/api/v1/pis", description="Raspberry Pis")
@@ -40,7 +42,7 @@ class PiSchema(Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
-    def _power_settings(self, pi: Pi) -> dict:
+    def _power_settings(self, pi: Any) -> dict[str, Any]:
         return redact(pi.power_settings)
 
 
@@ -95,13 +97,9 @@ class EventQuerySchema(Schema):
     bake_id = fields.String()
 
 
-def power_answer(serial: str, action: str, result) -> dict:
+def power_answer(serial: str, action: str, result: PowerResult) -> dict[str, str]:
     """What a power route answers: which Pi, what was asked, what the driver reported."""
     return {"serial": serial, "action": action, "state": result.state, "message": result.message}
-
-
-def fleet():
-    return current_app.extensions["bakery.fleet"]
 
 
 @blp.route("")
@@ -110,24 +108,20 @@ class Pis(MethodView):
     @blp.response(200, PiSchema(many=True))
     def get(self, args):
         """List Pis, optionally by state and labels."""
-        query = Pi.select().order_by(Pi.serial)
-        if "state" in args:
-            query = query.where(Pi.state == args["state"])
-        wanted = set(args.get("label") or [])
-        return [pi for pi in query if wanted <= set(pi.labels or [])]
+        return current_fleet().list_pis(args.get("state"), args.get("label") or [])
 
     @blp.arguments(PiRegisterSchema)
     @blp.response(201, PiSchema)
     def post(self, args):
         """Register a Pi; it is available for bakes at once."""
-        return fleet().register_pi(**args)
+        return current_fleet().register_pi(**args)
 
 
 @blp.route("/<serial>")
 class PiResource(MethodView):
     @blp.response(200, PiSchema)
     def get(self, serial):
-        return fleet().get_pi(serial)
+        return current_fleet().get_pi(serial)
 
     @blp.arguments(PiUpdateSchema)
     @blp.response(200, PiSchema)
@@ -135,14 +129,14 @@ class PiResource(MethodView):
         """Change a Pi's description; ``state`` marks it broken or available again."""
         state = args.pop("state", None)
         reason = args.pop("reason", "")
-        pi = fleet().update_pi(serial, **args)
+        pi = current_fleet().update_pi(serial, **args)
         if state:
-            pi = fleet().set_pi_state(pi.serial, PiState(state), reason)
+            pi = current_fleet().set_pi_state(pi.serial, PiState(state), reason)
         return pi
 
     @blp.response(204)
     def delete(self, serial):
-        fleet().delete_pi(serial)
+        current_fleet().delete_pi(serial)
 
 
 @blp.route("/<serial>/power")
@@ -151,8 +145,8 @@ class PiPower(MethodView):
     @blp.response(200, PowerResultSchema)
     def post(self, args, serial):
         """Switch a Pi on or off, power-cycle it, or ask its power state."""
-        result = fleet().operator_power(serial, args["action"])
-        return power_answer(fleet().get_pi(serial).serial, args["action"], result)
+        result = current_fleet().operator_power(serial, args["action"])
+        return power_answer(current_fleet().get_pi(serial).serial, args["action"], result)
 
 
 @blp.route("/<serial>/events")
@@ -161,9 +155,4 @@ class PiEvents(MethodView):
     @blp.response(200, EventSchema(many=True))
     def get(self, args, serial):
         """The Pi's timeline, oldest first: states, power calls, boot steps."""
-        pi = fleet().get_pi(serial)
-        query = Event.select().where(Event.pi == pi)
-        if "bake_id" in args:
-            query = query.where(Event.bake_id == args["bake_id"])
-        newest = query.order_by(Event.id.desc()).limit(args["limit"])
-        return list(reversed(list(newest)))
+        return current_fleet().timeline(serial, bake_id=args.get("bake_id"), limit=args["limit"])

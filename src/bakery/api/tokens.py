@@ -7,7 +7,6 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from .. import auth
-from ..models import ApiToken
 from .fields import Name
 
 blp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens", description="API tokens")
@@ -33,7 +32,7 @@ class TokenCreateSchema(Schema):
 class Tokens(MethodView):
     @blp.response(200, TokenSchema(many=True))
     def get(self):
-        return list(ApiToken.select().order_by(ApiToken.name))
+        return auth.list_tokens()
 
     @blp.arguments(TokenCreateSchema)
     @blp.response(201, NewTokenSchema)

@@ -82,11 +82,12 @@ def dnsmasq_config(config_file: str | None, output: Path | None) -> None:
 @root_option
 def tftp(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
     """Serve Pi boot files over TFTP in the foreground (``serve`` runs it too)."""
+    from ..fleet import FleetBootSource
     from ..netboot.tftp import run_tftp
 
     settings = service_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
     try:
-        run_tftp(settings, workers=settings.tftp_workers)
+        run_tftp(settings, FleetBootSource.open, workers=settings.tftp_workers)
     except OSError as exc:
         host, port = settings.tftp_address
         raise click.ClickException(f"TFTP on {host}:{port}: {exc.strerror}") from None
@@ -97,9 +98,11 @@ def tftp(config_file: str | None, bind: str | None, workers: int | None, root: s
 @click.option("--with-parent", is_flag=True, help="Stop when standard input closes.")
 def netboot(config_file: str | None, with_parent: bool) -> None:
     """Run the TFTP server and dnsmasq, supervised (``serve`` runs this too)."""
+    from ..fleet import FleetBootSource
     from ..netboot.service import run_netboot
 
     try:
-        run_netboot(service_settings(config_file), parent=sys.stdin if with_parent else None)
+        settings = service_settings(config_file)
+        run_netboot(settings, FleetBootSource.open, parent=sys.stdin if with_parent else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -5,13 +5,13 @@ was."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import fsutil
 from .fat import extract_boot, read_cmdline
 from .layout import Layout, read_layout
 from .receive import HASH_LAG, InBackground, receive
@@ -60,16 +60,9 @@ def import_image(
 
 
 def _reset_staging(staging: Path) -> None:
-    shutil.rmtree(staging / "boot", ignore_errors=True)
+    fsutil.remove(staging / "boot")
     for child in (staging / "root").iterdir():
-        _remove(child)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+        fsutil.remove(child)
 
 
 def _extract(raw: Path, layout: Layout, staging: Path) -> str:

@@ -1,22 +1,36 @@
 """The programs an import runs (mtools, debugfs, fallocate): argument lists only, and
-every failure an ImageError with the program's own explanation."""
+every failure an ImageError with the program's own explanation. ``run_debugfs`` also
+serves the stemcell build, which writes with it."""
 
 from __future__ import annotations
 
 import functools
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
+from .. import fsutil
 from .errors import ImageError
 
 
-def debugfs(device: str, cwd: Path, commands: list[str], *, code: str) -> bytes:
-    """Run debugfs read-only; any complaint on stderr (beyond its banner) is a failure,
-    because debugfs exits 0 even when a command failed."""
+@dataclass(frozen=True)
+class DebugfsOutput:
+    output: bytes
+    #: What debugfs said on stderr beyond its banner: it exits 0 even when a command failed.
+    complaints: list[str]
+
+
+def run_debugfs(
+    device: str, cwd: Path, commands: list[str], *, write: bool = False
+) -> DebugfsOutput:
+    """Run ``commands`` in one debugfs on ``device`` (paths relative to ``cwd``: debugfs
+    splits its command lines at blanks); CommandFailed if it exits non-zero."""
+    stdin = "\n".join(commands).encode() + b"\n"
+    mode = ["-w"] if write else []
     result = subprocess.run(
-        [*_without_fsync(), "debugfs", "-f", "-", device],
-        input="\n".join(commands).encode() + b"\n",
+        [*_without_fsync(), "debugfs", *mode, "-f", "-", device],
+        input=stdin,
         cwd=cwd,
         capture_output=True,
         check=False,
@@ -26,10 +40,23 @@ def debugfs(device: str, cwd: Path, commands: list[str], *, code: str) -> bytes:
         for line in result.stderr.decode(errors="replace").splitlines()
         if line.strip() and not line.startswith("debugfs ")
     ]
-    if result.returncode != 0 or complaints:
-        detail = "; ".join(complaints[:3]) or f"exit {result.returncode}"
+    if result.returncode != 0:
+        raise fsutil.CommandFailed(
+            ["debugfs"], "; ".join(complaints[:3]) or f"exit {result.returncode}"
+        )
+    return DebugfsOutput(result.stdout, complaints)
+
+
+def debugfs(device: str, cwd: Path, commands: list[str], *, code: str) -> bytes:
+    """Read the root filesystem with debugfs; any complaint is a failure."""
+    try:
+        done = run_debugfs(device, cwd, commands)
+    except fsutil.CommandFailed as exc:
+        raise ImageError(code, f"reading the root filesystem failed: {exc.detail}") from None
+    if done.complaints:
+        detail = "; ".join(done.complaints[:3])
         raise ImageError(code, f"reading the root filesystem failed: {detail}")
-    return result.stdout
+    return done.output
 
 
 @functools.cache
@@ -40,8 +67,7 @@ def _without_fsync() -> list[str]:
 
 
 def run(args: list[str], *, env: dict[str, str] | None, code: str) -> bytes:
-    result = subprocess.run(args, env=env, capture_output=True, check=False)
-    if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
-        raise ImageError(code, f"{args[0]} failed: {detail}")
-    return result.stdout
+    try:
+        return fsutil.run(args, env=env)
+    except fsutil.CommandFailed as exc:
+        raise ImageError(code, f"{exc.program} failed: {exc.detail}") from None

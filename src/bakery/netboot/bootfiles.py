@@ -2,15 +2,20 @@
 
 Pure functions over text and paths, shared by the TFTP server and the fleet, so the
 rules for a boot (which options an NFS root drops, which config.txt keys we strip)
-live in one place and are unit-tested without a network.
+live in one place and are unit-tested without a network; and ``BootSource``, all the
+netboot servers know of the fleet behind them.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import Settings
 
 #: Options of the image's own cmdline.txt that only make sense for an SD-card root
 #: (pi-netboot §3.2): the root device and its checks, first-boot resize scripts, and
@@ -43,6 +48,32 @@ class BootTarget:
     boot_dir: Path
     #: cmdline.txt as this Pi must see it.
     cmdline: str
+
+
+class BootSource(Protocol):
+    """What the TFTP server and dnsmasq's supervisor ask of the fleet, and tell it.
+
+    Calls come from one thread per server (the TFTP server's database thread, dnsmasq's
+    log reader); ``close`` releases what that thread holds (its database connection)."""
+
+    def boot_target(self, serial: str, ip: str, model: str | None = None) -> BootTarget | None:
+        """What the Pi ``serial`` asking from ``ip`` boots, or None: not served."""
+
+    def turn_away(self, serial: str) -> None:
+        """A Pi that is served nothing keeps booting: switch it off if it is free."""
+
+    def record_boot(self, serial: str, message: str, data: dict[str, Any]) -> None:
+        """A step of a Pi's boot (file served, transfer failed) for its timeline."""
+
+    def record_dhcp(self, mac: str, message: str, data: dict[str, Any]) -> None:
+        """What dnsmasq did for the Pi with ``mac``, for its timeline."""
+
+    def close(self) -> None:
+        """Release what the calling thread holds."""
+
+
+#: Opens the boot source of one netboot process (with its own database connection).
+SourceFactory = Callable[[Settings], BootSource]
 
 
 def render_cmdline(image_cmdline: str, nfs_server: str, root_export: str | Path) -> str:

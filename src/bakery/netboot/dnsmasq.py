@@ -22,19 +22,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .. import models
+from .. import fsutil
 from ..config import Settings
 from ..supervisor import ChildSupervisor
-
-if TYPE_CHECKING:
-    from ..fleet import Fleet
+from .bootfiles import BootSource
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +178,15 @@ class DnsmasqSupervisor:
     def __init__(
         self,
         settings: Settings,
-        fleet_factory: Callable[[], Fleet],
+        source: BootSource,
         *,
         tftp_address: tuple[str, int] | None = None,
     ) -> None:
         self.settings = settings
-        self.fleet_factory = fleet_factory
+        self.source = source
         self.tftp_address = tftp_address
         self.config_file = settings.path("dnsmasq", "dnsmasq.conf")
         self._serving_pid: int | None = None
-        self._fleet: Fleet | None = None
         self.child = ChildSupervisor("dnsmasq", self.command, self._handle)
 
     @property
@@ -217,7 +210,7 @@ class DnsmasqSupervisor:
     def start(self) -> None:
         """Write the configuration and start supervising; returns at once."""
         text = render_config(self.settings, tftp_address=self.tftp_address)
-        _write_atomically(self.config_file, text)
+        fsutil.write_atomically(self.config_file, text)
         self.child.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -236,17 +229,6 @@ class DnsmasqSupervisor:
     def _record(self, entry: DhcpLogEntry) -> None:
         """A ``dhcp`` event on the Pi with this MAC; a database error must not stop DHCP."""
         try:
-            with models.database.connection_context():
-                if self._fleet is None:
-                    self._fleet = self.fleet_factory()
-                self._fleet.record_dhcp(entry.mac, entry.message, **entry.data)
+            self.source.record_dhcp(entry.mac, entry.message, entry.data)
         except Exception:
             log.exception("could not record DHCP event for %s", entry.mac)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Readers (a running dnsmasq, an operator) never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(text)
-    os.replace(partial, path)

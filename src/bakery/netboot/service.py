@@ -13,18 +13,19 @@ import sys
 import threading
 from typing import TextIO
 
-from .. import models
 from ..config import Settings, dump_settings
-from ..fleet import Fleet
 from ..supervisor import ChildSupervisor
+from .bootfiles import SourceFactory
 from .dnsmasq import DnsmasqSupervisor, render_config
 
 log = logging.getLogger(__name__)
 
 
-def netboot_children(settings: Settings) -> list[ChildSupervisor | DnsmasqSupervisor]:
+def netboot_children(
+    settings: Settings, open_source: SourceFactory
+) -> list[ChildSupervisor | DnsmasqSupervisor]:
     """The TFTP server (a ``bakery tftp`` process on the same settings) and, when
-    enabled, dnsmasq for proxy DHCP."""
+    enabled, dnsmasq for proxy DHCP, its DHCP lines recorded through ``open_source``."""
     children: list[ChildSupervisor | DnsmasqSupervisor] = []
     if settings.tftp_enabled:
         config = dump_settings(settings, settings.path("run", "settings.json"))
@@ -32,15 +33,16 @@ def netboot_children(settings: Settings) -> list[ChildSupervisor | DnsmasqSuperv
         children.append(ChildSupervisor("tftp", command))
     if settings.dnsmasq_enabled:
         render_config(settings)  # a bad setting stops the start here, in one line
-        children.append(DnsmasqSupervisor(settings, lambda: Fleet(settings)))
+        children.append(DnsmasqSupervisor(settings, open_source(settings)))
     return children
 
 
-def run_netboot(settings: Settings, parent: TextIO | None = None) -> None:
+def run_netboot(
+    settings: Settings, open_source: SourceFactory, parent: TextIO | None = None
+) -> None:
     """Run the netboot children until SIGTERM/SIGINT, or until ``parent`` (a pipe
     from the process that started us) reaches end of file."""
-    models.connect(settings.database)  # dnsmasq's DHCP lines become events on the Pis
-    children = netboot_children(settings)
+    children = netboot_children(settings, open_source)
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())

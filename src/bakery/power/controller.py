@@ -22,16 +22,15 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from bakery import fsutil
 from bakery.config import Settings
 from bakery.power.base import (
     POWER_ACTIONS,
@@ -146,17 +145,9 @@ class PowerController:
             finally:
                 stamp.write_text(repr(time.time()))
 
-    @contextmanager
-    def _exclusive(self, lock_name: str) -> Iterator[None]:
+    def _exclusive(self, lock_name: str) -> AbstractContextManager[None]:
         """An flock shared by every process and thread using this data directory."""
-        path = self.config.path("locks", lock_name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return fsutil.locked(self.config.path("locks", lock_name))
 
 
 def _device_lock_name(device_key: str) -> str:

@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import secrets
-import shutil
 import stat
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, get_args
 
+from .. import fsutil
 from .copier import copy_tree
 from .errors import RootError
 
@@ -23,8 +20,6 @@ CLONE_METHODS: tuple[CloneMethod, ...] = get_args(CloneMethod)
 
 #: Inode number of the top directory of every btrfs subvolume (BTRFS_FIRST_FREE_OBJECTID).
 BTRFS_SUBVOLUME_INODE = 256
-#: ioctl that shares one file's extents with another (linux/fs.h), what ``cp --reflink`` uses.
-FICLONE = 0x40049409
 
 
 # --- which clone the filesystem allows ------------------------------------------------------
@@ -87,14 +82,14 @@ def _has_subvolume_inode(path: Path) -> bool:
 
 
 def _reflink_works(directory: Path) -> bool:
-    """Try FICLONE on a probe file: the only reliable answer (xfs may be made without
+    """Try a reflink on a probe file: the only reliable answer (xfs may be made without
     reflink, and other filesystems gain it over time)."""
     with tempfile.TemporaryDirectory(prefix=".bakery-reflink-probe-", dir=directory) as tmp:
         source, target = Path(tmp, "source"), Path(tmp, "target")
         source.write_bytes(b"\0" * 4096)
         with open(source, "rb") as src, open(target, "wb") as dst:
             try:
-                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+                fsutil.reflink(src.fileno(), dst.fileno())
             except OSError:
                 return False
     return True
@@ -116,7 +111,7 @@ def clone_root(base: Path, dest: Path, method: CloneMethod) -> None:
     if method == "snapshot":
         _run(["btrfs", "subvolume", "snapshot", str(base), str(dest)])
         return
-    staging = dest.with_name(f".{dest.name}.partial-{secrets.token_hex(4)}")
+    staging = dest.with_name(fsutil.staging_name())
     try:
         if method == "reflink":
             _reflink_tree(base, staging)
@@ -175,10 +170,8 @@ def delete_tree(path: Path) -> None:
         return
     if _is_subvolume(path):
         _delete_subvolume(path)
-    elif path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
     else:
-        path.unlink()
+        fsutil.remove(path)
 
 
 def _delete_subvolume(path: Path) -> None:
@@ -208,7 +201,6 @@ def _nested_subvolumes(path: Path) -> Iterator[Path]:
 
 def _run(args: list[str]) -> str:
     try:
-        done = subprocess.run(args, check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        raise RootError(f"{' '.join(args)}: {exc.stderr.strip() or exc}") from None
-    return done.stdout.strip()
+        return fsutil.run(args).decode().strip()
+    except fsutil.CommandFailed as exc:
+        raise RootError(str(exc)) from None

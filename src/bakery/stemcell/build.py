@@ -17,18 +17,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from bakery import identifiers
+from bakery import fsutil, identifiers
 from bakery.config import Settings
 from bakery.images import ImageError, read_layout
 from bakery.images.layout import Partition
 from bakery.images.receive import detect_compression
+from bakery.images.tools import run_debugfs
 from bakery.stemcell.install import Entry, RootFile, disk_agent_entries, unit_entries
 
 AGENT_BINARY = "var/vcap/bosh/bin/bosh-agent"
@@ -259,15 +260,15 @@ def _owned_by_root(path: str, mode: int) -> list[str]:
 
 
 def _debugfs(device: str, work: Path, commands: list[str], *, write: bool) -> bytes:
-    """Run `commands` in one debugfs; any message but its version banner is an error.
-    Paths are relative to `work` (debugfs splits its command lines at spaces)."""
-    (work / "debugfs.cmds").write_text("".join(f"{command}\n" for command in commands))
-    args = ["debugfs", *(["-w"] if write else []), "-f", "debugfs.cmds", device]
-    done = _run(args, cwd=work, stdout=subprocess.PIPE)
-    errors = [line for line in done.stderr.splitlines() if not line.startswith(b"debugfs ")]
-    if errors and write:
-        raise StemcellError(f"debugfs: {b'; '.join(errors).decode(errors='replace')}")
-    return done.stdout
+    """Run `commands` in one debugfs; when writing, any complaint is an error (a read
+    asks about paths that may not exist). Paths are relative to `work`."""
+    try:
+        done = run_debugfs(device, work, commands, write=write)
+    except fsutil.CommandFailed as exc:
+        raise StemcellError(str(exc)) from None
+    if done.complaints and write:
+        raise StemcellError(f"debugfs: {'; '.join(done.complaints)}")
+    return done.output
 
 
 # -- packing ---------------------------------------------------------------------------------
@@ -301,12 +302,8 @@ def _pack(tarball: Path, members: list[Path]) -> None:
                 tar.addfile(info, data)
 
 
-def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
-    kwargs.setdefault("stderr", subprocess.PIPE)
+def _run(args: list[str], **redirects: Any) -> bytes:
     try:
-        return subprocess.run(args, check=True, **kwargs)
-    except FileNotFoundError:
-        raise StemcellError(f"{args[0]} not found: install it") from None
-    except subprocess.CalledProcessError as exc:
-        message = (exc.stderr or b"").decode(errors="replace").strip()
-        raise StemcellError(f"{' '.join(args)}: {message or exc}") from None
+        return fsutil.run(args, **redirects)
+    except fsutil.CommandFailed as exc:
+        raise StemcellError(str(exc)) from None

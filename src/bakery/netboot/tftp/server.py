@@ -15,19 +15,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ... import models
 from ...config import Settings
-from ...fleet import Fleet
 from .. import bootfiles
-from ..bootfiles import BootTarget, UnsafePath
+from ..bootfiles import BootSource, BootTarget, UnsafePath
 from . import packets as tp
 from .cache import PacketCache, PacketImage
 from .sockets import listening_socket, transfer_socket
 from .transfer import Transfer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a Pi's boot target is reused for its next requests (a boot asks for ~20-40).
 TARGET_TTL = 2.0
@@ -76,12 +75,12 @@ class TftpServer:
     def __init__(
         self,
         settings: Settings,
-        fleet: Fleet | None = None,
+        source: BootSource,
         sock: socket.socket | None = None,
         cache: PacketCache | None = None,
     ) -> None:
         self.settings = settings
-        self.fleet = fleet or Fleet(settings)
+        self.source = source
         self.sock = sock or listening_socket(*settings.tftp_address)
         self.cache = cache or PacketCache()
         self.transfers: dict[tuple[str, int], Transfer | None] = {}
@@ -162,7 +161,7 @@ class TftpServer:
             task.cancel()
         self._listener.close()
         self._files.shutdown(wait=False, cancel_futures=True)
-        self._db.submit(models.database.close)
+        self._db.submit(self.source.close)
         self._db.shutdown(wait=True, cancel_futures=True)
 
     async def _sweep(self) -> None:
@@ -300,7 +299,7 @@ class TftpServer:
         if fresh and name.lower() != CMDLINE:
             return boot.target
         model = bootfiles.guess_model(boot.requested)
-        target = await self._fleet("boot_target", serial, ip, model)
+        target = await self._ask(self.source.boot_target, serial, ip, model)
         boot.target, boot.target_ip, boot.target_expires = target, ip, now + TARGET_TTL
         if first:
             self._record(serial, "first request", file=name, ip=ip)
@@ -321,7 +320,7 @@ class TftpServer:
         if now - boot.turned_away < TURN_AWAY_INTERVAL:
             return
         boot.turned_away = now
-        self._spawn(self._fleet("turn_away", serial))
+        self._spawn(self._ask(self.source.turn_away, serial))
 
     # -- endings -----------------------------------------------------------------------------
 
@@ -359,9 +358,10 @@ class TftpServer:
 
     # -- the fleet, off the event loop -------------------------------------------------------
 
-    async def _fleet(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        call = functools.partial(_on_kept_connection, getattr(self.fleet, method), *args, **kwargs)
-        return await self.loop.run_in_executor(self._db, call)
+    async def _ask(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a boot source call on the database thread (the source's calls are made
+        from that one thread, never from the event loop)."""
+        return await self.loop.run_in_executor(self._db, call, *args)
 
     def _record(self, serial: str, message: str, **data: Any) -> None:
         """Queue a boot event. Events queued while a write is under way go in the next
@@ -375,11 +375,11 @@ class TftpServer:
 
     async def _write_events(self) -> None:
         events, self._events = self._events, []
-        await self.loop.run_in_executor(self._db, _on_kept_connection, self._store_events, events)
+        await self.loop.run_in_executor(self._db, self._store_events, events)
 
     def _store_events(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
         for serial, message, data in events:
-            self.fleet.record_boot(serial, message, **data)
+            self.source.record_boot(serial, message, data)
 
     def _spawn(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -415,15 +415,3 @@ def _run(coroutine) -> None:
 
 def _as_is(content: bytes) -> bytes:
     return content
-
-
-def _on_kept_connection(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a fleet call on the database thread's connection, opened on first use and
-    kept (opening one per call cost more than most calls); a call that fails drops it,
-    so a broken connection is not reused."""
-    models.database.connect(reuse_if_open=True)
-    try:
-        return call(*args, **kwargs)
-    except Exception:
-        models.database.close()
-        raise

@@ -8,8 +8,8 @@ import logging
 import os
 import signal
 
-from ... import models
 from ...config import Settings
+from ..bootfiles import SourceFactory
 from .server import TftpServer
 from .sockets import listening_socket
 
@@ -18,32 +18,31 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def run_tftp(settings: Settings, workers: int = 1) -> None:
+def run_tftp(settings: Settings, open_source: SourceFactory, workers: int = 1) -> None:
     """Serve TFTP in the foreground until SIGTERM/SIGINT, with ``workers`` processes
     sharing the port (``SO_REUSEPORT``, each Pi's requests to one of them). Each process
-    connects to the database itself."""
-    children = [_fork_worker(settings, workers) for _ in range(workers - 1)]
+    opens its own boot source, after the fork."""
+    children = [_fork_worker(settings, open_source, workers) for _ in range(workers - 1)]
     try:
-        _serve_process(settings, workers)
+        _serve_process(settings, open_source, workers)
     finally:
         for pid in children:
             _stop_child(pid)
 
 
-def _serve_process(settings: Settings, workers: int) -> None:
-    models.connect(settings.database)
-    models.create_schema()
-    TftpServer(settings, sock=listening_socket(*settings.tftp_address, workers)).serve_forever()
+def _serve_process(settings: Settings, open_source: SourceFactory, workers: int) -> None:
+    sock = listening_socket(*settings.tftp_address, workers)
+    TftpServer(settings, open_source(settings), sock=sock).serve_forever()
 
 
-def _fork_worker(settings: Settings, workers: int) -> int:
+def _fork_worker(settings: Settings, open_source: SourceFactory, workers: int) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             _die_with(parent)
-            _serve_process(settings, workers)
+            _serve_process(settings, open_source, workers)
         except BaseException:
             log.exception("TFTP worker failed")
             code = 1

@@ -1,0 +1,105 @@
+"""Bakeforms: an upload streamed into a staging directory, checked and extracted there,
+then swapped in whole (replacing one of the same name if asked); deletion."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from .. import fsutil, identifiers, images, roots
+from ..errors import Conflict, InvalidInput, TooLarge
+from ..models import Bake, Bakeform, database, utcnow, write_transaction
+from . import events
+from .context import FleetContext
+from .queries import get_bakeform
+from .states import LIVE_BAKE_STATES
+
+
+def import_bakeform(
+    ctx: FleetContext,
+    name: str,
+    stream: BinaryIO,
+    *,
+    replace: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> Bakeform:
+    """Stream an upload into a staging dir, validate, extract, then swap it in.
+
+    Nothing is visible (listed or cloned from) until the import has fully succeeded; a
+    crash leaves only a staging dir, which recovery removes."""
+    try:
+        identifiers.name(name, "bakeform name")
+    except identifiers.InvalidIdentifier as exc:
+        raise InvalidInput(str(exc)) from None
+    if not replace and Bakeform.select().where(Bakeform.name == name).exists():
+        raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
+    staging = ctx.settings.path("bakeforms", fsutil.staging_name())
+    staging.mkdir(parents=True)
+    try:
+        clone_method = roots.create_base(staging / "root")
+        imported = images.import_image(
+            stream,
+            staging,
+            max_bytes=ctx.settings.max_upload_mib * 1024 * 1024,
+            progress=progress,
+        )
+        return _install(ctx, name, staging, imported, clone_method, replace)
+    except images.UploadTooLarge as exc:
+        raise TooLarge(str(exc)) from None
+    except images.ImageError as exc:
+        raise InvalidInput(str(exc), code=exc.code) from None
+    finally:
+        roots.delete_tree(staging)
+
+
+def _install(
+    ctx: FleetContext,
+    name: str,
+    staging: Path,
+    imported: images.ImportedImage,
+    clone_method: str,
+    replace: bool,
+) -> Bakeform:
+    final = ctx.bakeform_dir(name)
+    trash = final.with_name(fsutil.trash_name())
+    fields = dict(
+        sha256=imported.sha256,
+        size=imported.size,
+        image_size=imported.image_size,
+        compression=imported.compression,
+        cmdline=imported.cmdline,
+        clone_method=clone_method,
+        created_at=utcnow(),
+    )
+    with ctx.lock("bakeforms"), write_transaction():
+        existing = Bakeform.get_or_none(Bakeform.name == name)
+        if existing and not replace:
+            raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
+        if final.exists():
+            os.rename(final, trash)
+        os.rename(staging, final)
+        if existing:
+            Bakeform.update(**fields).where(Bakeform.id == existing.id).execute()
+        else:
+            Bakeform.create(name=name, **fields)
+    roots.delete_tree(trash)
+    events.record(None, "bakeform", f"bakeform {name} imported", sha256=imported.sha256)
+    return Bakeform.get(Bakeform.name == name)
+
+
+def delete_bakeform(ctx: FleetContext, name: str) -> None:
+    """Delete a bakeform no live bake uses."""
+    bakeform = get_bakeform(name)
+    live = Bake.select().where(Bake.bakeform == bakeform, Bake.state.in_(LIVE_BAKE_STATES))
+    if live.exists():
+        raise Conflict(f"bakeform {name} is used by bake {live.first().id}")
+    directory = ctx.bakeform_dir(name)
+    trash = directory.with_name(fsutil.trash_name())
+    with ctx.lock("bakeforms"), database.atomic():
+        bakeform.delete_instance()
+        if directory.exists():
+            os.rename(directory, trash)
+    roots.delete_tree(trash)
+    events.record(None, "bakeform", f"bakeform {name} deleted")

@@ -1,0 +1,238 @@
+"""Bakes: claim → clone root → season → export → power on, any failure undoing every step
+already done; unbake; and what a live bake can be given (agent settings, metadata)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .. import exports, identifiers, roots, stemcell
+from ..errors import Conflict, InvalidInput, NotFound, PowerFailed, StorageFailed
+from ..models import Bake, Bakeform, BakeState, Disk, Pi, PiState, database, utcnow
+from ..power import PowerAction, PowerError, PowerResult
+from . import events
+from .allocation import claim
+from .bakefiles import write_bake_files
+from .context import FleetContext
+from .disks import attach, release_disks
+from .exports import publish_exports
+from .power import operator_power, power_pi
+from .queries import get_bakeform, get_disk, get_live_bake
+from .states import LIVE_BAKE_STATES, move_bake, move_pi, pi_move_allowed
+
+log = logging.getLogger(__name__)
+
+
+def bake(
+    ctx: FleetContext,
+    bakeform_name: str,
+    *,
+    serial: str | None = None,
+    labels: Sequence[str] = (),
+    model: str | None = None,
+    hostname: str | None = None,
+    agent_settings: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    disk_ids: Sequence[str] = (),
+    power_on: bool = True,
+) -> Bake:
+    """Put a bakeform on a free Pi and power it on; undo everything on failure.
+
+    ``disk_ids`` are detached disks to attach before the Pi powers on (a BOSH ephemeral
+    disk made beforehand, so its id can go into the agent settings). With
+    ``power_on=False`` the bake is complete but the Pi stays off until ``power_bake``: a
+    client can first write settings that name the bake or the Pi."""
+    bakeform = get_bakeform(bakeform_name)
+    if hostname is not None:
+        try:
+            identifiers.hostname(hostname)
+        except identifiers.InvalidIdentifier as exc:
+            raise InvalidInput(str(exc)) from None
+    for disk_id in disk_ids:
+        if get_disk(disk_id).bake_id:
+            raise Conflict(f"disk {disk_id} is attached to another bake")
+    claimed = claim(
+        ctx,
+        bakeform,
+        serial=serial,
+        labels=labels,
+        model=model,
+        hostname=hostname,
+        agent_settings=agent_settings,
+        metadata=metadata,
+    )
+    try:
+        return _prepare(ctx, claimed, bakeform, disk_ids, power_on)
+    except BaseException as exc:
+        roll_back(ctx, claimed, f"{type(exc).__name__}: {exc}")
+        raise _as_user_error(exc) from None
+
+
+def _prepare(
+    ctx: FleetContext, bake: Bake, bakeform: Bakeform, disk_ids: Sequence[str], power_on: bool
+) -> Bake:
+    pi = bake.pi
+    root = ctx.bake_root(bake.id)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    source = ctx.bakeform_dir(bakeform.name)
+    with ctx.lock("bakeforms", shared=True):  # root and boot of one import
+        roots.clone_root(source / "root", root, bakeform.clone_method)
+        roots.clone_boot(source / "boot", ctx.bake_boot(bake.id))
+    _step(bake, "cloned", "root cloned", method=bakeform.clone_method)
+    roots.season_root(root, hostname=bake.hostname, resolv_conf=ctx.settings.resolv_conf)
+    stemcell.install_disk_agent(root, ctx.settings.disks_list_path)
+    _step(bake, "seasoned", "root seasoned", hostname=bake.hostname)
+    for disk_id in disk_ids:
+        attach(Disk.get_by_id(disk_id), bake)
+    write_bake_files(ctx, bake)
+    publish_exports(ctx)
+    _step(bake, "exported", "root exported", ip=pi.last_ip)
+    if power_on:
+        _step(bake, "powering_on", "powering on")
+        power_pi(ctx, pi, "on")
+        _step(bake, "powered_on", "powered on")
+    with database.atomic():
+        baked = move_bake(bake, BakeState.BAKED)
+        move_pi(pi, PiState.BAKED, expect=PiState.PREPARING)
+    return baked
+
+
+def _step(bake: Bake, step: str, message: str, **data: Any) -> None:
+    """Journal a bake step, so a rollback knows what to undo, and show it in the timeline."""
+    Bake.update(step=step).where(Bake.id == bake.id).execute()
+    bake.step = step
+    events.record(bake.pi, "bake", message, bake.id, **data)
+
+
+def roll_back(ctx: FleetContext, bake: Bake, reason: str) -> None:
+    """Undo a bake that never became ``baked``: power, exports, disks, root, claim.
+
+    Every step is attempted even if one before it fails (logged), so the Pi is always
+    handed back; what could not be cleaned, recovery cleans at the next start."""
+    log.warning("rolling back bake %s: %s", bake.id, reason)
+    pi = Pi.get_by_id(bake.pi_id)
+    failed = move_bake(
+        Bake.get_by_id(bake.id), BakeState.FAILED, error=reason[:2000], finished_at=utcnow()
+    )
+    steps: list[Callable[[], object]] = [
+        lambda: release_disks(ctx, failed),
+        lambda: publish_exports(ctx),
+        lambda: roots.delete_tree(ctx.bake_dir(failed.id)),
+    ]
+    if failed.step in ("powering_on", "powered_on"):
+        steps.insert(0, lambda: power_pi(ctx, pi, "off"))
+    for step in steps:
+        best_effort(step, f"rollback of bake {failed.id}")
+    free_pi(pi, failed, PiState.AVAILABLE, reason[:200])
+
+
+def free_pi(pi: Pi, bake: Bake, target: PiState, reason: str = "") -> None:
+    """Detach the Pi from ``bake`` and move it to ``target`` (available or broken).
+
+    Does nothing to a Pi that has moved on to another bake; a Pi an operator marked
+    broken meanwhile is detached but stays broken."""
+    with database.atomic():
+        released = Pi.update(bake_id=None).where(Pi.id == pi.id, Pi.bake_id == bake.id).execute()
+        if not released:
+            return
+        pi = Pi.get_by_id(pi.id)
+        with contextlib.suppress(Conflict):
+            if pi.state == PiState.BAKED.value:
+                pi = move_pi(pi, PiState.UNBAKING, reason)
+            if pi_move_allowed(PiState(pi.state), target) and pi.state != PiState.BROKEN.value:
+                broken = reason if target is PiState.BROKEN else ""
+                move_pi(pi, target, reason, broken_reason=broken)
+
+
+def unbake(ctx: FleetContext, bake_id: str) -> Bake:
+    """Power off, unexport, delete the root and the bake's own disks, free the Pi."""
+    bake = get_live_bake(bake_id)
+    if bake.state != BakeState.BAKED.value:
+        raise Conflict(f"bake {bake.id} is {bake.state}", code="bake_in_progress")
+    with database.atomic():
+        try:
+            bake = move_bake(bake, BakeState.UNBAKING)
+        except Conflict:  # another request is unbaking it: only that one finishes it
+            raise Conflict(f"bake {bake.id} is being unbaked", code="bake_in_progress") from None
+        pi = Pi.get_by_id(bake.pi_id)
+        if pi.state == PiState.BAKED.value and pi.bake_id == bake.id:
+            move_pi(pi, PiState.UNBAKING)
+    return finish_unbake(ctx, bake)
+
+
+def finish_unbake(ctx: FleetContext, bake: Bake) -> Bake:
+    """The steps of an unbake; the bake is ``unbaked`` only once they have all run (a
+    failed step leaves it ``unbaking``, finished by recovery at the next start)."""
+    pi = Pi.get_by_id(bake.pi_id)
+    power_failure = ""
+    try:
+        if pi.bake_id == bake.id:  # never switch off the Pi's next bake
+            power_pi(ctx, pi, "off")
+    except PowerError as exc:
+        power_failure = f"power off failed during unbake: {exc.message}"
+    release_disks(ctx, bake)
+    publish_exports(ctx)  # exports only bootable bakes
+    roots.delete_tree(ctx.bake_dir(bake.id))
+    unbaked = move_bake(bake, BakeState.UNBAKED, finished_at=utcnow())
+    # A Pi we could not switch off may still run: keep it out of the fridge.
+    target = PiState.BROKEN if power_failure else PiState.AVAILABLE
+    free_pi(pi, unbaked, target, power_failure)
+    return unbaked
+
+
+def power_bake(ctx: FleetContext, bake_id: str, action: PowerAction) -> PowerResult:
+    """Switch the Pi of a live bake (start it, reboot it with ``cycle``)."""
+    bake = get_live_bake(bake_id)
+    if bake.state != BakeState.BAKED.value:
+        raise Conflict(f"bake {bake.id} is {bake.state}", code="invalid_state")
+    return operator_power(ctx, bake.pi.serial, action)
+
+
+def set_agent_settings(ctx: FleetContext, bake_id: str, agent_settings: dict[str, Any]) -> Bake:
+    bake = get_live_bake(bake_id)
+    Bake.update(agent_settings=agent_settings).where(Bake.id == bake.id).execute()
+    bake = Bake.get_by_id(bake.id)
+    write_bake_files(ctx, bake)
+    return bake
+
+
+def agent_settings_for_address(ip: str) -> dict[str, Any]:
+    """The agent settings of the live bake on the Pi at ``ip`` (the metadata service)."""
+    try:
+        pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
+    except identifiers.InvalidIdentifier:
+        pi = None
+    bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
+    if bake is None or bake.state not in LIVE_BAKE_STATES or bake.agent_settings is None:
+        raise NotFound(f"no agent settings for {ip}", code="agent_settings_not_found")
+    settings: dict[str, Any] = bake.agent_settings
+    return settings
+
+
+def set_bake_metadata(bake_id: str, metadata: dict[str, Any]) -> Bake:
+    bake = get_live_bake(bake_id)
+    Bake.update(metadata=metadata).where(Bake.id == bake.id).execute()
+    return Bake.get_by_id(bake.id)
+
+
+def _as_user_error(exc: BaseException) -> BaseException:
+    """What a failed bake step means to the user who asked for the bake."""
+    if isinstance(exc, PowerError):
+        return PowerFailed(f"bake failed: power on: {exc.message}")
+    if isinstance(exc, roots.SeasoningError):
+        return InvalidInput(f"bake failed: unsafe bakeform root: {exc}", code="unsafe_bakeform")
+    if isinstance(exc, roots.RootError | exports.ExportError | OSError):
+        return StorageFailed(f"bake failed: could not make the Pi's root: {exc}")
+    return exc
+
+
+def best_effort(step: Callable[[], object], what: str) -> bool:
+    """Run one cleanup step; a failure is logged, not raised, so the next step runs."""
+    try:
+        step()
+    except Exception:
+        log.exception("%s: a step failed; recovery at the next start will retry", what)
+        return False
+    return True

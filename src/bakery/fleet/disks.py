@@ -1,0 +1,137 @@
+"""Disks and their snapshots: sparse images created, attached to one bake (exported to
+its Pi and listed in its root), detached, grown and deleted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import disks, identifiers
+from ..errors import Conflict, InvalidInput, NotSupported
+from ..models import Bake, Disk, Snapshot
+from . import events
+from .bakefiles import write_bake_files
+from .context import FleetContext
+from .exports import publish_exports
+from .queries import get_disk, get_live_bake, get_snapshot
+from .states import LIVE_BAKE_STATES
+
+
+def create_disk(
+    ctx: FleetContext,
+    size_mib: int,
+    *,
+    bake_id: str | None = None,
+    ephemeral: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> Disk:
+    """A new sparse disk, attached to ``bake_id`` at once if given."""
+    if not 1 <= size_mib <= ctx.settings.max_disk_mib:
+        raise InvalidInput(f"size_mib must be between 1 and {ctx.settings.max_disk_mib}")
+    bake = get_live_bake(bake_id) if bake_id else None
+    disk_id = identifiers.new_id()
+    disks.create_disk_image(ctx.settings, disk_id, size_mib)
+    try:
+        disk = Disk.create(
+            id=disk_id, size_mib=size_mib, bake=bake, ephemeral=ephemeral, metadata=metadata or {}
+        )
+    except BaseException:
+        disks.delete_disk_image(ctx.settings, disk_id)
+        raise
+    if bake:
+        write_bake_files(ctx, bake)
+        publish_exports(ctx)
+    pi = bake.pi if bake else None
+    events.record(pi, "disk", f"disk {disk_id} created", bake_id, size_mib=size_mib)
+    return disk
+
+
+def delete_disk(ctx: FleetContext, disk_id: str) -> None:
+    disk = get_disk(disk_id)
+    if disk.bake_id:
+        raise Conflict(f"disk {disk.id} is attached to bake {disk.bake_id}; detach it first")
+    deleted = Disk.delete().where(Disk.id == disk.id, Disk.bake.is_null()).execute()
+    if not deleted:
+        raise Conflict(f"disk {disk.id} was attached meanwhile")
+    disks.delete_disk_image(ctx.settings, disk.id)
+
+
+def attach_disk(ctx: FleetContext, disk_id: str, bake_id: str) -> Disk:
+    disk = get_disk(disk_id)
+    bake = get_live_bake(bake_id)
+    if disk.bake_id == bake.id:
+        return disk
+    attach(disk, bake)
+    write_bake_files(ctx, bake)
+    publish_exports(ctx)
+    return Disk.get_by_id(disk.id)
+
+
+def attach(disk: Disk, bake: Bake) -> None:
+    """Attach a detached disk; Conflict if another bake got it first."""
+    attached = Disk.update(bake=bake.id).where(Disk.id == disk.id, Disk.bake.is_null()).execute()
+    if not attached:
+        raise Conflict(f"disk {disk.id} is attached to another bake")
+    events.record(bake.pi, "disk", f"disk {disk.id} attached", bake.id)
+
+
+def detach_disk(ctx: FleetContext, disk_id: str) -> Disk:
+    disk = get_disk(disk_id)
+    if not disk.bake_id:
+        return disk
+    Disk.update(bake=None, ephemeral=False).where(Disk.id == disk.id).execute()
+    bake = Bake.get_by_id(disk.bake_id)
+    if bake.state in LIVE_BAKE_STATES:
+        write_bake_files(ctx, bake)
+    publish_exports(ctx)
+    events.record(bake.pi, "disk", f"disk {disk.id} detached", bake.id)
+    return Disk.get_by_id(disk.id)
+
+
+def release_disks(ctx: FleetContext, bake: Bake) -> None:
+    """Delete the bake's ephemeral disks; detach (keep) the others."""
+    for disk in Disk.select().where(Disk.bake == bake.id):
+        if disk.ephemeral:
+            disk.delete_instance()
+            disks.delete_disk_image(ctx.settings, disk.id)
+        else:
+            Disk.update(bake=None).where(Disk.id == disk.id).execute()
+
+
+def set_disk_metadata(disk_id: str, metadata: dict[str, Any]) -> Disk:
+    disk = get_disk(disk_id)
+    Disk.update(metadata=metadata).where(Disk.id == disk.id).execute()
+    return Disk.get_by_id(disk.id)
+
+
+def resize_disk(ctx: FleetContext, disk_id: str, size_mib: int) -> Disk:
+    disk = get_disk(disk_id)
+    if size_mib < disk.size_mib:
+        raise Conflict("disks can grow but not shrink", code="shrink_not_supported")
+    if size_mib > ctx.settings.max_disk_mib:
+        raise InvalidInput(f"size_mib must be at most {ctx.settings.max_disk_mib}")
+    disks.resize_disk_image(ctx.settings, disk.id, size_mib)
+    Disk.update(size_mib=size_mib).where(Disk.id == disk.id).execute()
+    return Disk.get_by_id(disk.id)
+
+
+def snapshot_disk(
+    ctx: FleetContext, disk_id: str, metadata: dict[str, Any] | None = None
+) -> Snapshot:
+    """A copy-on-write snapshot of a disk image (reflink filesystems only)."""
+    disk = get_disk(disk_id)
+    snapshot_id = identifiers.new_id()
+    if not disks.snapshot_disk_image(ctx.settings, disk.id, snapshot_id):
+        raise NotSupported("snapshots need a data dir on a filesystem with reflinks (btrfs or xfs)")
+    try:
+        return Snapshot.create(
+            id=snapshot_id, disk_id=disk.id, size_mib=disk.size_mib, metadata=metadata or {}
+        )
+    except BaseException:
+        disks.delete_snapshot_image(ctx.settings, snapshot_id)
+        raise
+
+
+def delete_snapshot(ctx: FleetContext, snapshot_id: str) -> None:
+    snapshot = get_snapshot(snapshot_id)
+    snapshot.delete_instance()
+    disks.delete_snapshot_image(ctx.settings, snapshot.id)

@@ -1,0 +1,124 @@
+"""Finding things: one Pi, bake, bakeform, disk or snapshot by its key (a NotFound that
+names what is missing), and the lists the API and the CLI show, each one query, whatever
+the length of the list."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+import peewee as pw
+
+from .. import identifiers
+from ..errors import NotFound
+from ..models import Bake, Bakeform, Disk, Pi, PiState, Snapshot
+from .states import LIVE_BAKE_STATES
+
+
+def check_database() -> None:
+    Pi.select().limit(1).count()
+
+
+def get_pi(serial: str) -> Pi:
+    try:
+        serial = identifiers.serial(serial)
+    except identifiers.InvalidIdentifier as exc:
+        raise NotFound(str(exc), code="pi_not_found") from None
+    pi = Pi.get_or_none(Pi.serial == serial)
+    if pi is None:
+        raise NotFound(f"no Pi with serial {serial}", code="pi_not_found")
+    return pi
+
+
+def get_bake(bake_id: str) -> Bake:
+    bake = Bake.get_or_none(Bake.id == bake_id) if identifiers.ID_RE.match(bake_id) else None
+    if bake is None:
+        raise NotFound(f"no bake {bake_id!r}", code="bake_not_found")
+    return bake
+
+
+def get_live_bake(bake_id: str) -> Bake:
+    bake = get_bake(bake_id)
+    if bake.state not in LIVE_BAKE_STATES:
+        raise NotFound(f"bake {bake_id} was unbaked", code="bake_not_found")
+    return bake
+
+
+def get_bakeform(name: str) -> Bakeform:
+    bakeform = Bakeform.get_or_none(Bakeform.name == name)
+    if bakeform is None:
+        raise NotFound(f"no bakeform named {name!r}", code="bakeform_not_found")
+    return bakeform
+
+
+def get_disk(disk_id: str) -> Disk:
+    disk = Disk.get_or_none(Disk.id == disk_id) if identifiers.ID_RE.match(disk_id) else None
+    if disk is None:
+        raise NotFound(f"no disk {disk_id!r}", code="disk_not_found")
+    return disk
+
+
+def get_snapshot(snapshot_id: str) -> Snapshot:
+    found = identifiers.ID_RE.match(snapshot_id) and Snapshot.get_or_none(
+        Snapshot.id == snapshot_id
+    )
+    if not found:
+        raise NotFound(f"no snapshot {snapshot_id!r}", code="snapshot_not_found")
+    return found
+
+
+def live_bake_of(pi: Pi) -> Bake | None:
+    bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi.bake_id else None
+    return bake if bake is not None and bake.state in LIVE_BAKE_STATES else None
+
+
+def with_labels(pis: Iterable[Pi], labels: Sequence[str]) -> list[Pi]:
+    """The Pis that carry every one of ``labels`` (the label filter, for lists and bakes)."""
+    wanted = set(labels)
+    return [pi for pi in pis if wanted <= set(pi.labels or [])]
+
+
+def pis(state: str | None = None, labels: Sequence[str] = ()) -> list[Pi]:
+    query = Pi.select().order_by(Pi.serial)
+    if state is not None:
+        query = query.where(Pi.state == state)
+    return with_labels(query, labels)
+
+
+def available_pis(serial: str | None, labels: Sequence[str], model: str | None) -> list[Pi]:
+    """The Pis a bake may claim, in random order: concurrent bakes try different Pis
+    first and rarely collide."""
+    query = Pi.select().where(Pi.state == PiState.AVAILABLE.value)
+    if serial:
+        query = query.where(Pi.serial == identifiers.serial(serial))
+    if model:
+        query = query.where(Pi.model == model)
+    found = with_labels(query, labels)
+    random.shuffle(found)
+    return found
+
+
+def bakes(*, include_finished: bool = False, serial: str | None = None) -> list[Bake]:
+    """Bakes, oldest first, each with its Pi and its disks loaded (two queries in all)."""
+    query = Bake.select(Bake, Pi).join(Pi).order_by(Bake.created_at)
+    if not include_finished:
+        query = query.where(Bake.state.in_(LIVE_BAKE_STATES))
+    if serial:
+        query = query.where(Bake.pi == get_pi(serial))
+    return list(pw.prefetch(query, Disk.select(Disk.id, Disk.bake)))
+
+
+def bakeforms() -> list[Bakeform]:
+    return list(Bakeform.select().order_by(Bakeform.name))
+
+
+def disks(bake_id: str | None = None) -> list[Disk]:
+    query = Disk.select().order_by(Disk.created_at)
+    if bake_id is not None:
+        query = query.where(Disk.bake == bake_id)
+    return list(query)
+
+
+def snapshots(disk_id: str) -> list[Snapshot]:
+    disk = get_disk(disk_id)
+    return list(Snapshot.select().where(Snapshot.disk_id == disk.id))
