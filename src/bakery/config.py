@@ -110,8 +110,6 @@ class Settings:
     #: API tokens given by the operator (name -> token, at least 32 characters), e.g.
     #: from a BOSH manifest; stored hashed at start. With none, the first start makes one.
     api_tokens: dict[str, Any] = field(default_factory=dict)
-    #: Extra settings the service does not interpret itself (kept for forward compatibility).
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def database(self) -> str:
@@ -260,6 +258,41 @@ def _validate_tokens(s: Settings) -> None:
             )
 
 
+# -- the rules of settings that end up in another program's configuration -----------------
+# dnsmasq.render_config applies them again to whatever Settings it is given.
+
+#: An interface name as the kernel takes it (at most 15 characters), never an option.
+INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
+OUI_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}")
+
+
+def interface_rule(value: object) -> str:
+    if not isinstance(value, str) or not INTERFACE_RE.fullmatch(value):
+        raise ConfigError(f"setting 'pi_interface': {value!r} is not a network interface name")
+    return value
+
+
+def oui_rule(value: object) -> str:
+    if not isinstance(value, str) or not OUI_RE.fullmatch(value):
+        raise ConfigError(f"setting 'pi_ouis': {value!r} is not a MAC prefix like dc:a6:32")
+    return value
+
+
+def ipv4_rule(setting: str, value: object) -> str:
+    try:
+        if not isinstance(value, str):
+            raise TypeError
+        return str(ipaddress.IPv4Address(value))
+    except (ipaddress.AddressValueError, TypeError):
+        raise ConfigError(f"setting {setting!r}: {value!r} is not an IPv4 address") from None
+
+
+def reply_delay_rule(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"setting 'dhcp_reply_delay': {value!r} is not a whole number of seconds")
+    return value
+
+
 def _validate_netboot(s: Settings) -> None:
     host, _, port = (s.tftp_bind or f"{s.nfs_server}:69").rpartition(":")
     try:
@@ -273,26 +306,19 @@ def _validate_netboot(s: Settings) -> None:
     if s.tftp_timeout <= 0 or s.tftp_retries < 1:
         raise ConfigError("settings 'tftp_timeout'/'tftp_retries': must be positive")
     for oui in s.pi_ouis:
-        if not re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}", oui):
-            raise ConfigError(f"setting 'pi_ouis': {oui!r} is not a MAC prefix like dc:a6:32")
+        oui_rule(oui)
     for key in s.config_txt_drop:
         if not re.fullmatch(r"[A-Za-z0-9_]+", key):
             raise ConfigError(f"setting 'config_txt_drop': {key!r} is not a config.txt key")
-    if s.pi_interface and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}", s.pi_interface):
-        raise ConfigError(f"setting 'pi_interface': {s.pi_interface!r} is not an interface name")
+    if s.pi_interface:
+        interface_rule(s.pi_interface)
     if s.proxy_range:
-        try:
-            ipaddress.ip_address(s.proxy_range)
-        except ValueError:
-            raise ConfigError(
-                f"setting 'proxy_range': {s.proxy_range!r} is not a network address"
-            ) from None
+        ipv4_rule("proxy_range", s.proxy_range)
     if s.dnsmasq_enabled and not (s.pi_interface and (s.proxy_range or s.tftp_bind)):
         raise ConfigError(
             "settings 'pi_interface' and 'proxy_range' are needed when dnsmasq_enabled is set"
         )
-    if s.dhcp_reply_delay < 0:
-        raise ConfigError("setting 'dhcp_reply_delay': must not be negative")
+    reply_delay_rule(s.dhcp_reply_delay)
 
 
 def dump_settings(settings: Settings, path: Path) -> Path:

@@ -11,7 +11,6 @@ import ipaddress
 import re
 import uuid
 
-SERIAL_RE = re.compile(r"^[0-9a-f]{8}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")

@@ -2,7 +2,7 @@
 
 Models are plain declarations bound late to a database chosen by URL (SQLite by
 default, PostgreSQL for several workers or hosts). Orchestration lives in
-``fleet.py``; this module holds data and the invariants a row can check alone.
+the ``fleet`` package; this module holds data and the invariants a row can check alone.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class Bakeform(BaseModel):
     compression = pw.CharField(max_length=8)
     #: How each bake's root is cloned from this bakeform's root: snapshot, reflink or copy.
     clone_method = pw.CharField(max_length=16, default="copy")
-    #: The image's own cmdline.txt, kept to render the NFS one.
+    #: The image's own cmdline.txt as imported, for users to see; each boot renders the
+    #: NFS one from the cmdline.txt in the bake's own boot files.
     cmdline = pw.TextField(default="")
     metadata = JSONField(default=dict)
     created_at = pw.DateTimeField(default=utcnow)
@@ -183,7 +184,7 @@ def connect(url: str) -> pw.Database:
             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         )
     else:
-        db = db_url.connect(url.replace("postgresql", "postgres", 1))
+        db = db_url.connect(url)
     database.initialize(db)
     return db
 

@@ -9,6 +9,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import ImageError
 from .tools import debugfs
@@ -20,8 +21,20 @@ ROOT_INODE = 2
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One directory entry of the root filesystem, as ``debugfs ls -p`` reports it."""
+class Slot:
+    """One line of ``debugfs ls -p``: a slot of one directory (inode 0 when unused)."""
+
+    inode: int
+    mode: int
+    uid: int
+    gid: int
+    name: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of the root filesystem's tree, with its path from the root."""
 
     path: bytes  # relative to the root, b"" for the root itself
     inode: int
@@ -31,13 +44,13 @@ class Entry:
     size: int
 
 
-def list_root_tree(device: str, cwd: Path) -> list[Entry]:
+def list_root_tree(device: str, cwd: Path) -> list[TreeEntry]:
     """Every entry of the filesystem, breadth first, one debugfs run per tree level.
 
     Rejects what would make ``rdump`` write outside its destination or loop: names with
     ``/``, duplicate names in a directory, a directory reachable twice, bogus ``.``/``..``.
     """
-    root = Entry(b"", ROOT_INODE, stat.S_IFDIR | 0o755, 0, 0, 0)
+    root = TreeEntry(b"", ROOT_INODE, stat.S_IFDIR | 0o755, 0, 0, 0)
     entries = [root]
     level = {ROOT_INODE: b""}
     seen_dirs = {ROOT_INODE}
@@ -60,23 +73,23 @@ def list_root_tree(device: str, cwd: Path) -> list[Entry]:
     return entries
 
 
-def _children(listing: list[tuple[int, int, int, int, bytes, int]], inode: int, path: bytes):
+def _children(listing: list[Slot], inode: int, path: bytes) -> list[TreeEntry]:
     """Entries of one directory; the root's own entry ('.') first when ``path`` is root."""
-    if len(listing) < 2 or listing[0][4] != b"." or listing[1][4] != b"..":
+    if len(listing) < 2 or listing[0].name != b"." or listing[1].name != b"..":
         corrupt(f"directory {path or b'/'!r} (inode {inode}) lacks its '.' and '..' entries")
-    dot = listing[0]
-    if dot[0] != inode or not stat.S_ISDIR(dot[1]) or not stat.S_ISDIR(listing[1][1]):
+    dot, dotdot = listing[0], listing[1]
+    if dot.inode != inode or not stat.S_ISDIR(dot.mode) or not stat.S_ISDIR(dotdot.mode):
         corrupt(f"directory {path or b'/'!r} (inode {inode}) has bogus '.' or '..' entries")
-    children = [Entry(b"", inode, dot[1], dot[2], dot[3], 0)] if not path else []
+    children = [TreeEntry(b"", inode, dot.mode, dot.uid, dot.gid, 0)] if not path else []
     names: set[bytes] = set()
-    for child_inode, mode, uid, gid, name, size in listing[2:]:
-        if child_inode == 0:
+    for slot in listing[2:]:
+        if slot.inode == 0:
             continue  # an unused slot (lost+found is full of them)
-        if name in (b"", b".", b"..") or name in names:
-            corrupt(f"directory {path or b'/'!r} has a duplicate or reserved name {name!r}")
-        names.add(name)
-        child_path = path + b"/" + name if path else name
-        children.append(Entry(child_path, child_inode, mode, uid, gid, size))
+        if slot.name in (b"", b".", b"..") or slot.name in names:
+            corrupt(f"directory {path or b'/'!r} has a duplicate or reserved name {slot.name!r}")
+        names.add(slot.name)
+        child_path = path + b"/" + slot.name if path else slot.name
+        children.append(TreeEntry(child_path, slot.inode, slot.mode, slot.uid, slot.gid, slot.size))
     return children
 
 
@@ -98,26 +111,25 @@ def _sections(output: bytes) -> Iterator[tuple[int, list[bytes]]]:
         yield inode, lines
 
 
-def _list_dirs(
-    device: str, cwd: Path, inodes: list[int]
-) -> dict[int, list[tuple[int, int, int, int, bytes, int]]]:
+def _list_dirs(device: str, cwd: Path, inodes: list[int]) -> dict[int, list[Slot]]:
     output = debugfs(device, cwd, [f"ls -p <{i}>" for i in inodes], code="corrupt_root")
     return {inode: [_parse_ls_line(line) for line in lines] for inode, lines in _sections(output)}
 
 
-def _parse_ls_line(line: bytes) -> tuple[int, int, int, int, bytes, int]:
+def _parse_ls_line(line: bytes) -> Slot:
+    """``/inode/mode/uid/gid/name/size/``, mode in octal."""
     fields = line.split(b"/")
     if len(fields) != 8 or fields[0] or fields[7]:
         corrupt(f"root filesystem has an unsafe file name (contains '/' or a newline): {line!r}")
     try:
-        numbers = [int(fields[1]), int(fields[2], 8), int(fields[3]), int(fields[4])]
+        inode, mode, uid, gid = int(fields[1]), int(fields[2], 8), int(fields[3]), int(fields[4])
         size = int(fields[6] or 0)
     except ValueError:
         corrupt(f"debugfs listed an unreadable entry: {line!r}")
-    return (*numbers, fields[5], size)  # type: ignore[return-value]
+    return Slot(inode, mode, uid, gid, fields[5], size)
 
 
-def corrupt(message: str) -> None:
+def corrupt(message: str) -> NoReturn:
     raise ImageError("corrupt_root", f"root filesystem rejected: {message}")
 
 
@@ -145,7 +157,7 @@ class InodeDetails:
     map_blocks: int  # blocks of the extent tree or indirect blocks themselves
 
 
-def inode_details(device: str, cwd: Path, entries: list[Entry]) -> dict[int, InodeDetails]:
+def inode_details(device: str, cwd: Path, entries: list[TreeEntry]) -> dict[int, InodeDetails]:
     """``stat`` of every inode, in one debugfs run."""
     inodes = sorted({e.inode for e in entries})
     output = debugfs(device, cwd, [f"stat <{i}>" for i in inodes], code="corrupt_root")

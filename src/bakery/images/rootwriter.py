@@ -21,8 +21,8 @@ from .errors import ImageError
 from .ext4 import (
     EXT4_HUGE_FILE_FL,
     EXT4_INLINE_DATA_FL,
-    Entry,
     InodeDetails,
+    TreeEntry,
     corrupt,
     inode_details,
     list_root_tree,
@@ -63,7 +63,7 @@ def extract_root(raw: Path, partition: Partition, dest: Path) -> None:
 class FileCopy:
     """A regular file written from the image: (image offset, file offset, bytes) ranges."""
 
-    names: list[Entry]  # every name of the inode: the first is written, the others linked
+    names: list[TreeEntry]  # every name of the inode: the first is written, the others linked
     info: InodeDetails
     ranges: list[tuple[int, int, int]]
 
@@ -73,17 +73,17 @@ class RootPlan:
     """How each non-directory inode of the root gets written."""
 
     copies: list[FileCopy]
-    dumped: list[list[Entry]]  # symlinks and files rdump writes
-    special: list[list[Entry]]  # fifos and device nodes, made with mknod
+    dumped: list[list[TreeEntry]]  # symlinks and files rdump writes
+    special: list[list[TreeEntry]]  # fifos and device nodes, made with mknod
 
 
 def _plan_root(
-    entries: list[Entry], details: dict[int, InodeDetails], geometry: Geometry, offset: int
+    entries: list[TreeEntry], details: dict[int, InodeDetails], geometry: Geometry, offset: int
 ) -> RootPlan:
     """Sort the inodes by how they are written, and refuse block maps that point outside
     the filesystem, share blocks between files (a way to multiply a small image into a
     huge tree) or files without a block map that claim more bytes than the filesystem."""
-    names: dict[int, list[Entry]] = defaultdict(list)
+    names: dict[int, list[TreeEntry]] = defaultdict(list)
     for entry in entries:
         if not stat.S_ISDIR(entry.mode) and not stat.S_ISSOCK(entry.mode):
             names[entry.inode].append(entry)
@@ -118,7 +118,7 @@ def _block_map_complete(info: InodeDetails, geometry: Geometry) -> bool:
 
 
 def _ranges(
-    entry: Entry, info: InodeDetails, geometry: Geometry, offset: int
+    entry: TreeEntry, info: InodeDetails, geometry: Geometry, offset: int
 ) -> list[tuple[int, int, int]]:
     ranges = []
     size = geometry.block_size
@@ -151,26 +151,28 @@ def _check_no_shared_blocks(copies: list[FileCopy]) -> None:
 # ---------------------------------------------------------------- writing the root
 
 
-def _make_directories(dest: Path, entries: list[Entry]) -> None:
+def _make_directories(dest: Path, entries: list[TreeEntry]) -> None:
     """Breadth first, so parents come first; private until finished."""
     for entry in entries:
         if entry.path and stat.S_ISDIR(entry.mode):
             os.mkdir(_path(dest, entry), 0o700)
 
 
-def _finish_directories(dest: Path, entries: list[Entry], details: dict[int, InodeDetails]) -> None:
+def _finish_directories(
+    dest: Path, entries: list[TreeEntry], details: dict[int, InodeDetails]
+) -> None:
     """Deepest first and after every entry exists, so the times set here stay."""
     for entry in reversed(entries):
         if stat.S_ISDIR(entry.mode):
             _set_metadata(_path(dest, entry), entry, details[entry.inode])
 
 
-def _path(dest: Path, entry: Entry) -> Path:
+def _path(dest: Path, entry: TreeEntry) -> Path:
     return dest / os.fsdecode(entry.path) if entry.path else dest
 
 
 @contextmanager
-def _scratch_dir(dest: Path, entries: list[Entry]) -> Iterator[str]:
+def _scratch_dir(dest: Path, entries: list[TreeEntry]) -> Iterator[str]:
     """A directory for rdump's output, named unlike any top-level entry, relative to
     ``dest`` (on the same filesystem, so its files are renamed into place)."""
     taken = {e.path for e in entries if e.path and b"/" not in e.path}
@@ -196,7 +198,7 @@ def _write_in_parallel(image: int, dest: Path, plan: RootPlan, device: str, scra
             raise error
 
 
-def _rdump(device: str, dest: Path, scratch: str, dumped: list[list[Entry]]) -> None:
+def _rdump(device: str, dest: Path, scratch: str, dumped: list[list[TreeEntry]]) -> None:
     if dumped:
         commands = [f"rdump <{names[0].inode}> {scratch}" for names in dumped]
         tools.debugfs(device, dest, commands, code="extract_failed")
@@ -227,7 +229,7 @@ def _copy_range(image: int, file: int, source: int, target: int, length: int) ->
 
 
 def _place_dumped(
-    dest: Path, scratch: str, dumped: list[list[Entry]], details: dict[int, InodeDetails]
+    dest: Path, scratch: str, dumped: list[list[TreeEntry]], details: dict[int, InodeDetails]
 ) -> None:
     """Move rdump's output into place and give it what rdump does not set: symlink owners,
     special mode bits, holes (rdump writes them as zeros), times to the nanosecond."""
@@ -247,7 +249,7 @@ def _place_dumped(
         _link(path, dest, others)
 
 
-def _make_special(dest: Path, names: list[Entry], info: InodeDetails) -> None:
+def _make_special(dest: Path, names: list[TreeEntry], info: InodeDetails) -> None:
     first, *others = names
     path = _path(dest, first)
     os.mknod(path, first.mode, os.makedev(*info.device) if info.device else 0)
@@ -255,7 +257,7 @@ def _make_special(dest: Path, names: list[Entry], info: InodeDetails) -> None:
     _link(path, dest, others)
 
 
-def _set_metadata(target: int | Path, entry: Entry, info: InodeDetails) -> None:
+def _set_metadata(target: int | Path, entry: TreeEntry, info: InodeDetails) -> None:
     """Owner first (chown clears setuid/setgid), then the whole mode, then the times."""
     os.chown(target, entry.uid, entry.gid)
     os.chmod(target, stat.S_IMODE(entry.mode))
@@ -270,6 +272,6 @@ def _ns(seconds_and_nanos: tuple[int, int]) -> int:
     return seconds_and_nanos[0] * 1_000_000_000 + seconds_and_nanos[1]
 
 
-def _link(path: Path, dest: Path, others: list[Entry]) -> None:
+def _link(path: Path, dest: Path, others: list[TreeEntry]) -> None:
     for other in others:
         os.link(path, _path(dest, other), follow_symlinks=False)

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from .. import fsutil
-from ..config import Settings
+from ..config import Settings, interface_rule, ipv4_rule, oui_rule, reply_delay_rule
 from ..supervisor import ChildSupervisor
 from .bootfiles import BootSource
 
@@ -38,8 +38,6 @@ BOOT_MENU_TEXT = "Raspberry Pi Boot"
 #: Later bootloaders match a substring, so the padded text boots every model.
 PI3B_PADDING = "   "
 
-INTERFACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}")
-OUI_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){2}")
 
 #: A transaction line of dnsmasq's DHCP log, e.g. (with ``log-dhcp``, which adds the xid)
 #: ``dnsmasq-dhcp[7]: 2346026701 PXE(eth1) dc:a6:32:01:02:03 proxy`` or
@@ -61,15 +59,16 @@ def render_config(
 ) -> str:
     """The dnsmasq configuration for proxy DHCP to the Pis on ``settings.pi_interface``.
 
-    Every value is validated here, whoever built ``settings``: a stray newline or
-    ``#`` in a setting would otherwise become a dnsmasq directive. ValueError names
-    the setting. ``tftp_address`` defaults to ``settings.tftp_address``; it is only
-    used when ``proxy_range`` is empty, as the address whose subnet dnsmasq serves."""
-    interface = _interface(settings.pi_interface)
+    Every value is checked again here by the settings' own rules (``config``),
+    whoever built ``settings``: a stray newline or ``#`` in a setting would otherwise
+    become a dnsmasq directive. ValueError names the setting. ``tftp_address`` defaults
+    to ``settings.tftp_address``; it is only used when ``proxy_range`` is empty, as the
+    address whose subnet dnsmasq serves."""
+    interface = interface_rule(settings.pi_interface)
     tftp_host, tftp_port = tftp_address or settings.tftp_address
     subnet = _proxy_subnet(settings.proxy_range, tftp_host)
     ouis = _ouis(settings.pi_ouis)
-    delay = _reply_delay(settings.dhcp_reply_delay)
+    delay = reply_delay_rule(settings.dhcp_reply_delay)
     menu = BOOT_MENU_TEXT + (PI3B_PADDING if settings.pi3b_padding else "")
     lines = [
         "# Proxy DHCP for Raspberry Pi netboot, rendered by bakery (pi-netboot §5.1).",
@@ -90,17 +89,11 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def _interface(value: str) -> str:
-    if not isinstance(value, str) or not INTERFACE_RE.fullmatch(value):
-        raise ValueError(f"setting 'pi_interface': {value!r} is not a network interface name")
-    return value
-
-
 def _proxy_subnet(proxy_range: str, tftp_host: str) -> str:
     """An IPv4 address in the Pi subnet: ``proxy_range``, else the TFTP server's address."""
     if proxy_range:
-        return _ipv4("proxy_range", proxy_range)
-    address = _ipv4("tftp_bind", tftp_host)
+        return ipv4_rule("proxy_range", proxy_range)
+    address = ipv4_rule("tftp_bind", tftp_host)
     if ipaddress.IPv4Address(address).is_unspecified:
         raise ValueError(
             "setting 'proxy_range': needed when the TFTP server listens on every address"
@@ -108,26 +101,10 @@ def _proxy_subnet(proxy_range: str, tftp_host: str) -> str:
     return address
 
 
-def _ipv4(setting: str, value: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except (ipaddress.AddressValueError, TypeError):
-        raise ValueError(f"setting {setting!r}: {value!r} is not an IPv4 address") from None
-
-
 def _ouis(values: list[str]) -> list[str]:
     if not values:
         raise ValueError("setting 'pi_ouis': at least one MAC prefix is needed to spot Pis")
-    for oui in values:
-        if not isinstance(oui, str) or not OUI_RE.fullmatch(oui):
-            raise ValueError(f"setting 'pi_ouis': {oui!r} is not a MAC prefix like dc:a6:32")
-    return values
-
-
-def _reply_delay(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"setting 'dhcp_reply_delay': {value!r} is not a whole number of seconds")
-    return value
+    return [oui_rule(oui) for oui in values]
 
 
 @dataclass(frozen=True)

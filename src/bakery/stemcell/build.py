@@ -30,7 +30,7 @@ from bakery.images import ImageError, read_layout
 from bakery.images.layout import Partition
 from bakery.images.receive import detect_compression
 from bakery.images.tools import run_debugfs
-from bakery.stemcell.install import Entry, RootFile, disk_agent_entries, unit_entries
+from bakery.stemcell.install import RootEntry, RootFile, disk_agent_entries, unit_entries
 
 AGENT_BINARY = "var/vcap/bosh/bin/bosh-agent"
 AGENT_CONFIG = "var/vcap/bosh/agent.json"
@@ -77,7 +77,7 @@ def agent_config(settings_path: str = SETTINGS_PATH) -> dict:
     }
 
 
-def stemcell_entries(agent_binary: bytes) -> list[Entry]:
+def stemcell_entries(agent_binary: bytes) -> list[RootEntry]:
     """Everything a stemcell adds to the image's root."""
     config = json.dumps(agent_config(), indent=2, sort_keys=True) + "\n"
     return [
@@ -189,7 +189,7 @@ def _root_partition(raw: Path) -> Partition:
 # -- writing into the ext4 root with debugfs -------------------------------------------------
 
 
-def _inject(raw: Path, root: Partition, entries: list[Entry], work: Path) -> None:
+def _inject(raw: Path, root: Partition, entries: list[RootEntry], work: Path) -> None:
     """Add `entries` to the ext4 filesystem at `root` inside `raw`.
 
     debugfs reports a failed command on stderr but still exits 0, and ``mkdir`` or
@@ -210,7 +210,7 @@ def _inject(raw: Path, root: Partition, entries: list[Entry], work: Path) -> Non
     _debugfs(device, work, commands, write=True)
 
 
-def _paths_involved(entries: list[Entry]) -> list[str]:
+def _paths_involved(entries: list[RootEntry]) -> list[str]:
     paths: dict[str, None] = {}
     for entry in entries:
         path = PurePosixPath(entry.path)

@@ -34,7 +34,7 @@ class RootLink:
     target: str
 
 
-Entry = RootFile | RootLink
+RootEntry = RootFile | RootLink
 
 
 def packaged_file(name: str) -> bytes:
@@ -43,7 +43,7 @@ def packaged_file(name: str) -> bytes:
     return resources.files(__package__).joinpath("files", name).read_bytes()
 
 
-def unit_entries(unit: str, target: str) -> list[Entry]:
+def unit_entries(unit: str, target: str) -> list[RootEntry]:
     """The unit file `unit` in /etc/systemd/system, enabled the way ``systemctl enable``
     does it: a link in ``<target>.wants`` (no systemctl runs for a foreign root)."""
     return [
@@ -52,7 +52,7 @@ def unit_entries(unit: str, target: str) -> list[Entry]:
     ]
 
 
-def disk_agent_entries() -> list[Entry]:
+def disk_agent_entries() -> list[RootEntry]:
     """The disk agent script, its oneshot service and the enabled timer that runs it."""
     return [
         RootFile(f"usr/local/sbin/{DISK_AGENT}", packaged_file(DISK_AGENT), mode=0o755),
@@ -80,7 +80,7 @@ def install_disk_agent(root: Path, disks_list: str = DEFAULT_DISKS_LIST) -> None
     install_entries(root, entries)
 
 
-def install_entries(root: Path, entries: list[Entry]) -> None:
+def install_entries(root: Path, entries: list[RootEntry]) -> None:
     for entry in entries:
         if isinstance(entry, RootFile):
             roots.write_in_root(root, entry.path, entry.data, mode=entry.mode)

@@ -84,13 +84,6 @@ def opcode_of(packet: bytes) -> int:
     return int.from_bytes(packet[:2], "big") if len(packet) >= 2 else 0
 
 
-def parse_ack(packet: bytes) -> int:
-    """The block number an ACK acknowledges."""
-    if len(packet) < 4 or opcode_of(packet) != Opcode.ACK:
-        raise PacketError("not an ACK")
-    return _HEADER.unpack_from(packet)[1]
-
-
 def parse_data(packet: bytes) -> tuple[int, bytes]:
     """Block number and payload of a DATA packet."""
     if len(packet) < 4 or opcode_of(packet) != Opcode.DATA:
@@ -136,10 +129,6 @@ def encode_oack(options: dict[str, str | int]) -> bytes:
 
 def encode_ack(block: int) -> bytes:
     return _HEADER.pack(Opcode.ACK, block % BLOCK_MODULO)
-
-
-def encode_data(block: int, payload: bytes) -> bytes:
-    return _HEADER.pack(Opcode.DATA, block % BLOCK_MODULO) + payload
 
 
 def encode_error(code: ErrorCode | int, message: str) -> bytes:
