@@ -25,9 +25,11 @@ serve: deps
 test: deps lint
 	$(VENV)/bin/pytest
 
+# ruff (lint and format) over everything; mypy, strict, over src/ (pyproject.toml).
 lint:
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
 
 format: deps
 	$(VENV)/bin/ruff format src tests bench

@@ -32,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
 
 from tests.support.loopfs import loop_filesystem, missing_tools  # noqa: E402
-from tests.support.sdimage import build_sd_image  # noqa: E402
-from tests.support.server import LiveServer  # noqa: E402
+
+from bakery.sim.image import build_sd_image  # noqa: E402
+from bakery.sim.server import BakeryProcess as LiveServer  # noqa: E402
 
 CPI = Path(sys.executable).with_name("bakery-cpi")
 DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}

@@ -37,9 +37,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.loopfs import loop_filesystem  # noqa: E402
-from tests.support.sdimage import FIRST_SECTOR, MIB, SECTOR, build_sd_image  # noqa: E402
 
 from bakery.images import import_image  # noqa: E402
+from bakery.sim.image import FIRST_SECTOR, MIB, SECTOR, build_sd_image  # noqa: E402
 
 TARGET = 1.5
 MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}

@@ -29,11 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
 
-from tests.support.sdimage import build_sd_image, default_boot_files  # noqa: E402
-
 from bakery import models  # noqa: E402
 from bakery.config import load_settings  # noqa: E402
 from bakery.fleet import Fleet  # noqa: E402
+from bakery.sim.image import build_sd_image, default_boot_files  # noqa: E402
 from bakery.sim.tftp_client import Download, pi4_sequence, run  # noqa: E402
 
 MIB = 1024 * 1024

@@ -1,11 +1,17 @@
 """Fixtures shared by the whole suite: settings on a temp data dir, the database
-(SQLite and a real PostgreSQL on loopback), the app and an authenticated client,
-and a real SD-card image to import."""
+(SQLite and a real PostgreSQL on loopback), the app and an authenticated client, a real
+SD-card image, that image imported as a bakeform, and baked Pis.
+
+The one way a test says what it needs to run: ``@pytest.mark.root`` (loop devices,
+namespaces, owners), ``@pytest.mark.tools("mkfs.xfs", ...)`` (programs on the PATH) and
+``@pytest.mark.postgres``; what is missing is skipped with one line naming it."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,8 +20,8 @@ from bakery import auth, models
 from bakery.app import create_app
 from bakery.config import load_settings
 from bakery.netboot.tftp import TftpServer, listening_socket
+from bakery.sim.server import BakeryProcess as LiveServer
 from tests.support.postgres import create_database, pg_bindir, postgres_server
-from tests.support.server import LiveServer
 
 DATABASES = [
     "sqlite",
@@ -24,14 +30,16 @@ DATABASES = [
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip what this machine cannot run, with the reason, instead of failing."""
-    skip_root = pytest.mark.skip(reason="needs root")
-    skip_pg = pytest.mark.skip(reason="PostgreSQL server not installed")
+    """Skip what this machine cannot run, naming what it lacks, instead of failing."""
     for item in items:
+        missing = [tool for mark in item.iter_markers("tools") for tool in mark.args]
+        missing = [tool for tool in dict.fromkeys(missing) if shutil.which(tool) is None]
         if "root" in item.keywords and os.geteuid() != 0:
-            item.add_marker(skip_root)
+            missing.insert(0, "root")
         if "postgres" in item.keywords and pg_bindir() is None:
-            item.add_marker(skip_pg)
+            missing.append("a PostgreSQL server (postgresql)")
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)}"))
 
 
 @pytest.fixture(scope="session")
@@ -130,10 +138,49 @@ def anonymous(app):
     return app.test_client()
 
 
+@pytest.fixture
+def raspios(fleet, sd_image_file):
+    """The test SD image imported through the fleet as bakeform ``raspios``."""
+    with open(sd_image_file, "rb") as image:
+        return fleet.import_bakeform("raspios", image)
+
+
+@pytest.fixture
+def bake_pi(fleet, raspios):
+    """``bake_pi(**pi)``: registers Pi 00000001 at 127.0.0.11 (``pi`` may add to or
+    override its registration) and bakes ``raspios`` onto it; returns the bake."""
+
+    def bake(serial: str = "00000001", ip: str = "127.0.0.11", **pi):
+        fleet.register_pi(serial, ip=ip, **pi)
+        return fleet.bake("raspios", serial=serial)
+
+    return bake
+
+
+@pytest.fixture
+def count_queries() -> Callable[[], AbstractContextManager[list[str]]]:
+    """``with count_queries() as sql:`` collects every statement sent meanwhile."""
+
+    @contextmanager
+    def counting() -> Iterator[list[str]]:
+        sent: list[str] = []
+        execute = models.database.obj.execute_sql
+
+        def recording(sql, params=None, *args, **kwargs):
+            sent.append(sql)
+            return execute(sql, params, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(models.database.obj, "execute_sql", recording)
+            yield sent
+
+    return counting
+
+
 @pytest.fixture(scope="session")
 def sd_image_file(tmp_path_factory) -> Path:
     """A real Pi-like SD image (MBR, FAT32 boot, ext4 root), built once per session."""
-    from tests.support.sdimage import sd_image
+    from bakery.sim.image import sd_image
 
     return sd_image(tmp_path_factory.mktemp("sdimage"))
 

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.support.wait import wait_until
+from bakery.sim.wait import wait_until
 
 GATED_PPI = """\
     import json, os, sys, time

@@ -8,11 +8,11 @@ import pytest
 
 from bakery import disks
 from bakery.config import load_settings
-from tests.support.loopfs import loop_filesystem, missing_tools
+from tests.support.loopfs import fs_tools, loop_filesystem
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(bool(missing_tools("xfs")), reason="xfs tools missing"),
+    pytest.mark.tools(*fs_tools("xfs")),
 ]
 
 

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import random
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,22 +28,19 @@ from bakery.exports import (
     render_kernel,
     validate_exports,
 )
+from bakery.sim.ganesha import Ganesha, running_ganesha
+from bakery.sim.wait import wait_until
 from tests.support.ganesha import (
+    NFS_LAB_TOOLS,
     ClientNamespace,
-    Ganesha,
     client_namespace,
-    missing_tools,
     nfs_cat,
     nfs_ls,
-    running_ganesha,
-    wait_until,
 )
 
 OPTIONS = "rw,sync,no_subtree_check,no_root_squash"
 TAG_A = "0123456789abcdef0123456789abcdef"
 TAG_B = "fedcba9876543210fedcba9876543210"
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 @pytest.fixture
@@ -359,14 +355,10 @@ def exportfs_in_private_mounts(scratch: Path, settings: Settings, exports: list[
         return child.submit(publish_in_private_mounts, scratch, settings, exports).result()
 
 
-needs_exportfs = pytest.mark.skipif(
-    shutil.which("exportfs", path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None,
-    reason="exportfs (nfs-kernel-server) not installed",
-)
+needs_exportfs = pytest.mark.tools("exportfs")
 
 
 @pytest.mark.root
-@needs_root
 @needs_exportfs
 def test_exportfs_loads_each_export_for_its_owner_only(settings: Settings, tmp_path: Path):
     settings = replace(settings, nfs_backend="kernel")
@@ -383,7 +375,6 @@ def test_exportfs_loads_each_export_for_its_owner_only(settings: Settings, tmp_p
 
 
 @pytest.mark.root
-@needs_root
 @needs_exportfs
 def test_exportfs_refusal_is_an_export_error_carrying_its_message(
     settings: Settings, tmp_path: Path
@@ -398,10 +389,7 @@ def test_exportfs_refusal_is_an_export_error_carrying_its_message(
 
 # --- nfs-ganesha, for real ------------------------------------------------------------------------
 
-MISSING_NFS_TOOLS = missing_tools()
-needs_ganesha = pytest.mark.skipif(
-    bool(MISSING_NFS_TOOLS), reason=f"missing tools: {', '.join(MISSING_NFS_TOOLS)}"
-)
+needs_ganesha = pytest.mark.tools(*NFS_LAB_TOOLS)
 
 
 @dataclass
@@ -439,7 +427,6 @@ def nfs_lab(settings: Settings, tmp_path: Path) -> Iterator[NfsLab]:
 
 
 @pytest.mark.root
-@needs_root
 @needs_ganesha
 def test_ganesha_serves_a_published_root_to_its_owner_only(nfs_lab: NfsLab):
     publish(nfs_lab.settings, [Export(nfs_lab.root, nfs_lab.owner.client_ip, "root", TAG_A)])
@@ -456,7 +443,6 @@ def test_ganesha_serves_a_published_root_to_its_owner_only(nfs_lab: NfsLab):
 
 
 @pytest.mark.root
-@needs_root
 @needs_ganesha
 def test_ganesha_stops_serving_an_export_once_it_is_no_longer_published(nfs_lab: NfsLab):
     publish(nfs_lab.settings, [Export(nfs_lab.root, nfs_lab.owner.client_ip, "root", TAG_A)])
@@ -471,7 +457,6 @@ def test_ganesha_stops_serving_an_export_once_it_is_no_longer_published(nfs_lab:
 
 
 @pytest.mark.root
-@needs_root
 @needs_ganesha
 def test_ganesha_started_after_publishing_serves_the_file_as_written(
     settings: Settings, tmp_path: Path

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 import requests
 
+from bakery.sim.wait import wait_until
 from tests.support.postgres import free_port
-from tests.support.wait import wait_until
 
 
 def tftp_get(port: int, path: str) -> subprocess.CompletedProcess:
@@ -39,6 +39,7 @@ def tftp_main(server) -> tuple[int, list[int]]:
     return main, [pid for pid in processes if pid != main]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_serve_runs_the_tftp_server_and_restarts_it(live_server, sd_image_file):
     port = free_port()
@@ -128,6 +129,7 @@ def test_tokens_from_the_settings_work_and_rotate(live_server):
     assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_token_removed_from_the_settings_stops_working(live_server):
     kept, dropped = "k" * 40, "x" * 40

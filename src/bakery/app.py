@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask
 
@@ -38,7 +39,7 @@ def _init_db_per_request(app: Flask) -> None:
             models.database.close()
 
 
-def prepare_host(settings: Settings) -> dict:
+def prepare_host(settings: Settings) -> dict[str, Any]:
     """What a host does once before serving: schema, first admin token, crash
     recovery, power restore. Runs in the gunicorn master, before workers fork."""
     settings.root.mkdir(parents=True, exist_ok=True)

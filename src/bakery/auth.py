@@ -14,7 +14,10 @@ import secrets
 from . import fsutil, identifiers
 from .config import Settings
 from .errors import Conflict, NotFound
-from .models import ApiToken, utcnow
+
+# ApiToken re-exported: the API names the rows it answers with, and may not import models.
+from .models import ApiToken as ApiToken
+from .models import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import datetime as dt
 import enum
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee as pw
 from playhouse import db_url, migrate
@@ -61,8 +61,15 @@ class BaseModel(pw.Model):
     class Meta:
         database = database
 
+    if TYPE_CHECKING:
+        # types-peewee declares Model.delete as a Self-typed instance variable, which mypy
+        # refuses to read through the class; this is what it is at runtime.
+        @classmethod
+        def delete(cls) -> pw.ModelDelete: ...
+
 
 class Pi(BaseModel):
+    id = pw.AutoField()
     serial = pw.CharField(max_length=8, unique=True)
     mac = pw.CharField(max_length=17, null=True, unique=True)
     model = pw.CharField(max_length=16, default="unknown")
@@ -81,6 +88,7 @@ class Pi(BaseModel):
 
 
 class Bakeform(BaseModel):
+    id = pw.AutoField()
     name = pw.CharField(max_length=64, unique=True)
     sha256 = pw.CharField(max_length=64)
     #: Bytes received (the upload, compressed or not).
@@ -100,6 +108,7 @@ class Bakeform(BaseModel):
 class Bake(BaseModel):
     id = pw.CharField(max_length=32, primary_key=True)
     pi = pw.ForeignKeyField(Pi, backref="bakes", on_delete="CASCADE")
+    pi_id: int
     bakeform = pw.ForeignKeyField(Bakeform, backref="bakes", null=True, on_delete="SET NULL")
     bakeform_name = pw.CharField(max_length=64)
     state = pw.CharField(max_length=16, default=BakeState.PREPARING.value, index=True)
@@ -120,6 +129,7 @@ class Disk(BaseModel):
     id = pw.CharField(max_length=32, primary_key=True)
     size_mib = pw.IntegerField()
     bake = pw.ForeignKeyField(Bake, backref="disks", null=True, on_delete="SET NULL")
+    bake_id: str | None
     #: Created together with a bake (an ephemeral disk): deleted when the bake is unbaked.
     ephemeral = pw.BooleanField(default=False)
     metadata = JSONField(default=dict)
@@ -136,6 +146,7 @@ class Snapshot(BaseModel):
 
 
 class Event(BaseModel):
+    id = pw.AutoField()
     pi = pw.ForeignKeyField(Pi, backref="events", null=True, on_delete="CASCADE")
     bake_id = pw.CharField(max_length=32, null=True, index=True)
     #: state, power, bake, disk, boot, dhcp, tftp ...
@@ -146,6 +157,7 @@ class Event(BaseModel):
 
 
 class ApiToken(BaseModel):
+    id = pw.AutoField()
     name = pw.CharField(max_length=64, unique=True)
     #: sha256 of the token: tokens are long random strings, so a fast hash is enough.
     token_hash = pw.CharField(max_length=64, unique=True)
@@ -157,6 +169,7 @@ class ApiToken(BaseModel):
 
 
 class SchemaVersion(BaseModel):
+    id = pw.AutoField()
     version = pw.IntegerField()
 
 
@@ -172,8 +185,10 @@ def connect(url: str) -> pw.Database:
 
     SQLite gets WAL (readers never wait for the writer), a busy timeout (writers
     from several gunicorn workers queue instead of failing) and foreign keys."""
+    # playhouse.db_url ships no type information: say what it returns.
+    open_url: Callable[..., pw.Database] = db_url.connect
     if url.startswith("sqlite"):
-        db = db_url.connect(
+        db = open_url(
             url,
             pragmas={
                 "journal_mode": "wal",
@@ -184,7 +199,7 @@ def connect(url: str) -> pw.Database:
             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         )
     else:
-        db = db_url.connect(url)
+        db = open_url(url)
     database.initialize(db)
     return db
 
@@ -209,7 +224,11 @@ def create_schema() -> None:
             if current == 0:
                 SchemaVersion.create(version=1 + len(MIGRATIONS))
                 return
-            migrator = migrate.SchemaMigrator.from_database(database.obj)
+            # playhouse.migrate ships no type information either.
+            from_database: Callable[[pw.Database], migrate.SchemaMigrator] = (
+                migrate.SchemaMigrator.from_database
+            )
+            migrator = from_database(database.obj)
             for number, step in enumerate(MIGRATIONS, start=2):
                 if number > current:
                     step(migrator)

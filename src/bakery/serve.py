@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
+from typing import IO, cast
 
 from gunicorn.app.base import BaseApplication
 
@@ -21,7 +23,7 @@ WORKER_TIMEOUT = 900
 
 
 class BakeryGunicorn(BaseApplication):
-    def __init__(self, settings: Settings, netboot: subprocess.Popen | None = None) -> None:
+    def __init__(self, settings: Settings, netboot: subprocess.Popen[bytes] | None = None) -> None:
         self.settings = settings
         self.netboot = netboot
         super().__init__()
@@ -45,14 +47,20 @@ class BakeryGunicorn(BaseApplication):
 
         if self.netboot is not None:
             # Workers must not hold netboot's stdin open, or it cannot see the master die.
-            self.cfg.set("post_fork", lambda _server, _worker: self.netboot.stdin.close())
+            # (start_netboot gave it a stdin pipe)
+            self.cfg.set(
+                "post_fork",
+                lambda _server, _worker: cast("IO[bytes]", self.netboot.stdin).close(),
+            )
             self.cfg.set("on_exit", lambda _server: stop_netboot(self.netboot))
 
-    def load(self):
+    # A WSGI app; its arguments are left loose because Flask types ``environ`` as a dict
+    # where gunicorn's stubs promise any mutable mapping.
+    def load(self) -> Callable[..., Iterable[bytes]]:
         return create_app(self.settings)
 
 
-def start_netboot(settings: Settings) -> subprocess.Popen | None:
+def start_netboot(settings: Settings) -> subprocess.Popen[bytes] | None:
     """``bakery netboot`` as a child, started before gunicorn forks any worker.
 
     It holds the read end of a pipe whose write end only this process has: when
@@ -68,7 +76,7 @@ def start_netboot(settings: Settings) -> subprocess.Popen | None:
     )
 
 
-def stop_netboot(process: subprocess.Popen | None) -> None:
+def stop_netboot(process: subprocess.Popen[bytes] | None) -> None:
     if process is None or process.poll() is not None:
         return
     process.terminate()

@@ -17,6 +17,8 @@ builds the JSON. Choices, and why:
 
 from __future__ import annotations
 
+from typing import Any
+
 HINT_PREFIX = "/dev/disk/by-id/bakery-"
 SYSTEM_DISK = "/dev/nfs"
 
@@ -26,11 +28,11 @@ def disk_hint(disk_id: str) -> str:
     return HINT_PREFIX + disk_id
 
 
-def disk_settings(disk_id: str) -> dict:
+def disk_settings(disk_id: str) -> dict[str, Any]:
     return {"id": disk_id, "path": disk_hint(disk_id)}
 
 
-def pi_networks(networks: dict, mac: str | None) -> dict:
+def pi_networks(networks: dict[str, Any], mac: str | None) -> dict[str, Any]:
     """The director's networks, told they are already up on the Pi's own interface."""
     configured = {}
     for name, network in networks.items():
@@ -45,13 +47,13 @@ def build(
     *,
     agent_id: str,
     vm_cid: str,
-    networks: dict,
-    env: dict,
+    networks: dict[str, Any],
+    env: dict[str, Any],
     ephemeral_disk_id: str | None,
     mbus: str,
     ntp: list[str],
-    blobstore: dict,
-) -> dict:
+    blobstore: dict[str, Any],
+) -> dict[str, Any]:
     """The full settings of a new VM (no persistent disk is attached yet)."""
     disks = {"system": SYSTEM_DISK, "persistent": {}}
     if ephemeral_disk_id:
@@ -69,7 +71,7 @@ def build(
     }
 
 
-def with_persistent_disks(settings: dict, disk_ids: list[str]) -> dict:
+def with_persistent_disks(settings: dict[str, Any], disk_ids: list[str]) -> dict[str, Any]:
     """``settings`` naming exactly ``disk_ids`` as the attached persistent disks."""
     disks = {**settings.get("disks", {}), "persistent": {d: disk_settings(d) for d in disk_ids}}
     return {**settings, "disks": disks}

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import http.client
 import json
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from .config import CpiConfig
 from .errors import CloudError, CpiError
+
+if TYPE_CHECKING:
+    import ssl
 
 #: Bytes per write when streaming a stemcell image to the server.
 UPLOAD_BLOCK = 1024 * 1024
@@ -48,10 +51,10 @@ class BakeryClient:
     def get(self, path: str, **query: str) -> Any:
         return self.call("GET", path, query=query)
 
-    def post(self, path: str, body: dict | None = None) -> Any:
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", path, body if body is not None else {})
 
-    def put(self, path: str, body: dict) -> Any:
+    def put(self, path: str, body: dict[str, Any]) -> Any:
         return self.call("PUT", path, body)
 
     def delete(self, path: str) -> Any:
@@ -62,7 +65,9 @@ class BakeryClient:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
         return self._send("PUT", path, query, stream, headers)
 
-    def call(self, method: str, path: str, body: Any = None, query: dict | None = None) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None
+    ) -> Any:
         """One JSON request; the decoded answer, or ApiError for a 4xx/5xx."""
         if body is None:
             return self._send(method, path, query or {}, None, {})
@@ -70,7 +75,9 @@ class BakeryClient:
         headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
         return self._send(method, path, query or {}, payload, headers)
 
-    def _send(self, method: str, path: str, query: dict, body: Any, headers: dict) -> Any:
+    def _send(
+        self, method: str, path: str, query: dict[str, str], body: Any, headers: dict[str, str]
+    ) -> Any:
         target = self._prefix + quote(path) + (f"?{urlencode(query)}" if query else "")
         headers = {**headers, "Authorization": f"Bearer {self._token}"}
         headers["Accept"] = "application/json"
@@ -97,7 +104,7 @@ class BakeryClient:
             self._host, self._port, timeout=self._timeout, context=context, blocksize=UPLOAD_BLOCK
         )
 
-    def _tls(self):
+    def _tls(self) -> ssl.SSLContext:
         """Verify Bakery's certificate against the configured CA (or the system's)."""
         import ssl  # only https pays for it
 

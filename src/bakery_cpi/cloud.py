@@ -15,7 +15,7 @@ import secrets
 import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from . import agent_settings
 from .client import ApiError, BakeryClient
@@ -42,7 +42,9 @@ HEX = set("0123456789abcdef")
 PLACEMENT_KEYS = ("labels", "model", "serial")
 
 
-def call(method: str, arguments: list, config: CpiConfig, api_version: int, log: CallLog) -> Any:
+def call(
+    method: str, arguments: list[Any], config: CpiConfig, api_version: int, log: CallLog
+) -> Any:
     """Run one checked CPI method; Bakery's remaining errors become CloudError."""
     cloud = Cloud(BakeryClient(config), config, api_version, log)
     try:
@@ -70,13 +72,13 @@ def missing_is(error: VMNotFound | DiskNotFound, *, named_alone: bool = True) ->
         raise
 
 
-def is_object_id(value: Any) -> bool:
+def is_object_id(value: Any) -> TypeGuard[str]:
     """Bakery's ids (bakes, disks, snapshots) are 32 lowercase hex; nothing else is
     put into a request path."""
     return isinstance(value, str) and len(value) == 32 and set(value) <= HEX
 
 
-def stemcell_name(cloud_properties: dict) -> str:
+def stemcell_name(cloud_properties: dict[str, Any]) -> str:
     """A bakeform name (``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``) from the stemcell's name and
     version, so re-uploading one stemcell replaces its bakeform instead of adding one."""
     wanted = "-".join(
@@ -108,7 +110,9 @@ class Cloud:
 
     # -- stemcells -------------------------------------------------------------------
 
-    def create_stemcell(self, image_path: str, cloud_properties: dict, env: Any = None) -> str:
+    def create_stemcell(
+        self, image_path: str, cloud_properties: dict[str, Any], env: Any = None
+    ) -> str:
         """Import the stemcell's image (raw, .xz or .gz: Bakery detects) as a bakeform.
 
         The image is streamed: the director deletes its extracted directory afterwards."""
@@ -139,10 +143,10 @@ class Cloud:
         self,
         agent_id: str,
         stemcell_cid: str,
-        cloud_properties: dict,
-        networks: dict,
+        cloud_properties: dict[str, Any],
+        networks: dict[str, Any],
         disk_cids: Any = None,
-        env: dict | None = None,
+        env: dict[str, Any] | None = None,
     ) -> Any:
         """Bake the stemcell on a free Pi with its agent settings in place and power it on.
 
@@ -166,10 +170,10 @@ class Cloud:
         undo: list[Callable[[], None]],
         agent_id: str,
         stemcell_cid: str,
-        cloud_properties: dict,
-        networks: dict,
-        env: dict,
-    ) -> tuple[str, dict]:
+        cloud_properties: dict[str, Any],
+        networks: dict[str, Any],
+        env: dict[str, Any],
+    ) -> tuple[str, dict[str, Any]]:
         """The create_vm steps; each pushes onto ``undo`` what removes what it made."""
         self._require_name(stemcell_cid)
         _require_networks(networks)
@@ -212,7 +216,7 @@ class Cloud:
         self.client.post(f"/bakes/{vm_cid}/power", {"action": "on"})
         return vm_cid, networks
 
-    def _warn_about_addresses(self, networks: dict, pi_ip: str | None) -> None:
+    def _warn_about_addresses(self, networks: dict[str, Any], pi_ip: str | None) -> None:
         """A manual network's IP must be the one the Pi gets by DHCP: say so if not."""
         for name, network in networks.items():
             wanted = network.get("ip")
@@ -244,18 +248,18 @@ class Cloud:
 
     def has_vm(self, vm_cid: str) -> bool:
         bake = self._find(f"/bakes/{vm_cid}") if is_object_id(vm_cid) else None
-        return bool(bake) and bake.get("state") in LIVE_STATES
+        return bool(bake) and cast("dict[str, Any]", bake).get("state") in LIVE_STATES
 
     def reboot_vm(self, vm_cid: str, options: Any = None) -> None:
         """Power-cycle the Pi (a hard reboot: there is nothing softer to ask of a relay)."""
         with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
             self.client.post(f"/bakes/{self._vm(vm_cid)}/power", {"action": "cycle"})
 
-    def set_vm_metadata(self, vm_cid: str, metadata: dict) -> None:
+    def set_vm_metadata(self, vm_cid: str, metadata: dict[str, Any]) -> None:
         with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
             self.client.put(f"/bakes/{self._vm(vm_cid)}/metadata", metadata or {})
 
-    def calculate_vm_cloud_properties(self, resources: dict) -> dict:
+    def calculate_vm_cloud_properties(self, resources: dict[str, Any]) -> dict[str, Any]:
         """A Pi's CPU and RAM are what they are; only the ephemeral disk size is chosen."""
         size = resources.get("ephemeral_disk_size", self.config.ephemeral_disk_mib)
         return {"ephemeral_disk_mib": ephemeral_disk_mib(size, "ephemeral_disk_size")}
@@ -266,7 +270,7 @@ class Cloud:
         """A detached disk; ``vm_cid`` is only a placement hint and Pis have no locality."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise CpiError(f"create_disk: size must be a whole number of MiB >= 1, got {size!r}")
-        return self.client.post("/disks", {"size_mib": size})["id"]
+        return cast(str, self.client.post("/disks", {"size_mib": size})["id"])
 
     def delete_disk(self, disk_cid: str) -> None:
         with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
@@ -301,7 +305,7 @@ class Cloud:
             raise VMNotFound(f"VM '{vm_cid}' not found")
         return [d["id"] for d in self._persistent_disks(vm_cid)]
 
-    def set_disk_metadata(self, disk_cid: str, metadata: dict) -> None:
+    def set_disk_metadata(self, disk_cid: str, metadata: dict[str, Any]) -> None:
         with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
             self.client.put(f"/disks/{self._disk(disk_cid)}/metadata", metadata or {})
 
@@ -315,12 +319,12 @@ class Cloud:
                 raise NotSupported(f"disk {disk_cid} cannot shrink to {new_size} MiB") from None
             raise
 
-    def snapshot_disk(self, disk_cid: str, metadata: dict | None = None) -> str:
+    def snapshot_disk(self, disk_cid: str, metadata: dict[str, Any] | None = None) -> str:
         """A copy-on-write snapshot; NotImplemented where Bakery's data dir has no reflinks."""
         try:
             with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
                 path = f"/disks/{self._disk(disk_cid)}/snapshots"
-                return self.client.post(path, metadata or {})["id"]
+                return cast(str, self.client.post(path, metadata or {})["id"])
         except ApiError as exc:
             if exc.status == 501:
                 raise MethodNotImplemented(f"snapshot_disk: {exc.message}") from None
@@ -348,12 +352,12 @@ class Cloud:
         settings = agent_settings.with_persistent_disks(settings, disk_ids)
         self.client.put(f"/bakes/{vm_cid}/agent-settings", settings)
 
-    def _persistent_disks(self, vm_cid: str) -> list[dict]:
+    def _persistent_disks(self, vm_cid: str) -> list[dict[str, Any]]:
         return [d for d in self.client.get("/disks", bake_id=vm_cid) if not d.get("ephemeral")]
 
-    def _find(self, path: str) -> dict | None:
+    def _find(self, path: str) -> dict[str, Any] | None:
         try:
-            return self.client.get(path)
+            return cast("dict[str, Any]", self.client.get(path))
         except ApiError as exc:
             if exc.status == 404:
                 return None

@@ -58,18 +58,18 @@ class CpiConfig:
     ca_file: str = ""
     timeout: float = DEFAULT_TIMEOUT
     ntp: list[str] = field(default_factory=list)
-    blobstore: dict = field(default_factory=dict)
+    blobstore: dict[str, Any] = field(default_factory=dict)
     ephemeral_disk_mib: int = DEFAULT_EPHEMERAL_DISK_MIB
 
 
-def load_config(path: str, context: dict | None = None) -> CpiConfig:
+def load_config(path: str, context: dict[str, Any] | None = None) -> CpiConfig:
     """Read ``path``, deep-merge the request context's properties over it, validate."""
     raw = _read(path)
     properties = {k: v for k, v in (context or {}).items() if k not in DIRECTOR_CONTEXT_KEYS}
     return parse_config(deep_merge(raw, properties), source=path)
 
 
-def _read(path: str) -> dict:
+def _read(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as file:
             raw = json.load(file)
@@ -82,7 +82,7 @@ def _read(path: str) -> dict:
     return raw
 
 
-def deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` over ``base``; nested objects merge key by key, anything else replaces."""
     merged = dict(base)
     for key, value in override.items():
@@ -93,7 +93,7 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def parse_config(raw: dict, source: str = "cpi.json") -> CpiConfig:
+def parse_config(raw: dict[str, Any], source: str = "cpi.json") -> CpiConfig:
     """Validate a merged configuration; every problem names its key."""
     _refuse_unknown(raw, TOP_KEYS, "", source)
     bakery = _section(raw, "bakery", BAKERY_KEYS, source)
@@ -125,13 +125,13 @@ def _bad(source: str, key: str, problem: str) -> CpiError:
     return CpiError(f"{source}: {key} {problem}")
 
 
-def _refuse_unknown(section: dict, known: set[str], prefix: str, source: str) -> None:
+def _refuse_unknown(section: dict[str, Any], known: set[str], prefix: str, source: str) -> None:
     unknown = sorted(set(section) - known)
     if unknown:
         raise _bad(source, prefix + unknown[0], f"is not a known key (known: {sorted(known)})")
 
 
-def _section(raw: dict, name: str, known: set[str], source: str) -> dict:
+def _section(raw: dict[str, Any], name: str, known: set[str], source: str) -> dict[str, Any]:
     section = raw.get(name)
     if not isinstance(section, dict):
         raise _bad(source, name, "is missing or not an object")
@@ -139,7 +139,7 @@ def _section(raw: dict, name: str, known: set[str], source: str) -> dict:
     return section
 
 
-def _string(section: dict, key: str, source: str, required: bool = False) -> str:
+def _string(section: dict[str, Any], key: str, source: str, required: bool = False) -> str:
     value = section.get(key.rsplit(".", 1)[1], "")
     if value is None:
         value = ""
@@ -170,7 +170,7 @@ def _string_list(value: Any, key: str, source: str) -> list[str]:
     return value
 
 
-def _object(value: Any, key: str, source: str) -> dict:
+def _object(value: Any, key: str, source: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _bad(source, key, "must be an object")
     return value

@@ -8,6 +8,8 @@ So every failure becomes one of these before it is answered, never a free-form t
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CpiError(Exception):
     """``Bosh::Clouds::CpiError``: the request or the CPI's own configuration is wrong."""
@@ -19,7 +21,7 @@ class CpiError(Exception):
         self.message = message
         self.ok_to_retry = ok_to_retry
 
-    def as_response_error(self) -> dict:
+    def as_response_error(self) -> dict[str, Any]:
         return {
             "type": f"Bosh::Clouds::{self.bosh_type}",
             "message": self.message,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ METHODS: dict[str, tuple[int, tuple[str, ...]]] = {
     "delete_snapshot": (1, ("str",)),
 }
 
-KIND_CHECKS = {
+KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
     "str": lambda v: isinstance(v, str),
     "str?": lambda v: v is None or isinstance(v, str),
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -58,8 +59,8 @@ KIND_CHECKS = {
 @dataclass(frozen=True)
 class Request:
     method: str
-    arguments: list
-    context: dict
+    arguments: list[Any]
+    context: dict[str, Any]
     api_version: int
 
 
@@ -105,7 +106,7 @@ def check_arguments(request: Request) -> None:
             )
 
 
-def answer(raw: bytes, config_path: str | None, log: CallLog) -> dict:
+def answer(raw: bytes, config_path: str | None, log: CallLog) -> dict[str, Any]:
     """The response object for one raw request; never raises."""
     try:
         return respond(handle(raw, config_path, log), None, log)
@@ -131,5 +132,5 @@ def handle(raw: bytes, config_path: str | None, log: CallLog) -> Any:
     return call(request.method, request.arguments, config, request.api_version, log)
 
 
-def respond(result: Any, error: dict | None, log: CallLog) -> dict:
+def respond(result: Any, error: dict[str, Any] | None, log: CallLog) -> dict[str, Any]:
     return {"result": result, "error": error, "log": log.text()}

@@ -239,3 +239,15 @@ def test_every_bake_gets_the_disk_agent_and_its_timer(client, bakeform, pis, set
     assert os.access(root / "usr/local/sbin/bakery-disk-agent", os.X_OK)
     timer = root / "etc/systemd/system/timers.target.wants/bakery-disk-agent.timer"
     assert os.readlink(timer) == "/etc/systemd/system/bakery-disk-agent.timer"
+
+
+def test_the_api_lists_bakes_without_a_query_per_bake(client, bakeform, count_queries):
+    for number in range(1, 6):
+        serial = f"0000000{number}"
+        client.post("/api/v1/pis", json={"serial": serial, "ip": f"127.0.0.{10 + number}"})
+        made = client.post("/api/v1/bakes", json={"bakeform": "raspios", "serial": serial}).json
+        client.post("/api/v1/disks", json={"size_mib": 4, "bake_id": made["id"]})
+    with count_queries() as sql:
+        listed = client.get("/api/v1/bakes").json
+    assert len(listed) == 5 and all(len(bake["disks"]) == 1 for bake in listed)
+    assert len(sql) <= 4, sql  # the token check, its last use, and the two of the list

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.support.server import LiveServer
+from bakery.sim.server import BakeryProcess as LiveServer
 
 from .harness import ok, request, run_cpi, write_config
 

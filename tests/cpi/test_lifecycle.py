@@ -5,11 +5,10 @@ call left behind (the agent settings and disks list in the bake's root)."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from tests.support.loopfs import loop_filesystem, missing_tools
+from tests.support.loopfs import fs_tools, loop_filesystem
 
 from .harness import (
     DISKS_FILE,
@@ -33,15 +32,18 @@ NETWORKS = {
 ENV = {"bosh": {"group": "pi-deployment-web", "mbus": {"cert": {"ca": "PEM"}}}}
 
 
-@pytest.fixture(params=["tmpdir", pytest.param("xfs", marks=pytest.mark.root)])
+@pytest.fixture(
+    params=[
+        "tmpdir",
+        pytest.param("xfs", marks=[pytest.mark.root, pytest.mark.tools(*fs_tools("xfs"))]),
+    ]
+)
 def reflinks(request, tmp_path):
     """Where Bakery keeps its data: the temp dir (no reflinks here) or an xfs loop
     filesystem, where disk snapshots are reflinks. Yields (data dir, snapshots work)."""
     if request.param == "tmpdir":
         yield tmp_path / "data", False
         return
-    if os.geteuid() != 0 or missing_tools("xfs"):
-        pytest.skip("needs root and xfsprogs for an xfs loop filesystem")
     with loop_filesystem("xfs", 1024, tmp_path) as mountpoint:
         yield mountpoint / "data", True
 

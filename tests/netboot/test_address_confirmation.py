@@ -5,24 +5,20 @@ server's neighbour table deciding whose an address is."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import pytest
 
 from bakery.models import Pi
 from bakery.netboot.tftp import TftpServer, listening_socket
+from bakery.sim.image import REQUIRED_TOOLS
 from bakery.sim.tftp_client import PiClient, TftpError
+from bakery.sim.wait import wait_until
 from tests.netboot.conftest import SERVER_IP
 from tests.support import netns
-from tests.support.sdimage import REQUIRED_TOOLS
-from tests.support.wait import wait_until
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(bool(netns.missing_tools()), reason="needs ip (iproute2)"),
-    pytest.mark.skipif(
-        any(shutil.which(tool) is None for tool in REQUIRED_TOOLS), reason="SD image tools missing"
-    ),
+    pytest.mark.tools("ip", *REQUIRED_TOOLS),
 ]
 
 SERIAL = "1234abcd"
@@ -51,11 +47,8 @@ def server(wire, settings, fleet):
 
 
 @pytest.fixture
-def baked(fleet, sd_image_file):
-    with open(sd_image_file, "rb") as image:
-        fleet.import_bakeform("raspios", image)
-    fleet.register_pi(SERIAL, mac=PI_MAC, ip=PI_OLD_IP)
-    return fleet.bake("raspios")
+def baked(bake_pi):
+    return bake_pi(SERIAL, mac=PI_MAC, ip=PI_OLD_IP)
 
 
 def take_address(lan: netns.Namespace, address: str, mac: str | None = None) -> str:

@@ -1,10 +1,18 @@
-"""What a Pi is served: an NFS cmdline.txt and a config.txt without SD-card extras."""
+"""netboot.bootfiles: what a Pi is served (an NFS cmdline.txt, a config.txt without SD-card
+extras) and which paths a request may name."""
 
 from __future__ import annotations
 
 import pytest
 
-from bakery.netboot.bootfiles import adjust_config_txt, render_cmdline
+from bakery.netboot.bootfiles import (
+    UnsafePath,
+    adjust_config_txt,
+    find_boot_file,
+    guess_model,
+    parse_request_path,
+    render_cmdline,
+)
 
 BOOKWORM = (
     "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
@@ -44,3 +52,70 @@ def test_config_txt_loses_only_the_dropped_keys():
     text = "dtparam=audio=on\nauto_initramfs=1\n[pi4]\narm_boost=1\n auto_initramfs = 1\n"
     assert adjust_config_txt(text, ["auto_initramfs"]) == "dtparam=audio=on\n[pi4]\narm_boost=1\n"
     assert adjust_config_txt(text, []) == text
+
+
+@pytest.mark.parametrize(
+    ("raw", "serial", "relative"),
+    [
+        ("1234abcd/start4.elf", "1234abcd", "start4.elf"),
+        ("1234ABCD//config.txt", "1234abcd", "config.txt"),
+        ("1234abcd/overlays//x.dtbo", "1234abcd", "overlays/x.dtbo"),
+        ("bootcode.bin", None, "bootcode.bin"),
+    ],
+)
+def test_request_paths_split_into_serial_and_file(raw, serial, relative):
+    path = parse_request_path(raw)
+    assert (path.serial, path.relative) == (serial, relative)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "../../etc/passwd",
+        "1234abcd/../../etc/passwd",
+        "/etc/passwd",
+        "1234abcd/overlays/../../x",
+        "1234abcd/./config.txt",
+        "zzzzzzzz/start4.elf",
+        "1234abcd\\..\\x",
+        "1234abcd/a\x00b",
+        "",
+        "//",
+    ],
+)
+def test_unsafe_request_paths_are_refused(raw):
+    with pytest.raises(UnsafePath):
+        parse_request_path(raw)
+
+
+def test_boot_files_match_case_insensitively_inside_the_tree(tmp_path):
+    (tmp_path / "boot" / "overlays").mkdir(parents=True)
+    (tmp_path / "boot" / "overlays" / "vc4-kms-v3d.dtbo").write_bytes(b"x")
+    assert find_boot_file(tmp_path / "boot", "OVERLAYS/VC4-KMS-V3D.DTBO") == (
+        tmp_path / "boot" / "overlays" / "vc4-kms-v3d.dtbo"
+    )
+    assert find_boot_file(tmp_path / "boot", "overlays") is None
+
+
+def test_boot_file_lookup_never_follows_symlinks_out_of_the_tree(tmp_path):
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "secret").write_text("no")
+    (tmp_path / "boot" / "link").symlink_to(tmp_path / "secret")
+    (tmp_path / "boot" / "dir").symlink_to(tmp_path)
+    assert find_boot_file(tmp_path / "boot", "link") is None
+    assert find_boot_file(tmp_path / "boot", "dir/secret") is None
+    assert find_boot_file(tmp_path / "boot", "../secret") is None
+
+
+@pytest.mark.parametrize(
+    ("names", "model"),
+    [
+        (["1234abcd/start4.elf"], "4B"),
+        (["bootcode.bin"], "3B"),
+        (["1234abcd/start.elf"], "3B"),
+        (["1234abcd/config.txt", "1234abcd/kernel_2712.img"], "5"),
+        (["1234abcd/config.txt"], None),
+    ],
+)
+def test_model_is_guessed_from_the_files_asked_for(names, model):
+    assert guess_model(names) == model

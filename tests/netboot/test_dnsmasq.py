@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 
 import pytest
@@ -18,11 +17,10 @@ from bakery.cli import main
 from bakery.config import load_settings
 from bakery.fleet import Fleet
 from bakery.netboot.dnsmasq import DnsmasqSupervisor, parse_dhcp_line, render_config
-from tests.netboot import dhcp_client
+from bakery.sim import dhcp_client
+from bakery.sim.dhcp_client import PiIdentity
+from bakery.sim.wait import wait_until
 from tests.netboot.conftest import SERVER_IP
-from tests.netboot.dhcp_client import PiIdentity
-from tests.support import netns
-from tests.support.wait import wait_until
 
 PI4 = PiIdentity("4", "dc:a6:32:01:02:03", serial="bd989ae1")
 PI3B = PiIdentity("3b", "b8:27:eb:85:c0:f2", serial="7285c0f2")
@@ -192,10 +190,7 @@ def test_log_lines_about_no_single_client_are_not_events(line):
 
 # -- a real dnsmasq, supervised, on a private wire ---------------------------------------
 
-needs_netns = pytest.mark.skipif(
-    bool(netns.missing_tools()) or shutil.which("dnsmasq") is None,
-    reason="needs ip (iproute2) and dnsmasq",
-)
+needs_netns = pytest.mark.tools("ip", "dnsmasq")
 
 
 @pytest.fixture

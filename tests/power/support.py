@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.power import PowerTarget
-from tests.support.wait import wait_until  # noqa: F401  (the tests' one deadline poll)
+from bakery.sim.wait import wait_until  # noqa: F401  (the tests' one deadline poll)
 
 PPIS = Path(__file__).parent / "ppis"
 SERIAL = "1a2b3c4d"

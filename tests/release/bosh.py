@@ -37,7 +37,7 @@ FETCH_BLOBS = RELEASE / "scripts" / "fetch-blobs"
 #: Written once scripts/fetch-blobs succeeded: a fetch cut short is fetched again.
 FETCHED_MARK = ".fetched"
 
-needs_ruby = pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+needs_ruby = pytest.mark.tools("ruby")
 
 
 def load_yaml(path: Path) -> Any:

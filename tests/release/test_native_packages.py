@@ -28,11 +28,10 @@ from .bosh import BARE_PATH, FETCH_BLOBS, compile_package, fetched_blobs, needs_
 
 BUILD_TOOLS = ("unshare", "gcc", "make", "tar", "xz", "bzip2")
 pytestmark = [
+    pytest.mark.slow,
     needs_ruby,
     pytest.mark.root,
-    pytest.mark.skipif(
-        not all(map(shutil.which, BUILD_TOOLS)), reason=f"needs {', '.join(BUILD_TOOLS)}"
-    ),
+    pytest.mark.tools(*BUILD_TOOLS),
 ]
 #: The pinned sources: ``NAME_ORIG=<path under pool/main>`` and ``NAME_SHA256=<digest>``.
 PINS = dict(re.findall(r"^([A-Z]+_(?:ORIG|SHA256))=(\S+)$", FETCH_BLOBS.read_text(), re.M))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import pytest
 from .bosh import RELEASE, compile_package, fetched_blobs, needs_ruby, run_packaged
 
 pytestmark = [
+    pytest.mark.slow,
     needs_ruby,
     pytest.mark.root,
-    pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is not installed"),
+    pytest.mark.tools("unshare"),
 ]
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 

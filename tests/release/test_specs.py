@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import PurePosixPath
 
@@ -118,7 +117,7 @@ def test_the_package_sources_are_the_python_packages_and_nothing_else():
     assert not [path for path in matched if "__pycache__" in path]
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.tools("shellcheck")
 def test_release_scripts_are_shellcheck_clean():
     scripts = [
         *sorted((RELEASE / "packages").glob("*/packaging")),

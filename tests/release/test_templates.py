@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from bakery.config import Settings, load_settings
-from tests.support.server import LiveServer
+from bakery.sim.server import BakeryProcess as LiveServer
 
 from .bosh import (
     INSTANCE,

@@ -4,14 +4,13 @@ pointed at it."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bakery.config import load_settings
 from bakery.sim.bootloader import Timeouts
-from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, firmware_files, fleet_boot_files
+from bakery.sim.image import build_sd_image, firmware_files, fleet_boot_files
 from bakery.sim.models import make_pis
 from bakery.sim.network import LoopbackNetwork
 from bakery.sim.simulator import Simulator
@@ -19,10 +18,6 @@ from bakery.sim.simulator import Simulator
 FIRST_SERIAL = 0x1234AB00
 #: Short waits: a failure shows up in a second, not after a real bootloader's 30 s.
 FAST = Timeouts(dhcp=2, tftp_file=1, nfs=2)
-
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in REQUIRED_TOOLS), reason="SD image tools missing"
-)
 
 
 @pytest.fixture

@@ -9,16 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from bakery.client import ApiClient
-from bakery.sim.network import missing_tools
+from bakery.sim.network import NETNS_TOOLS
 from bakery.sim.runner import SimulatedSite, SiteOptions
 from bakery.sim.wait import wait_until
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.root,
-    pytest.mark.skipif(
-        bool(set(missing_tools("netns")) - {"root"}),
-        reason=f"netns mode needs {', '.join(missing_tools('netns'))}",
-    ),
+    pytest.mark.tools(*NETNS_TOOLS),
 ]
 
 STORM = 30

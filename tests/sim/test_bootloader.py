@@ -8,11 +8,13 @@ import socket
 import pytest
 
 from bakery.sim.bootloader import BootConfig, BootFailure, parse_nfsroot
-from bakery.sim.image import build_sd_image, fleet_boot_files
+from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, fleet_boot_files
 from bakery.sim.models import SimPi
 from bakery.sim.network import LOOPBACK_NFS_REASON
 from bakery.sim.simulator import Simulator
 from bakery.sim.wait import wait_until
+
+pytestmark = pytest.mark.tools(*REQUIRED_TOOLS)
 
 
 def boot(simulator: Simulator) -> SimPi:

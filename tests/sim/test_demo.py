@@ -54,6 +54,7 @@ def bakery(env: dict, *args: str) -> dict | list:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_a_newcomer_bakes_watches_the_boot_and_unbakes_within_a_minute(demo):
     process, env, output = demo
     started = time.monotonic()

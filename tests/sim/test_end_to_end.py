@@ -12,17 +12,15 @@ import pytest
 from bakery.client import ApiClient
 from bakery.sim import nfs
 from bakery.sim.models import SimPi
-from bakery.sim.network import missing_tools
+from bakery.sim.network import NETNS_TOOLS
 from bakery.sim.runner import SimulatedSite, SiteOptions
 from bakery.sim.wait import wait_until
 from tests.cpi import harness
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.root,
-    pytest.mark.skipif(
-        bool(set(missing_tools("netns")) - {"root"}),
-        reason=f"netns mode needs {', '.join(missing_tools('netns'))}",
-    ),
+    pytest.mark.tools(*NETNS_TOOLS),
 ]
 
 MODELS = ["3B+", "4B", "5"]

@@ -7,8 +7,11 @@ import pytest
 import requests
 
 from bakery.power import PowerController, PowerError, PowerTarget
+from bakery.sim.image import REQUIRED_TOOLS
 from bakery.sim.power_api import PowerApi, power_settings
 from bakery.sim.wait import wait_until
+
+pytestmark = pytest.mark.tools(*REQUIRED_TOOLS)
 
 
 @pytest.fixture

@@ -20,16 +20,14 @@ from bakery.config import Settings
 from bakery.images import import_image
 from bakery.images.layout import choose_partitions, parse_mbr
 from bakery.images.receive import detect_compression
+from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, populate_root
 from bakery.stemcell import StemcellError, build_stemcell
 from bakery.stemcell.install import packaged_file
-from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, populate_root
 
 TOOLS = (*REQUIRED_TOOLS, "debugfs", "pigz", "xz", "e2fsck")
 FAKE_AGENT = b"#!/bin/sh\necho 'fake bosh-agent' \"$@\"\n"
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in TOOLS), reason=f"needs {', '.join(TOOLS)}"
-)
+pytestmark = pytest.mark.tools(*TOOLS)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ links, mounting the disk, unmounting, detaching) is what happens on a Pi.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,10 +24,7 @@ SERVER = "10.0.0.1"
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        any(shutil.which(tool) is None for tool in AGENT_TOOLS),
-        reason=f"needs {', '.join(AGENT_TOOLS)}",
-    ),
+    pytest.mark.tools(*AGENT_TOOLS),
 ]
 
 #: Stands in for ``mount -t nfs <server>:<dir> <mnt>``: the same arguments, a bind mount.

@@ -5,27 +5,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from bakery.sim.network import missing_tools
+from bakery.sim.image import REQUIRED_TOOLS, build_sd_image
+from bakery.sim.network import NETNS_TOOLS
 from bakery.sim.runner import SimulatedSite, SiteOptions
+from bakery.sim.wait import wait_until
 from bakery.stemcell import build_stemcell
-from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image
-from tests.support.wait import wait_until
 
 TOOLS = (*REQUIRED_TOOLS, "debugfs", "pigz")
 AGENT_SETTINGS = {"agent_id": "agent-1", "mbus": "nats://10.0.0.6:4222", "disks": {}}
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.root,
-    pytest.mark.skipif(
-        bool(missing_tools("netns")) or any(shutil.which(t) is None for t in TOOLS),
-        reason=f"needs the netns simulator's tools and {', '.join(TOOLS)}",
-    ),
+    pytest.mark.tools(*NETNS_TOOLS, *TOOLS),
 ]
 
 

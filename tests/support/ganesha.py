@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import random
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -25,9 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bakery.sim.ganesha import GANESHA, Ganesha, running_ganesha  # noqa: F401
-from bakery.sim.server import free_port  # noqa: F401
-from bakery.sim.wait import wait_until  # noqa: F401
+from bakery.sim.ganesha import GANESHA
+from bakery.sim.network import VethEnd, add_namespace, add_veth, delete_namespace, free_subnet
 
 NFS_TOOLS = ("nfs-cat", "nfs-ls")
 NFS_TIMEOUT = 30.0
@@ -37,9 +34,8 @@ NAMESPACE_POOL = ipaddress.ip_network("10.213.0.0/16")
 T = TypeVar("T")
 
 
-def missing_tools() -> list[str]:
-    """What this machine lacks to run these helpers (for pytest skip messages)."""
-    return [tool for tool in (GANESHA, *NFS_TOOLS, "ip") if shutil.which(tool) is None]
+#: What these helpers run (for ``pytest.mark.tools``).
+NFS_LAB_TOOLS = (GANESHA, *NFS_TOOLS, "ip")
 
 
 @dataclass(frozen=True)
@@ -60,35 +56,18 @@ def client_namespace() -> Iterator[ClientNamespace]:
     any host address (the host delivers locally whatever interface a packet came in on).
     """
     suffix = uuid.uuid4().hex[:8]
-    network = _free_network()
-    host_ip, client_ip = (str(address) for address in network.hosts())
+    host_ip, client_ip = (str(a) for a in free_subnet(NAMESPACE_POOL, 30).hosts())
     namespace = ClientNamespace(f"bakery-nfs-{suffix}", f"bkn{suffix}", host_ip, client_ip)
-    peer = f"bkc{suffix}"
-    _ip("netns", "add", namespace.name)
+    add_namespace(namespace.name)
     try:
-        _ip("link", "add", namespace.host_link, "type", "veth", "peer", "name", peer)
-        try:
-            _ip("link", "set", peer, "netns", namespace.name)
-            _ip("addr", "add", f"{host_ip}/30", "dev", namespace.host_link)
-            _ip("link", "set", namespace.host_link, "up")
-            _ip("-n", namespace.name, "addr", "add", f"{client_ip}/30", "dev", peer)
-            _ip("-n", namespace.name, "link", "set", peer, "up")
-            _ip("-n", namespace.name, "link", "set", "lo", "up")
-            _ip("-n", namespace.name, "route", "add", "default", "via", host_ip)
-            yield namespace
-        finally:
-            _ip("link", "del", namespace.host_link)
+        add_veth(
+            VethEnd(namespace.host_link, address=f"{host_ip}/30"),
+            VethEnd(f"bkc{suffix}", namespace.name, address=f"{client_ip}/30"),
+        )
+        _ip("-n", namespace.name, "route", "add", "default", "via", host_ip)
+        yield namespace
     finally:
-        _ip("netns", "del", namespace.name)
-
-
-def _free_network() -> ipaddress.IPv4Network:
-    used = [ipaddress.ip_address(address) for address in _addresses()]
-    candidates = list(NAMESPACE_POOL.subnets(new_prefix=30))
-    while True:
-        network = random.choice(candidates)
-        if not any(address in network for address in used):
-            return network
+        delete_namespace(namespace.name)
 
 
 def _addresses(namespace: str | None = None) -> list[str]:

@@ -30,10 +30,14 @@ MKFS = {
 MIN_SIZE_MIB = {"btrfs": 256, "xfs": 320, "ext4": 16, "tmpfs": 1}
 
 
+def fs_tools(fstype: FsType) -> tuple[str, ...]:
+    """The programs a loop filesystem of `fstype` needs (for ``pytest.mark.tools``)."""
+    return ("mount", "umount", *([] if fstype == "tmpfs" else ["losetup", MKFS[fstype][0]]))
+
+
 def missing_tools(fstype: FsType) -> list[str]:
     """The programs this machine lacks to make `fstype`; empty when it can."""
-    needed = ["mount", "umount"] + ([] if fstype == "tmpfs" else ["losetup", MKFS[fstype][0]])
-    return [tool for tool in needed if shutil.which(tool) is None]
+    return [tool for tool in fs_tools(fstype) if shutil.which(tool) is None]
 
 
 def _run(args: list[str]) -> str:

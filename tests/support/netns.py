@@ -15,9 +15,7 @@ used from the test's own thread, and a server started by ``call`` runs inside.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +23,14 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bakery.sim.network import call_in_thread, enter_namespace
+from bakery.sim.network import (
+    VethEnd,
+    add_namespace,
+    add_veth,
+    call_in_thread,
+    delete_namespace,
+    enter_namespace,
+)
 
 T = TypeVar("T")
 
@@ -89,39 +94,13 @@ def joined_namespaces(left: End, right: End) -> Iterator[tuple[Namespace, Namesp
         namespaces = []
         for end, side in ((left, "a"), (right, "b")):
             namespace = Namespace(f"bakery-{side}-{suffix}", end.interface)
-            _ip("netns", "add", namespace.name)
-            cleanup.callback(_delete, namespace)
+            add_namespace(namespace.name)
+            cleanup.callback(delete_namespace, namespace.name)
             namespaces.append(namespace)
-        # Made inside the left namespace with its peer sent right: the host never
-        # sees these interface names, so parallel runs cannot collide on them.
-        _ip(
-            *("-n", namespaces[0].name, "link", "add", left.interface, "type", "veth"),
-            *("peer", "name", right.interface, "netns", namespaces[1].name),
+        add_veth(
+            *(
+                VethEnd(end.interface, namespace.name, address=end.address, mac=end.mac)
+                for end, namespace in zip((left, right), namespaces, strict=True)
+            )
         )
-        for namespace, end in zip(namespaces, (left, right), strict=True):
-            _configure(namespace, end)
         yield namespaces[0], namespaces[1]
-
-
-def _configure(namespace: Namespace, end: End) -> None:
-    """Give one end its MAC and address and bring it (and loopback) up."""
-    link = ("-n", namespace.name, "link", "set", "dev", end.interface)
-    if end.mac:
-        _ip(*link, "address", end.mac)
-    if end.address:
-        _ip("-n", namespace.name, "addr", "add", end.address, "dev", end.interface)
-    _ip(*link, "up")
-    _ip("-n", namespace.name, "link", "set", "dev", "lo", "up")
-
-
-def _delete(namespace: Namespace) -> None:
-    for pid in namespace.pids():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _ip("netns", "del", namespace.name)
-
-
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
 
 from . import auth, bakeforms, bakes, disks, errors, health, metadata, pis, tokens
 
@@ -19,10 +20,10 @@ BLUEPRINTS = [
 ]
 
 
-class BakeryApi(Api):
+class BakeryApi(Api):  # type: ignore[misc]  # flask-smorest has no type information: Api is Any
     """flask-smorest's Api with Bakery's error format instead of its own."""
 
-    def handle_http_exception(self, error):
+    def handle_http_exception(self, error: HTTPException) -> Response:
         return errors.handle_http_exception(error)
 
 

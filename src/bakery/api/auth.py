@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from .. import auth
 from .errors import error_response
@@ -12,7 +12,7 @@ from .errors import error_response
 PUBLIC_ENDPOINTS = {"health.Health", "metadata.AgentSettingsForCaller"}
 
 
-def require_token():
+def require_token() -> Response | None:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
     header = request.headers.get("Authorization", "")
@@ -26,7 +26,7 @@ def require_token():
     return None
 
 
-def _unauthorized(message: str):
+def _unauthorized(message: str) -> Response:
     response = error_response(401, "unauthorized", message)
     response.headers["WWW-Authenticate"] = 'Bearer realm="bakery"'
     return response

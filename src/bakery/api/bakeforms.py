@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -9,6 +11,9 @@ from marshmallow import Schema, fields
 
 from ..errors import TooLarge
 from .current import current_fleet
+
+if TYPE_CHECKING:
+    from ..fleet import Bakeform
 
 blp = Blueprint(
     "bakeforms", __name__, url_prefix="/api/v1/bakeforms", description="OS images (bakeforms)"
@@ -33,14 +38,14 @@ class UploadQuerySchema(Schema):
 @blp.route("")
 class Bakeforms(MethodView):
     @blp.response(200, BakeformSchema(many=True))
-    def get(self):
+    def get(self) -> list[Bakeform]:
         return current_fleet().list_bakeforms()
 
 
 @blp.route("/<name>")
 class BakeformResource(MethodView):
     @blp.response(200, BakeformSchema)
-    def get(self, name):
+    def get(self, name: str) -> Bakeform:
         return current_fleet().get_bakeform(name)
 
     @blp.arguments(UploadQuerySchema, location="query")
@@ -54,7 +59,7 @@ class BakeformResource(MethodView):
             },
         }
     )
-    def put(self, args, name):
+    def put(self, args: dict[str, Any], name: str) -> Bakeform:
         """Upload an image as bakeform ``name``; streamed, validated, then extracted.
 
         An existing name is a conflict unless ``replace=true``."""
@@ -66,6 +71,6 @@ class BakeformResource(MethodView):
         return current_fleet().import_bakeform(name, request.stream, replace=args["replace"])
 
     @blp.response(204)
-    def delete(self, name):
+    def delete(self, name: str) -> None:
         """Delete a bakeform no live bake uses."""
         current_fleet().delete_bakeform(name)

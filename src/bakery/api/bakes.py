@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -11,6 +11,9 @@ from marshmallow import Schema, fields, validate
 from .current import current_fleet
 from .fields import Hostname, Labels, Name, ObjectId, Serial
 from .pis import PowerResultSchema, PowerSchema, power_answer
+
+if TYPE_CHECKING:
+    from ..fleet import Bake
 
 blp = Blueprint("bakes", __name__, url_prefix="/api/v1/bakes", description="Bakes (BOSH VMs)")
 
@@ -67,13 +70,13 @@ class SettingsSchema(Schema):
 class Bakes(MethodView):
     @blp.arguments(BakeQuerySchema, location="query")
     @blp.response(200, BakeSchema(many=True))
-    def get(self, args):
+    def get(self, args: dict[str, Any]) -> list[Bake]:
         """Live bakes (the oven); ``all=true`` adds the unbaked history."""
         return current_fleet().list_bakes(include_finished=args["all"], serial=args.get("serial"))
 
     @blp.arguments(BakeRequestSchema)
     @blp.response(201, BakeSchema)
-    def post(self, args):
+    def post(self, args: dict[str, Any]) -> Bake:
         """Bake a bakeform onto a free Pi (any, a given serial, or one with all the labels).
 
         Answers once the Pi is powered on; 503 ``no_pi_available`` when none is free."""
@@ -83,11 +86,11 @@ class Bakes(MethodView):
 @blp.route("/<bake_id>")
 class BakeResource(MethodView):
     @blp.response(200, BakeSchema)
-    def get(self, bake_id):
+    def get(self, bake_id: str) -> Bake:
         return current_fleet().get_bake(bake_id)
 
     @blp.response(200, BakeSchema)
-    def delete(self, bake_id):
+    def delete(self, bake_id: str) -> Bake:
         """Unbake: power off, unexport, delete the root and the bake's own disks."""
         return current_fleet().unbake(bake_id)
 
@@ -96,7 +99,7 @@ class BakeResource(MethodView):
 class BakePower(MethodView):
     @blp.arguments(PowerSchema)
     @blp.response(200, PowerResultSchema)
-    def post(self, args, bake_id):
+    def post(self, args: dict[str, Any], bake_id: str) -> dict[str, str]:
         """Power the bake's Pi on or off, or power-cycle it (BOSH reboot_vm)."""
         result = current_fleet().power_bake(bake_id, args["action"])
         return power_answer(current_fleet().get_bake(bake_id).pi.serial, args["action"], result)
@@ -105,20 +108,23 @@ class BakePower(MethodView):
 @blp.route("/<bake_id>/agent-settings")
 class AgentSettings(MethodView):
     @blp.response(200, description="a JSON object")
-    def get(self, bake_id):
+    def get(self, bake_id: str) -> dict[str, Any]:
         """The agent settings stored for this bake (the metadata endpoint's source)."""
         return current_fleet().get_live_bake(bake_id).agent_settings or {}
 
     @blp.arguments(SettingsSchema)
     @blp.response(200, description="a JSON object")
-    def put(self, settings, bake_id):
-        return current_fleet().set_agent_settings(bake_id, settings).agent_settings
+    def put(self, settings: dict[str, Any], bake_id: str) -> dict[str, Any]:
+        # the JSON column now holds the object just stored
+        return cast(
+            "dict[str, Any]", current_fleet().set_agent_settings(bake_id, settings).agent_settings
+        )
 
 
 @blp.route("/<bake_id>/metadata")
 class Metadata(MethodView):
     @blp.arguments(SettingsSchema)
     @blp.response(200, BakeSchema)
-    def put(self, metadata, bake_id):
+    def put(self, metadata: dict[str, Any], bake_id: str) -> Bake:
         """Replace the bake's metadata (BOSH set_vm_metadata)."""
         return current_fleet().set_bake_metadata(bake_id, metadata)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -10,6 +10,9 @@ from marshmallow import Schema, fields, validate
 
 from .current import current_fleet
 from .fields import ObjectId
+
+if TYPE_CHECKING:
+    from ..fleet import Disk, Snapshot
 
 blp = Blueprint("disks", __name__, url_prefix="/api/v1/disks", description="Disks")
 
@@ -65,12 +68,12 @@ class DiskQuerySchema(Schema):
 class Disks(MethodView):
     @blp.arguments(DiskQuerySchema, location="query")
     @blp.response(200, DiskSchema(many=True))
-    def get(self, args):
+    def get(self, args: dict[str, Any]) -> list[Disk]:
         return current_fleet().list_disks(args.get("bake_id"))
 
     @blp.arguments(DiskCreateSchema)
     @blp.response(201, DiskSchema)
-    def post(self, args):
+    def post(self, args: dict[str, Any]) -> Disk:
         """Create a sparse disk, attached to a bake at once if ``bake_id`` is given."""
         return current_fleet().create_disk(args.pop("size_mib"), **args)
 
@@ -78,11 +81,11 @@ class Disks(MethodView):
 @blp.route("/<disk_id>")
 class DiskResource(MethodView):
     @blp.response(200, DiskSchema)
-    def get(self, disk_id):
+    def get(self, disk_id: str) -> Disk:
         return current_fleet().get_disk(disk_id)
 
     @blp.response(204)
-    def delete(self, disk_id):
+    def delete(self, disk_id: str) -> None:
         """Delete a detached disk."""
         current_fleet().delete_disk(disk_id)
 
@@ -91,14 +94,14 @@ class DiskResource(MethodView):
 class Attach(MethodView):
     @blp.arguments(AttachSchema)
     @blp.response(200, DiskSchema)
-    def post(self, args, disk_id):
+    def post(self, args: dict[str, Any], disk_id: str) -> Disk:
         return current_fleet().attach_disk(disk_id, args["bake_id"])
 
 
 @blp.route("/<disk_id>/detach")
 class Detach(MethodView):
     @blp.response(200, DiskSchema)
-    def post(self, disk_id):
+    def post(self, disk_id: str) -> Disk:
         return current_fleet().detach_disk(disk_id)
 
 
@@ -106,7 +109,7 @@ class Detach(MethodView):
 class Resize(MethodView):
     @blp.arguments(ResizeSchema)
     @blp.response(200, DiskSchema)
-    def post(self, args, disk_id):
+    def post(self, args: dict[str, Any], disk_id: str) -> Disk:
         """Grow a disk; shrinking is refused."""
         return current_fleet().resize_disk(disk_id, args["size_mib"])
 
@@ -115,7 +118,7 @@ class Resize(MethodView):
 class DiskMetadata(MethodView):
     @blp.arguments(MetadataSchema)
     @blp.response(200, DiskSchema)
-    def put(self, metadata, disk_id):
+    def put(self, metadata: dict[str, Any], disk_id: str) -> Disk:
         """Replace the disk's metadata (BOSH set_disk_metadata)."""
         return current_fleet().set_disk_metadata(disk_id, metadata)
 
@@ -123,12 +126,12 @@ class DiskMetadata(MethodView):
 @blp.route("/<disk_id>/snapshots")
 class DiskSnapshots(MethodView):
     @blp.response(200, SnapshotSchema(many=True))
-    def get(self, disk_id):
+    def get(self, disk_id: str) -> list[Snapshot]:
         return current_fleet().list_snapshots(disk_id)
 
     @blp.arguments(MetadataSchema)
     @blp.response(201, SnapshotSchema)
-    def post(self, metadata, disk_id):
+    def post(self, metadata: dict[str, Any], disk_id: str) -> Snapshot:
         """Take a copy-on-write snapshot; 501 where the data dir has no reflinks."""
         return current_fleet().snapshot_disk(disk_id, metadata)
 
@@ -141,9 +144,9 @@ snapshots = Blueprint(
 @snapshots.route("/<snapshot_id>")
 class SnapshotResource(MethodView):
     @snapshots.response(200, SnapshotSchema)
-    def get(self, snapshot_id):
+    def get(self, snapshot_id: str) -> Snapshot:
         return current_fleet().get_snapshot(snapshot_id)
 
     @snapshots.response(204)
-    def delete(self, snapshot_id):
+    def delete(self, snapshot_id: str) -> None:
         current_fleet().delete_snapshot(snapshot_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from ..errors import BakeryError
@@ -31,13 +31,13 @@ HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, details: Any = None):
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": details}})
     response.status_code = status
     return response
 
 
-def _field_messages(messages: dict) -> str:
+def _field_messages(messages: dict[str, Any]) -> str:
     """'field: problem' for the first problems webargs found, naming each field."""
     parts = []
     for location in messages.values():
@@ -58,7 +58,7 @@ def _flatten(problems: Any) -> list[str]:
     return [str(problems)]
 
 
-def handle_http_exception(error: HTTPException):
+def handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     data = getattr(error, "data", None) or {}
     messages = data.get("messages")
@@ -73,11 +73,11 @@ def handle_http_exception(error: HTTPException):
     return error_response(status, HTTP_CODES.get(status, "error"), message)
 
 
-def handle_bakery_error(error: BakeryError):
+def handle_bakery_error(error: BakeryError) -> Response:
     return error_response(error.status, error.code, error.message, error.details)
 
 
-def handle_unexpected(error: Exception):
+def handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
     log.exception("unexpected error")

@@ -5,6 +5,7 @@ field's name before any handler runs."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from marshmallow import ValidationError, fields
 
@@ -21,29 +22,29 @@ def _check(rule: Callable[[str], str]) -> Callable[[str], None]:
     return validate
 
 
-def Serial(**kwargs) -> fields.String:  # noqa: N802 - reads like a field class
+def Serial(**kwargs: Any) -> fields.String:  # noqa: N802 - reads like a field class
     return fields.String(validate=_check(identifiers.serial), **kwargs)
 
 
-def Name(**kwargs) -> fields.String:  # noqa: N802
+def Name(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.name), **kwargs)
 
 
-def Mac(**kwargs) -> fields.String:  # noqa: N802
+def Mac(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.mac), **kwargs)
 
 
-def Ip(**kwargs) -> fields.String:  # noqa: N802
+def Ip(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.ip), **kwargs)
 
 
-def Hostname(**kwargs) -> fields.String:  # noqa: N802
+def Hostname(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.hostname), **kwargs)
 
 
-def Labels(**kwargs) -> fields.List:  # noqa: N802
+def Labels(**kwargs: Any) -> fields.List[str]:  # noqa: N802
     return fields.List(fields.String(validate=_check(identifiers.label)), **kwargs)
 
 
-def ObjectId(**kwargs) -> fields.String:  # noqa: N802
+def ObjectId(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.object_id), **kwargs)

@@ -14,7 +14,7 @@ blp = Blueprint("health", __name__, url_prefix="/api/v1/health", description="Li
 @blp.route("")
 class Health(MethodView):
     @blp.doc(security=[])
-    def get(self):
+    def get(self) -> dict[str, str]:
         """Answer when the service and its database work."""
         current_fleet().check_database()
         return {"status": "ok", "version": __version__}

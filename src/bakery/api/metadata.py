@@ -7,6 +7,8 @@ The BOSH agent can use it as an HTTP settings source instead of the File source.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -22,6 +24,6 @@ blp = Blueprint(
 class AgentSettingsForCaller(MethodView):
     @blp.doc(security=[])
     @blp.response(200, description="the caller's agent settings")
-    def get(self):
+    def get(self) -> dict[str, Any]:
         """The agent settings of the bake on the Pi at the caller's address."""
         return current_fleet().agent_settings_for_address(request.remote_addr or "")

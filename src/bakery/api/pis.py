@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from ..fleet import PiState, PowerResult
+from ..fleet import Event, Pi, PiState, PowerResult
 from .current import current_fleet
 from .fields import Ip, Labels, Mac, Serial
 
@@ -19,7 +19,7 @@ STATES = [s.value for s in PiState]
 MODELS = ["unknown", "3B", "3B+", "4B", "400", "CM4", "5", "CM5", "500"]
 
 
-def redact(settings: dict) -> dict:
+def redact(settings: dict[str, Any]) -> dict[str, Any]:
     """Power settings as shown to users: secrets replaced, the rest as stored."""
     return {
         k: "***" if any(w in k.lower() for w in SECRET_WORDS) else v
@@ -106,13 +106,13 @@ def power_answer(serial: str, action: str, result: PowerResult) -> dict[str, str
 class Pis(MethodView):
     @blp.arguments(PiQuerySchema, location="query")
     @blp.response(200, PiSchema(many=True))
-    def get(self, args):
+    def get(self, args: dict[str, Any]) -> list[Pi]:
         """List Pis, optionally by state and labels."""
         return current_fleet().list_pis(args.get("state"), args.get("label") or [])
 
     @blp.arguments(PiRegisterSchema)
     @blp.response(201, PiSchema)
-    def post(self, args):
+    def post(self, args: dict[str, Any]) -> Pi:
         """Register a Pi; it is available for bakes at once."""
         return current_fleet().register_pi(**args)
 
@@ -120,12 +120,12 @@ class Pis(MethodView):
 @blp.route("/<serial>")
 class PiResource(MethodView):
     @blp.response(200, PiSchema)
-    def get(self, serial):
+    def get(self, serial: str) -> Pi:
         return current_fleet().get_pi(serial)
 
     @blp.arguments(PiUpdateSchema)
     @blp.response(200, PiSchema)
-    def patch(self, args, serial):
+    def patch(self, args: dict[str, Any], serial: str) -> Pi:
         """Change a Pi's description; ``state`` marks it broken or available again."""
         state = args.pop("state", None)
         reason = args.pop("reason", "")
@@ -135,7 +135,7 @@ class PiResource(MethodView):
         return pi
 
     @blp.response(204)
-    def delete(self, serial):
+    def delete(self, serial: str) -> None:
         current_fleet().delete_pi(serial)
 
 
@@ -143,7 +143,7 @@ class PiResource(MethodView):
 class PiPower(MethodView):
     @blp.arguments(PowerSchema)
     @blp.response(200, PowerResultSchema)
-    def post(self, args, serial):
+    def post(self, args: dict[str, Any], serial: str) -> dict[str, str]:
         """Switch a Pi on or off, power-cycle it, or ask its power state."""
         result = current_fleet().operator_power(serial, args["action"])
         return power_answer(current_fleet().get_pi(serial).serial, args["action"], result)
@@ -153,6 +153,6 @@ class PiPower(MethodView):
 class PiEvents(MethodView):
     @blp.arguments(EventQuerySchema, location="query")
     @blp.response(200, EventSchema(many=True))
-    def get(self, args, serial):
+    def get(self, args: dict[str, Any], serial: str) -> list[Event]:
         """The Pi's timeline, oldest first: states, power calls, boot steps."""
         return current_fleet().timeline(serial, bake_id=args.get("bake_id"), limit=args["limit"])

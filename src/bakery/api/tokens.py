@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from .. import auth
 from .fields import Name
+
+if TYPE_CHECKING:
+    from ..auth import ApiToken
 
 blp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens", description="API tokens")
 
@@ -31,20 +36,21 @@ class TokenCreateSchema(Schema):
 @blp.route("")
 class Tokens(MethodView):
     @blp.response(200, TokenSchema(many=True))
-    def get(self):
+    def get(self) -> list[ApiToken]:
         return auth.list_tokens()
 
     @blp.arguments(TokenCreateSchema)
     @blp.response(201, NewTokenSchema)
-    def post(self, args):
+    def post(self, args: dict[str, Any]) -> ApiToken:
         row, plaintext = auth.create_token(args["name"])
-        row.token = plaintext
+        # the plaintext rides on this one row (not a column) for NewTokenSchema's answer
+        cast(Any, row).token = plaintext
         return row
 
 
 @blp.route("/<name>")
 class TokenResource(MethodView):
     @blp.response(204)
-    def delete(self, name):
+    def delete(self, name: str) -> None:
         """Revoke a token; requests with it are refused from now on."""
         auth.revoke_token(name)

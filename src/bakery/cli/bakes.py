@@ -15,7 +15,14 @@ BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_
 @click.option("--label", "labels", multiple=True, help="Bake a Pi with this label (repeatable).")
 @click.option("--model", help="Bake a Pi of this model.")
 @click.option("--hostname", help="Hostname (default pi-<serial>).")
-def bake(ctx: Context, bakeform_name: str, serial, labels, model, hostname) -> None:
+def bake(
+    ctx: Context,
+    bakeform_name: str,
+    serial: str | None,
+    labels: tuple[str, ...],
+    model: str | None,
+    hostname: str | None,
+) -> None:
     """Bake BAKEFORM onto a free Pi and power it on."""
     body = {
         "bakeform": bakeform_name,

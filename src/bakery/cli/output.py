@@ -9,11 +9,13 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from ..client import ApiClient, ApiError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -38,7 +40,7 @@ def default_token() -> str | None:
         return None
 
 
-def json_option(command: Callable) -> Callable:
+def json_option(command: F) -> F:
     """``--json`` on every command that prints, as well as on the group."""
 
     def set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -55,12 +57,14 @@ def json_option(command: Callable) -> Callable:
     )(command)
 
 
-def api_command(group: click.Group | None, *args: Any, **kwargs: Any) -> Callable:
+def api_command(
+    group: click.Group | None, *args: Any, **kwargs: Any
+) -> Callable[[Callable[..., Any]], click.Command]:
     """A command that talks to the API: gets the context, turns API errors into
     one-line failures, and accepts ``--json``. Made in ``group``, or standalone (for
     the top-level verbs the ``bakery`` group adds) when ``group`` is None."""
 
-    def decorate(func: Callable) -> Callable:
+    def decorate(func: Callable[..., Any]) -> click.Command:
         @functools.wraps(func)
         def run(*a: Any, **kw: Any) -> Any:
             try:
@@ -68,7 +72,9 @@ def api_command(group: click.Group | None, *args: Any, **kwargs: Any) -> Callabl
             except ApiError as exc:
                 raise click.ClickException(str(exc)) from None
 
-        make = click.command if group is None else group.command
+        make: Callable[..., Callable[[Callable[..., Any]], click.Command]] = (
+            click.command if group is None else group.command
+        )
         return make(*args, **kwargs)(json_option(run))
 
     return decorate
@@ -89,7 +95,7 @@ def emit(ctx: Context, data: Any, columns: Sequence[str] = (), *, title: str = "
         click.echo(f"{key:<{width}}  {'' if value is None else value}")
 
 
-def table(rows: list[dict], columns: Sequence[str]) -> str:
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, list):
             return ",".join(map(str, value))

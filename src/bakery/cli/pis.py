@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from .output import Context, api_command, emit
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -29,7 +31,7 @@ PI_COLUMNS = (
 )
 
 
-def parse_settings(pairs: Sequence[str], raw: str | None) -> dict | None:
+def parse_settings(pairs: Sequence[str], raw: str | None) -> dict[str, Any] | None:
     """``--power-setting key=value`` pairs and/or ``--power-settings JSON``."""
     if not pairs and raw is None:
         return None
@@ -45,7 +47,7 @@ def parse_settings(pairs: Sequence[str], raw: str | None) -> dict | None:
     return settings
 
 
-def pi_options(func: Callable) -> Callable:
+def pi_options(func: F) -> F:
     for option in reversed(
         [
             click.option("--mac", help="Ethernet MAC address."),
@@ -72,7 +74,15 @@ def pi_options(func: Callable) -> Callable:
     return func
 
 
-def pi_body(mac, model, ip, labels, power_driver, power_pairs, power_json) -> dict:
+def pi_body(
+    mac: str | None,
+    model: str | None,
+    ip: str | None,
+    labels: Sequence[str],
+    power_driver: str | None,
+    power_pairs: Sequence[str],
+    power_json: str | None,
+) -> dict[str, Any]:
     body = {
         "mac": mac,
         "model": model,

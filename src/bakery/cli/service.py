@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 config_option = click.option(
     "--config",
@@ -21,7 +24,7 @@ root_option = click.option(
 )
 
 
-def service_settings(config_file: str | None, **overrides: Any):
+def service_settings(config_file: str | None, **overrides: Any) -> Settings:
     """The settings a service command runs on; a bad one is a one-line error. Logging
     is set up here too, once, at the level the settings ask for."""
     import logging

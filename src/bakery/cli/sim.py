@@ -60,6 +60,7 @@ def sim_status(sim_url: str) -> None:
     from ..sim.demo import fetch_status
 
     ctx = click.get_current_context().find_object(Context)
+    assert ctx is not None  # the bakery group (or --json) always makes one
     try:
         emit(ctx, fetch_status(sim_url), SIM_COLUMNS, title="simulated Pis")
     except OSError as exc:  # requests' errors included

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from .. import disks as disk_images
 from ..config import Settings
@@ -28,7 +28,20 @@ from . import bakeforms, bakes, disks, events, exports, netboot, pis, power, que
 from .context import FleetContext
 from .netboot import FleetBootSource
 
-__all__ = ["BakeState", "Fleet", "FleetBootSource", "FleetContext", "PiState", "PowerResult"]
+__all__ = [
+    "Bake",
+    "Bakeform",
+    "BakeState",
+    "Disk",
+    "Event",
+    "Fleet",
+    "FleetBootSource",
+    "FleetContext",
+    "Pi",
+    "PiState",
+    "PowerResult",
+    "Snapshot",
+]
 
 
 class Fleet:
@@ -158,7 +171,7 @@ class Fleet:
     def import_bakeform(
         self,
         name: str,
-        stream: BinaryIO,
+        stream: IO[bytes],
         *,
         replace: bool = False,
         progress: Callable[[int], None] | None = None,

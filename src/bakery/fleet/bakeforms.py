@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from .. import fsutil, identifiers, images, roots
 from ..errors import Conflict, InvalidInput, TooLarge
@@ -20,7 +20,7 @@ from .states import LIVE_BAKE_STATES
 def import_bakeform(
     ctx: FleetContext,
     name: str,
-    stream: BinaryIO,
+    stream: IO[bytes],
     *,
     replace: bool = False,
     progress: Callable[[int], None] | None = None,

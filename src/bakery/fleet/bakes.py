@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .. import exports, identifiers, roots, stemcell
 from ..errors import Conflict, InvalidInput, NotFound, PowerFailed, StorageFailed
@@ -78,7 +78,8 @@ def _prepare(
     root.parent.mkdir(parents=True, exist_ok=True)
     source = ctx.bakeform_dir(bakeform.name)
     with ctx.lock("bakeforms", shared=True):  # root and boot of one import
-        roots.clone_root(source / "root", root, bakeform.clone_method)
+        # the column only ever holds what roots.create_base chose (or the default "copy")
+        roots.clone_root(source / "root", root, cast(roots.CloneMethod, bakeform.clone_method))
         roots.clone_boot(source / "boot", ctx.bake_boot(bake.id))
     _step(bake, "cloned", "root cloned", method=bakeform.clone_method)
     roots.season_root(root, hostname=bake.hostname, resolv_conf=ctx.settings.resolv_conf)
@@ -228,7 +229,9 @@ def _as_user_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def best_effort(step: Callable[[], object], what: str) -> bool:
+# ``...``: mypy cannot infer a lambda with default arguments (``lambda b=bake: ...``, as
+# recovery passes them) against ``Callable[[], object]``; steps are called with none.
+def best_effort(step: Callable[..., object], what: str) -> bool:
     """Run one cleanup step; a failure is logged, not raised, so the next step runs."""
     try:
         step()

@@ -3,6 +3,8 @@ root and its disks, to the one address its Pi boots from."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from .. import disks, exports
 from ..models import Bake, Disk, Pi
 from .context import FleetContext
@@ -14,12 +16,19 @@ def desired_exports(ctx: FleetContext) -> list[exports.Export]:
     nothing (never a wildcard). Two queries, however many bakes and disks."""
     bootable = (Bake.state.in_(BOOTABLE_BAKE_STATES)) & (Pi.last_ip.is_null(False))
     result = [
-        exports.Export(ctx.bake_root(bake.id), bake.pi.last_ip, "root", bake.id)
+        # ``bootable`` selects only Pis with an address
+        exports.Export(ctx.bake_root(bake.id), cast(str, bake.pi.last_ip), "root", bake.id)
         for bake in Bake.select(Bake, Pi).join(Pi).where(bootable)
     ]
     attached = Disk.select(Disk, Bake, Pi).join(Bake).join(Pi).where(bootable)
     result += [
-        exports.Export(disks.disk_dir(ctx.settings, disk.id), disk.bake.pi.last_ip, "disk", disk.id)
+        # the inner joins give every disk a bake, and ``bootable`` its Pi an address
+        exports.Export(
+            disks.disk_dir(ctx.settings, disk.id),
+            cast(str, cast(Bake, disk.bake).pi.last_ip),
+            "disk",
+            disk.id,
+        )
         for disk in attached
     ]
     return result

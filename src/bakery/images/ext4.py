@@ -98,6 +98,8 @@ _SECTION = re.compile(rb"^debugfs: \w+ (?:-p )?<(\d+)>$")
 
 def _sections(output: bytes) -> Iterator[tuple[int, list[bytes]]]:
     """Split debugfs -f output into (inode, lines) per echoed command."""
+    inode: int | None
+    lines: list[bytes]
     inode, lines = None, []
     for line in output.split(b"\n"):
         match = _SECTION.match(line)

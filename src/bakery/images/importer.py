@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from .. import fsutil
 from .fat import extract_boot, read_cmdline
@@ -30,7 +30,7 @@ class ImportedImage:
 
 
 def import_image(
-    stream: BinaryIO,
+    stream: IO[bytes],
     staging: Path,
     *,
     max_bytes: int | None = None,

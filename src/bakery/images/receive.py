@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from .errors import ImageError, UploadTooLarge
 
@@ -35,7 +35,7 @@ def detect_compression(head: bytes) -> str:
 
 
 def receive(
-    stream: BinaryIO,
+    stream: IO[bytes],
     raw: Path,
     hash_chunk: Callable[[bytes], None],
     max_bytes: int | None,
@@ -62,7 +62,7 @@ def receive(
     return received, compression
 
 
-def _chunks(head: bytes, stream: BinaryIO) -> Iterator[bytes]:
+def _chunks(head: bytes, stream: IO[bytes]) -> Iterator[bytes]:
     yield head
     while chunk := stream.read(CHUNK):
         yield chunk

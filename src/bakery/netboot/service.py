@@ -47,7 +47,12 @@ def run_netboot(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
     if parent is not None:
-        threading.Thread(target=lambda: (parent.read(), done.set()), daemon=True).start()
+
+        def watch_parent() -> None:
+            parent.read()
+            done.set()
+
+        threading.Thread(target=watch_parent, daemon=True).start()
     for child in children:
         child.start()
     log.info("netboot: running %s", ", ".join(type(c).__name__ for c in children) or "nothing")

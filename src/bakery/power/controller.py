@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bakery import fsutil
 from bakery.config import Settings
@@ -95,7 +95,8 @@ class PowerController:
 
     def backoff_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return min(self.backoff * 2 ** (attempt - 1), self.backoff_cap)
+        # attempt is 1-based: the exponent is never negative, so the power is an int
+        return min(self.backoff * cast(int, 2 ** (attempt - 1)), self.backoff_cap)
 
     def _driver(self, name: str) -> PowerDriver:
         if name not in self._drivers:
@@ -115,16 +116,16 @@ class PowerController:
             raise
         except Exception as exc:
             logger.exception("power driver %s crashed on Pi %s", driver.name, target.serial)
-            error = PowerError("fatal", f"driver {driver.name} failed: {type(exc).__name__}")
-            report.failed(error)
-            raise error from exc
+            failure = PowerError("fatal", f"driver {driver.name} failed: {type(exc).__name__}")
+            report.failed(failure)
+            raise failure from exc
         report.succeeded(result)
         return result
 
     def _act(
         self, driver: PowerDriver, target: PowerTarget, action: str, report: _Report
     ) -> PowerResult:
-        call = getattr(driver, action)
+        call: Callable[[PowerTarget], PowerResult] = getattr(driver, action)
         if action not in POWERING_ON or not driver.switches_power:
             report.started()
             return call(target)

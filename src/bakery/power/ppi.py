@@ -37,7 +37,7 @@ import logging
 import os
 import signal
 import subprocess
-from typing import Any
+from typing import Any, cast
 
 from bakery.power.base import (
     ERROR_TYPES,
@@ -205,7 +205,10 @@ def _structured_result(op: str, returncode: int, reply: dict[str, Any]) -> Power
     if reply["ok"] is True and returncode == 0:
         state = reply.get("state", EXPECTED_STATE[op])
         return PowerResult(state if state in POWER_STATES else "unknown", message)
-    error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+    # the isinstance check makes it a JSON object
+    error = (
+        cast("dict[str, Any]", reply.get("error")) if isinstance(reply.get("error"), dict) else {}
+    )
     error_type = error.get("type")
     if error_type not in ERROR_TYPES:
         error_type = EXIT_ERROR_TYPES.get(returncode, "fatal")

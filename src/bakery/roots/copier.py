@@ -9,6 +9,7 @@ import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypedDict
 
 from .errors import RootError
 
@@ -199,12 +200,18 @@ def _copy_range(source_fd: int, target_fd: int, offset: int, length: int) -> Non
         offset += copied
 
 
+class _NoFollow(TypedDict, total=False):
+    """The keyword arguments that keep os calls off a symlink's target."""
+
+    follow_symlinks: bool
+
+
 def _apply_metadata(source: str | int, target: str | int, info: os.stat_result) -> None:
     """Give `target` the owner, xattrs, mode and times of `source`, in the only order that
     keeps them all: chown clears setuid bits and file capabilities, and every change but
     the times' own moves the times. Symlinks are never followed (and have no mode)."""
     is_symlink = stat.S_ISLNK(info.st_mode)
-    nofollow = {"follow_symlinks": False} if is_symlink else {}
+    nofollow: _NoFollow = {"follow_symlinks": False} if is_symlink else {}
     os.chown(target, info.st_uid, info.st_gid, **nofollow)
     _copy_xattrs(source, target, nofollow)
     if not is_symlink:
@@ -212,7 +219,7 @@ def _apply_metadata(source: str | int, target: str | int, info: os.stat_result) 
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), **nofollow)
 
 
-def _copy_xattrs(source: str | int, target: str | int, nofollow: dict[str, bool]) -> None:
+def _copy_xattrs(source: str | int, target: str | int, nofollow: _NoFollow) -> None:
     """Every xattr (ACLs and file capabilities are xattrs too); one a filesystem cannot
     hold (``ENOTSUP``) is left out, as ``cp -a`` does."""
     read_nofollow = {} if isinstance(source, int) else {"follow_symlinks": False}

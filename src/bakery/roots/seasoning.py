@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import cast
 
 from bakery import identifiers
 
@@ -90,7 +91,8 @@ def _season_ssh_host_keys(root: Path, hostname: str) -> None:
                 os.unlink(name, dir_fd=ssh_dir)
     except FileNotFoundError:
         return
-    present = {SSH_HOST_KEY_RE.fullmatch(name)[1] for name in old_keys}
+    # old_keys holds only names this pattern matched
+    present = {cast("re.Match[str]", SSH_HOST_KEY_RE.fullmatch(name))[1] for name in old_keys}
     key_types = [kind for kind in SSH_KEY_TYPES if kind in present] or DEFAULT_SSH_KEY_TYPES
     for name, data, mode in _generate_ssh_host_keys(key_types, comment=f"root@{hostname}"):
         write_in_root(root, f"etc/ssh/{name}", data, mode=mode)

@@ -98,7 +98,9 @@ class Tftp:
         """The existence check: tsize, read the OACK, send "Early terminate"."""
         return self.transfer(name, {"tsize": 0}, probe=True).error is None
 
-    def get(self, name: str, required: bool = True, options: dict | None = None) -> bytes | None:
+    def get(
+        self, name: str, required: bool = True, options: dict[str, str | int] | None = None
+    ) -> bytes | None:
         """Download ``name``; None when it does not exist and is not ``required``."""
         download = self.transfer(name, self.options if options is None else options, False)
         if download.error is not None:
@@ -172,6 +174,7 @@ class Bootloader:
     def dhcp(self) -> tuple[str, int]:
         if self.link.interface is None:
             self.report("tftp", "dhcp", "skipped: no DHCP in loopback mode")
+            assert self.link.tftp_server is not None  # a link without DHCP names its server
             return self.link.tftp_server
         self.report("dhcp", "dhcp", f"DISCOVER from {self.pi.mac}")
         identity = dhcp_client.PiIdentity(
@@ -250,6 +253,7 @@ class Bootloader:
         for overlay in settings.overlays:
             tftp.fetch(f"{prefix}overlays/{overlay}.dtbo", required=False)
         cmdline = tftp.fetch(f"{prefix}cmdline.txt")
+        assert cmdline is not None  # required: fetch raises rather than answer None
         for kernel in (settings.kernel,) if settings.kernel else kernels:
             if tftp.fetch(f"{prefix}{kernel}", required=False) is not None:
                 return cmdline

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import requests
 
@@ -67,6 +68,7 @@ def _tftp_port(tftp_bind: str) -> int:
 
 def _instructions(site: SimulatedSite, root: Path) -> str:
     """How to use the site; the exports are needed only off the defaults."""
+    assert site.server is not None and site.power is not None  # the site has started
     hints = []
     if root != Path("data").absolute():
         hints.append(f"export BAKERY_ROOT={root}")
@@ -85,7 +87,7 @@ def _instructions(site: SimulatedSite, root: Path) -> str:
     )
 
 
-def fetch_status(sim_url: str) -> list[dict]:
+def fetch_status(sim_url: str) -> list[dict[str, Any]]:
     """Every simulated Pi's status from the simulator's power API."""
     try:
         response = requests.get(f"{sim_url.rstrip('/')}/pis", timeout=10)
@@ -93,4 +95,4 @@ def fetch_status(sim_url: str) -> list[dict]:
         message = f"cannot reach the simulator at {sim_url} (is `bakery sim run` running?)"
         raise OSError(message) from None
     response.raise_for_status()
-    return response.json()["pis"]
+    return cast("list[dict[str, Any]]", response.json()["pis"])

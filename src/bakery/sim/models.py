@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import identifiers
 
@@ -28,7 +29,7 @@ class TimelineEntry:
     step: str
     detail: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"at": self.at, "step": self.step, "detail": self.detail}
 
 
@@ -63,7 +64,7 @@ class SimPi:
     def note(self, step: str, detail: str) -> None:
         self.timeline.append(TimelineEntry(time.time(), step, detail))
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """What the power API answers: ``state`` is the relay (``on``/``off``, the
         words Bakery's webhook driver reads), ``boot`` how far the boot got."""
         return {

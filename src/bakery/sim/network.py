@@ -30,7 +30,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .models import SimPi
 
@@ -38,9 +38,9 @@ T = TypeVar("T")
 
 #: From <sched.h>; ``os.CLONE_NEWNET`` only exists from Python 3.12.
 CLONE_NEWNET = 0x40000000
-LOOPBACK_BLOCK = ipaddress.ip_network("127.66.0.0/16")
+LOOPBACK_BLOCK = ipaddress.IPv4Network("127.66.0.0/16")
 #: Sites pick a free /16 of this block (parallel sites on one host do not meet).
-SUBNET_POOL = ipaddress.ip_network("10.64.0.0/10")
+SUBNET_POOL = ipaddress.IPv4Network("10.64.0.0/10")
 #: NFS port in netns mode: the port an ``nfsroot=server:path`` kernel mount uses.
 NFS_PORT = 2049
 #: Why a loopback Pi cannot read its root (shown in its timeline and status).
@@ -110,7 +110,7 @@ class NetnsNetwork(Network):
 
     mode = "netns"
 
-    def __init__(self, subnet: str, nfs_port: int = NFS_PORT) -> None:
+    def __init__(self, subnet: str | ipaddress.IPv4Network, nfs_port: int = NFS_PORT) -> None:
         self.subnet = ipaddress.ip_network(subnet)
         self.server_ip = str(next(self.subnet.hosts()))
         self.nfs_port = nfs_port
@@ -142,15 +142,13 @@ class NetnsNetwork(Network):
     def attach(self, pi: SimPi) -> None:
         namespace = f"bkr-{self.tag}-{pi.serial}"
         host_end = f"bkv{self.tag}{len(self.namespaces):05x}"[:15]
-        _ip("netns", "add", namespace)
+        add_namespace(namespace)
         self.namespaces[pi.serial] = namespace
-        _ip("link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", namespace)
-        _ip("link", "set", host_end, "master", self.bridge, "up")
-        inside = ("-n", namespace)
-        _ip(*inside, "link", "set", "dev", "eth0", "address", pi.mac)
-        _ip(*inside, "addr", "add", f"{pi.address}/{self.subnet.prefixlen}", "dev", "eth0")
-        _ip(*inside, "link", "set", "dev", "eth0", "up")
-        _ip(*inside, "link", "set", "dev", "lo", "up")
+        address = f"{pi.address}/{self.subnet.prefixlen}"
+        add_veth(
+            VethEnd(host_end, bridge=self.bridge),
+            VethEnd("eth0", namespace, address=address, mac=pi.mac),
+        )
 
     def link(self, pi: SimPi) -> Link:
         return Link(pi.address, "eth0", None, self.nfs_port)
@@ -160,14 +158,16 @@ class NetnsNetwork(Network):
 
     def close(self) -> None:
         for namespace in self.namespaces.values():
-            _kill_inside(namespace)
-            _ip("netns", "del", namespace, check=False)
+            delete_namespace(namespace)
         self.namespaces.clear()
         _ip("link", "del", self.bridge, check=False)
 
 
-def free_subnet() -> str:
-    """A /16 of ``SUBNET_POOL`` holding none of this host's addresses."""
+def free_subnet(
+    pool: ipaddress.IPv4Network = SUBNET_POOL, prefix: int = 16
+) -> ipaddress.IPv4Network:
+    """A subnet of ``pool`` holding none of this host's addresses (parallel sites and
+    test runs on one host rarely meet)."""
     listed = json.loads(_ip("-j", "addr", "show").stdout or "[]")
     used = [
         ipaddress.ip_address(info["local"])
@@ -175,20 +175,81 @@ def free_subnet() -> str:
         for info in link.get("addr_info", [])
         if info.get("family") == "inet"
     ]
-    candidates = list(SUBNET_POOL.subnets(new_prefix=16))
+    candidates = list(pool.subnets(new_prefix=prefix))
     random.shuffle(candidates)
     for subnet in candidates:
         if not any(address in subnet for address in used):
-            return str(subnet)
-    raise RuntimeError(f"no free /16 left in {SUBNET_POOL}")
+            return subnet
+    raise RuntimeError(f"no free /{prefix} left in {pool}")
+
+
+# -- namespaces and veth pairs: the one builder the simulator and the tests use ------------
+
+
+@dataclass(frozen=True)
+class VethEnd:
+    """One end of a veth pair: its interface, the namespace it lives in (None: the
+    host's), and optionally its ``address/prefix``, its MAC and a bridge it joins."""
+
+    interface: str
+    namespace: str | None = None
+    address: str | None = None
+    mac: str | None = None
+    bridge: str | None = None
+
+
+def add_namespace(name: str) -> None:
+    _ip("netns", "add", name)
+
+
+def delete_namespace(name: str) -> None:
+    """Kill every process still inside, then delete it (and the veth ends in it)."""
+    _kill_inside(name)
+    _ip("netns", "del", name, check=False)
+
+
+def add_veth(first: VethEnd, second: VethEnd) -> None:
+    """A veth pair between ``first`` and ``second``, both configured and up (and the
+    loopback of each namespace they are in). The pair is made inside ``first``'s
+    namespace with the peer sent straight to ``second``'s: the host never sees a name it
+    does not keep, so parallel runs cannot collide on interface names."""
+    peer_namespace = ["netns", second.namespace] if second.namespace else []
+    _ip(
+        *_inside(first.namespace),
+        *("link", "add", first.interface, "type", "veth"),
+        *("peer", "name", second.interface, *peer_namespace),
+    )
+    for end in (first, second):
+        _configure(end)
+
+
+def _configure(end: VethEnd) -> None:
+    inside = _inside(end.namespace)
+    link = (*inside, "link", "set", "dev", end.interface)
+    if end.mac:
+        _ip(*link, "address", end.mac)
+    if end.address:
+        _ip(*inside, "addr", "add", end.address, "dev", end.interface)
+    if end.bridge:
+        _ip(*link, "master", end.bridge)
+    _ip(*link, "up")
+    if end.namespace:
+        _ip(*inside, "link", "set", "dev", "lo", "up")
+
+
+def _inside(namespace: str | None) -> tuple[str, ...]:
+    return ("-n", namespace) if namespace else ()
+
+
+#: What netns mode runs: namespaces and veth pairs, proxy DHCP, the NFS server, the Pi's reads.
+NETNS_TOOLS = ("ip", "dnsmasq", "ganesha.nfsd", "nfs-cat")
 
 
 def missing_tools(mode: str) -> list[str]:
     """What this machine lacks for ``mode`` (netns also needs root)."""
     if mode != "netns":
         return []
-    needed = ("ip", "dnsmasq", "ganesha.nfsd", "nfs-cat")
-    tools = [tool for tool in needed if not shutil.which(tool)]
+    tools = [tool for tool in NETNS_TOOLS if not shutil.which(tool)]
     return tools + ([] if os.geteuid() == 0 else ["root"])
 
 
@@ -234,4 +295,4 @@ def call_in_thread(enter: Callable[[], None], func: Callable[..., T], *args: Any
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]
+    return cast(T, outcome["value"])

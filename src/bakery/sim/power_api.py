@@ -13,16 +13,26 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, cast
 
 from .simulator import Simulator, UnknownPi
+
+if TYPE_CHECKING:
+
+    class _SimServer(ThreadingHTTPServer):
+        """What PowerApi makes of its server: one that carries the simulator."""
+
+        simulator: Simulator
+
 
 log = logging.getLogger(__name__)
 
 PI_PATH_RE = re.compile(r"^/pis/(?P<serial>[0-9a-f]{8})(?:/(?P<action>on|off|timeline))?$")
 
 
-def power_settings(url: str, serial: str) -> dict:
+def power_settings(url: str, serial: str) -> dict[str, Any]:
     """The ``webhook`` power settings that switch ``serial`` through the API at ``url``."""
     base = f"{url.rstrip('/')}/pis/{serial}"
     return {"on_url": f"{base}/on", "off_url": f"{base}/off", "status_url": base}
@@ -33,7 +43,8 @@ class PowerApi:
 
     def __init__(self, simulator: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
         self.simulator = simulator
-        self.server = ThreadingHTTPServer((host, port), _Handler)
+        # (_SimServer: the simulator is set on it right below)
+        self.server = cast("_SimServer", ThreadingHTTPServer((host, port), _Handler))
         self.server.daemon_threads = True
         self.server.simulator = simulator
         self._thread = threading.Thread(
@@ -42,7 +53,8 @@ class PowerApi:
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
+        # server_bind stored getsockname(): a str host for an AF_INET server
+        host, port = cast("tuple[str, int]", self.server.server_address[:2])
         return f"http://{host}:{port}"
 
     def start(self) -> PowerApi:
@@ -56,6 +68,7 @@ class PowerApi:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    server: _SimServer
     server_version = "bakery-sim/1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -81,13 +94,13 @@ class _Handler(BaseHTTPRequestHandler):
         switch = simulator.power_on if match["action"] == "on" else simulator.power_off
         self._with_pi(lambda: switch(match["serial"]))
 
-    def _with_pi(self, answer) -> None:
+    def _with_pi(self, answer: Callable[[], dict[str, Any]]) -> None:
         try:
             self._answer(200, answer())
         except UnknownPi as exc:
             self._answer(404, {"error": f"no simulated Pi {exc.args[0]}"})
 
-    def _answer(self, status: int, body: dict) -> None:
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -95,5 +108,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args) -> None:
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("power API: " + format, *args)

@@ -84,6 +84,7 @@ class SimulatedSite:
 
     @property
     def pis(self) -> list[SimPi]:
+        assert self.simulator is not None  # start() made it
         return list(self.simulator.pis.values())
 
     def __enter__(self) -> SimulatedSite:
@@ -123,6 +124,7 @@ class SimulatedSite:
 
     def _start_network(self) -> Network:
         if self.options.mode == "loopback":
+            assert self.options.tftp_port is not None  # SiteOptions.__post_init__ chose one
             return LoopbackNetwork(("127.0.0.1", self.options.tftp_port))
         network = NetnsNetwork(free_subnet())
         self._cleanup.callback(network.close)
@@ -130,6 +132,7 @@ class SimulatedSite:
 
     def _start_ganesha(self) -> None:
         directory = self.options.workdir / "ganesha"
+        assert isinstance(self.network, NetnsNetwork)  # ganesha runs in netns mode only
         self.ganesha = Ganesha(
             directory, directory / "exports.conf", self.network.server_ip, self.network.nfs_port
         )
@@ -153,6 +156,8 @@ class SimulatedSite:
                 "nfs_backend": "none",
             }
         else:
+            # netns mode: start() made the network and ganesha before asking for this
+            assert isinstance(self.network, NetnsNetwork) and self.ganesha is not None
             server_ip = self.network.server_ip
             config |= {
                 "nfs_server": server_ip,

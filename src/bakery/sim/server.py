@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import requests
 
@@ -20,14 +21,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
-        return probe.getsockname()[1]
+        return cast(int, probe.getsockname()[1])
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port nothing is bound to right now (for a TFTP server)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind((host, 0))
-        return probe.getsockname()[1]
+        return cast(int, probe.getsockname()[1])
 
 
 class BakeryProcess:
@@ -37,7 +38,7 @@ class BakeryProcess:
     ``BAKERY_CONFIG`` with every other ``BAKERY_*`` variable removed, so the server
     runs on exactly these settings whatever the caller's environment holds."""
 
-    def __init__(self, config: dict, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, config: dict[str, Any], workdir: Path, port: int | None = None) -> None:
         self.port = port or free_port()
         scheme = "https" if config.get("tls_cert_file") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -46,7 +47,7 @@ class BakeryProcess:
         self.config_file = workdir / "bakery.json"
         self.config_file.write_text(json.dumps({**config, "bind": f"127.0.0.1:{self.port}"}))
         self.log_file = workdir / "server.log"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.root = Path(config["root"])
 
     def start(self, timeout: float = 60.0) -> BakeryProcess:
@@ -65,6 +66,7 @@ class BakeryProcess:
         return self
 
     def _healthy(self) -> bool:
+        assert self.process is not None  # start() made it before waiting on this
         if self.process.poll() is not None:
             raise RuntimeError(f"bakery serve exited:\n{self.log_file.read_text()[-4000:]}")
         try:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from .bootloader import DEFAULT_TIMEOUTS, BootCancelled, BootFailure, Bootloader, Timeouts
 from .models import SimPi
@@ -42,19 +43,19 @@ class Simulator:
         except KeyError:
             raise UnknownPi(serial) from None
 
-    def status(self, serial: str) -> dict:
+    def status(self, serial: str) -> dict[str, Any]:
         with self._lock:
             return self.get(serial).status()
 
-    def statuses(self) -> list[dict]:
+    def statuses(self) -> list[dict[str, Any]]:
         with self._lock:
             return [pi.status() for pi in self.pis.values()]
 
-    def timeline(self, serial: str) -> list[dict]:
+    def timeline(self, serial: str) -> list[dict[str, Any]]:
         with self._lock:
             return [entry.as_dict() for entry in self.get(serial).timeline]
 
-    def power_on(self, serial: str) -> dict:
+    def power_on(self, serial: str) -> dict[str, Any]:
         """Close the relay: start booting. A Pi already on stays as it is."""
         pi = self.get(serial)
         with self._lock:
@@ -75,7 +76,7 @@ class Simulator:
             thread.start()
             return pi.status()
 
-    def power_off(self, serial: str) -> dict:
+    def power_off(self, serial: str) -> dict[str, Any]:
         """Open the relay: whatever the boot was doing stops."""
         pi = self.get(serial)
         with self._lock:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import selectors
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from bakery.netboot.tftp import packets as tp
@@ -185,7 +185,12 @@ def run(
     return finished
 
 
-def _next(selector, sequences, finished, index) -> None:
+def _next(
+    selector: selectors.BaseSelector,
+    sequences: list[Iterator[Download]],
+    finished: list[list[Download]],
+    index: int,
+) -> None:
     """Close the Pi's current transfer (if any) and start its next one."""
     if finished[index]:
         current = finished[index][-1]
@@ -202,7 +207,13 @@ def _next(selector, sequences, finished, index) -> None:
     download.start()
 
 
-def _expire(selector, sequences, finished, timeout, retransmit) -> None:
+def _expire(
+    selector: selectors.BaseSelector,
+    sequences: list[Iterator[Download]],
+    finished: list[list[Download]],
+    timeout: float,
+    retransmit: float,
+) -> None:
     """Resend what went unanswered for ``retransmit`` s (the Pi resends its RRQ every
     ~2 s); give a transfer up after ``timeout`` s without hearing from the server."""
     now = time.monotonic()
@@ -223,7 +234,7 @@ class PiClient:
         self.server, self.serial, self.bind_ip, self.timeout = server, serial, bind_ip, timeout
 
     def download(
-        self, name: str, options: dict[str, str | int] | None = None, probe: bool = False
+        self, name: str, options: Mapping[str, str | int] | None = None, probe: bool = False
     ) -> Download:
         """One finished transfer of ``name`` (a path as sent: add the serial yourself)."""
         download = Download(self.server, name, dict(options or {}), probe, self.bind_ip)

@@ -48,7 +48,7 @@ class StemcellError(ValueError):
     """The stemcell cannot be built from these inputs; the message says why."""
 
 
-def agent_config(settings_path: str = SETTINGS_PATH) -> dict:
+def agent_config(settings_path: str = SETTINGS_PATH) -> dict[str, Any]:
     """The bosh-agent's ``agent.json`` for a netbooted Pi (bosh-cpi.md §3.2, §3.3).
 
     Settings come from the file Bakery writes into the root (no metadata service needed);

@@ -17,6 +17,8 @@ CACHE_BYTES = 512 * 1024 * 1024
 #: Bytes a memoryview slice and its list slot take (counted against CACHE_BYTES).
 SLICE_OVERHEAD = 200
 _HEADER = struct.Struct("!HH")
+#: A cached image's key: device, inode, mtime (ns), size, block size and rendering.
+_Key = tuple[int, int, int, int, int, Callable[[bytes], bytes]]
 
 
 class PacketImage:
@@ -39,8 +41,8 @@ class PacketImage:
         view = memoryview(image)
         #: Memory held, counting the slice objects (they dominate at tiny block sizes).
         self.nbytes = len(image) + self.count * SLICE_OVERHEAD
-        #: DATA packet ``n`` (1-based, unwrapped) is ``packets[n]``.
-        self.packets: list[memoryview | None] = [None]
+        #: DATA packet ``n`` (1-based, unwrapped) is ``packets[n]``; there is no block 0.
+        self.packets: list[memoryview] = [memoryview(b"")]
         for index in range(self.count):
             start = index * (blksize + 4)
             self.packets.append(view[start : start + 4 + min(blksize, self.size - index * blksize)])
@@ -56,7 +58,7 @@ class PacketCache:
     def __init__(self, limit: int = CACHE_BYTES) -> None:
         self.limit = limit
         self.used = 0
-        self._images: OrderedDict[tuple, PacketImage] = OrderedDict()
+        self._images: OrderedDict[_Key, PacketImage] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path, blksize: int, render: Callable[[bytes], bytes]) -> PacketImage:
@@ -72,7 +74,7 @@ class PacketCache:
         self._store(key, image)
         return image
 
-    def _store(self, key: tuple, image: PacketImage) -> None:
+    def _store(self, key: _Key, image: PacketImage) -> None:
         if image.nbytes > self.limit:
             return
         with self._lock:

@@ -7,6 +7,7 @@ test client that plays a Pi speaks exactly the same bytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -122,7 +123,7 @@ def encode_request(
     return int(Opcode.RRQ).to_bytes(2, "big") + b"".join(p.encode("latin-1") + b"\0" for p in parts)
 
 
-def encode_oack(options: dict[str, str | int]) -> bytes:
+def encode_oack(options: Mapping[str, str | int]) -> bytes:
     body = b"".join(f"{name}\0{value}\0".encode("latin-1") for name, value in options.items())
     return int(Opcode.OACK).to_bytes(2, "big") + body
 

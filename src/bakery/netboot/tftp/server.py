@@ -11,11 +11,11 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ...config import Settings
 from .. import bootfiles
@@ -93,14 +93,14 @@ class TftpServer:
         self._files = ThreadPoolExecutor(4, thread_name_prefix="tftp-files")
         self._db = ThreadPoolExecutor(1, thread_name_prefix="tftp-db")
         self._events: list[tuple[str, str, dict[str, Any]]] = []
-        self._tasks: set[asyncio.Future] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         """Where the server listens (the real port when bound to port 0)."""
-        return self.sock.getsockname()[:2]
+        return cast("tuple[str, int]", self.sock.getsockname()[:2])
 
     @property
     def active_transfers(self) -> int:
@@ -155,6 +155,8 @@ class TftpServer:
             if transfer is not None:
                 self._drop(transfer)
         self.transfers.clear()
+        # _serve set all three before it could get here
+        assert self.loop is not None and self._epoll is not None and self._listener is not None
         self.loop.remove_reader(self._epoll.fileno())
         self._epoll.close()
         for task in self._tasks:
@@ -177,6 +179,7 @@ class TftpServer:
     def _pump(self) -> None:
         """The loop's callback when any transfer socket is readable: serve them all."""
         by_fd = self._by_fd
+        assert self._epoll is not None  # registered as the loop's reader of this epoll
         for fd, _ in self._epoll.poll(0):
             transfer = by_fd.get(fd)
             if transfer is not None:
@@ -240,6 +243,7 @@ class TftpServer:
         return image if isinstance(image, Outcome) else (path.serial, path.relative, image)
 
     async def _load(self, tree: Path, relative: str, blksize: int) -> PacketImage | Outcome:
+        assert self.loop is not None  # requests arrive only while serving
         image = await self.loop.run_in_executor(
             self._files, self._read_boot_file, tree, relative, blksize
         )
@@ -266,13 +270,19 @@ class TftpServer:
         return render
 
     def _begin(
-        self, client: tuple[str, int], request: tp.Request, serial: str | None, name: str, image
+        self,
+        client: tuple[str, int],
+        request: tp.Request,
+        serial: str | None,
+        name: str,
+        image: PacketImage,
     ) -> None:
         sock = transfer_socket(self.address[0], client)
         transfer = Transfer(self, client, sock)
         transfer.name, transfer.serial = name, serial
         self.transfers[client] = transfer
         self._by_fd[sock.fileno()] = transfer
+        assert self._epoll is not None  # requests arrive only while serving
         self._epoll.register(sock.fileno(), select.EPOLLIN)
         granted = tp.negotiate(request.options, image.size, self.settings.tftp_max_blksize)
         transfer.begin(image, tp.encode_oack(granted) if granted else b"")
@@ -342,6 +352,7 @@ class TftpServer:
         if failure is not None:
             self._record(transfer.serial, "transfer failed", file=transfer.name, reason=failure)
             return
+        assert transfer.image is not None  # a transfer that ended well had begun
         seconds = round(time.monotonic() - transfer.started, 4)
         message = "cmdline served" if transfer.name.lower() == CMDLINE else "file served"
         self._record(
@@ -353,6 +364,7 @@ class TftpServer:
             del self.transfers[transfer.client]
         fd = transfer.sock.fileno()
         if self._by_fd.pop(fd, None) is transfer:
+            assert self._epoll is not None  # _begin registered it there
             self._epoll.unregister(fd)
         transfer.sock.close()
 
@@ -361,6 +373,7 @@ class TftpServer:
     async def _ask(self, call: Callable[..., T], *args: Any) -> T:
         """Run a boot source call on the database thread (the source's calls are made
         from that one thread, never from the event loop)."""
+        assert self.loop is not None  # asked only while serving
         return await self.loop.run_in_executor(self._db, call, *args)
 
     def _record(self, serial: str, message: str, **data: Any) -> None:
@@ -375,18 +388,20 @@ class TftpServer:
 
     async def _write_events(self) -> None:
         events, self._events = self._events, []
+        assert self.loop is not None  # spawned only while serving
         await self.loop.run_in_executor(self._db, self._store_events, events)
 
     def _store_events(self, events: list[tuple[str, str, dict[str, Any]]]) -> None:
         for serial, message, data in events:
             self.source.record_boot(serial, message, data)
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
+        assert self.loop is not None  # spawns come from requests and events while serving
         task = self.loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Future) -> None:
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("TFTP background call failed", exc_info=task.exception())
@@ -400,7 +415,7 @@ class _Listener(asyncio.DatagramProtocol):
         self.server.on_request(data, addr[:2])
 
 
-def _run(coroutine) -> None:
+def _run(coroutine: Coroutine[Any, Any, None]) -> None:
     """Run ``coroutine`` on uvloop when it is installed: its loop costs about half of
     asyncio's per ready socket, which is most of a packet's cost here."""
     try:

@@ -28,6 +28,7 @@ class Transfer:
         "sock",
         "image",
         "packets",
+        "count",
         "name",
         "serial",
         "block",
@@ -44,7 +45,8 @@ class Transfer:
         self.client = client
         self.sock = sock
         self.image: PacketImage | None = None
-        self.packets: list[memoryview | None] = []
+        self.packets: list[memoryview] = []
+        self.count = 0
         self.name = ""
         self.serial: str | None = None
         self.block = 0
@@ -56,7 +58,7 @@ class Transfer:
         self.oack = b""
 
     def begin(self, image: PacketImage, oack: bytes) -> None:
-        self.image, self.packets, self.oack = image, image.packets, oack
+        self.image, self.packets, self.count, self.oack = image, image.packets, image.count, oack
         if oack:
             self.send(oack)
         else:
@@ -82,7 +84,7 @@ class Transfer:
             self.server.client_error(self, bytes(buf[:length]))
 
     def advance(self) -> None:
-        if self.block == self.image.count:
+        if self.block == self.count:
             self.server.finish(self)
             return
         self.block += 1

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from bakery.cli import main
-from tests.support.server import LiveServer
+from bakery.sim.server import BakeryProcess as LiveServer
 
 
 @pytest.fixture(scope="module")

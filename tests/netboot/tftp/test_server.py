@@ -3,7 +3,6 @@ client) on loopback, over a real baked Pi in a temp data dir (SQLite)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -14,12 +13,10 @@ import pytest
 from bakery.models import PiState
 from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.netboot.tftp import packets as tp
-from tests.netboot.pi_client import PI4_BOOT_FILES, Download, PiClient, run
-from tests.support.sdimage import REQUIRED_TOOLS, build_sd_image, default_boot_files
+from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, default_boot_files
+from bakery.sim.tftp_client import PI4_BOOT_FILES, Download, PiClient, run
 
-pytestmark = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in REQUIRED_TOOLS), reason="SD image tools missing"
-)
+pytestmark = pytest.mark.tools(*REQUIRED_TOOLS)
 
 SERIAL = "1234abcd"
 BOOT_FILES = default_boot_files()
@@ -47,11 +44,8 @@ def server(tftp_server):
 
 
 @pytest.fixture
-def baked(fleet, sd_image_file):
-    with open(sd_image_file, "rb") as image:
-        fleet.import_bakeform("raspios", image)
-    fleet.register_pi(SERIAL, ip="127.0.0.1")
-    return fleet.bake("raspios")
+def baked(bake_pi):
+    return bake_pi(SERIAL, ip="127.0.0.1")
 
 
 @pytest.fixture
@@ -85,7 +79,7 @@ def error_code(server, name: str) -> int:
 # -- real clients ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+@pytest.mark.tools("curl")
 @pytest.mark.parametrize("blksize", [[], ["--tftp-blksize", "1468"]], ids=["512", "1468"])
 def test_curl_gets_config_txt(pi, server, blksize):
     url = f"tftp://127.0.0.1:{server.address[1]}/{SERIAL}/config.txt"
@@ -93,7 +87,7 @@ def test_curl_gets_config_txt(pi, server, blksize):
     assert fetched.stdout == BOOT_FILES["config.txt"]
 
 
-@pytest.mark.skipif(shutil.which("tftp") is None, reason="tftp-hpa client missing")
+@pytest.mark.tools("tftp")
 def test_tftp_hpa_client_gets_start4_elf(pi, server, tmp_path):
     out = tmp_path / "start4.elf"
     command = ["tftp", "127.0.0.1", str(server.address[1]), "-m", "binary"]
@@ -101,7 +95,7 @@ def test_tftp_hpa_client_gets_start4_elf(pi, server, tmp_path):
     assert out.read_bytes() == BOOT_FILES["start4.elf"]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl missing")
+@pytest.mark.tools("curl")
 def test_unprefixed_requests_come_from_the_firmware_dir(server, settings):
     (settings.firmware_path / "bootcode.bin").write_bytes(b"pi 3 second stage" * 100)
     url = f"tftp://127.0.0.1:{server.address[1]}/bootcode.bin"

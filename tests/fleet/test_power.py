@@ -1,0 +1,40 @@
+"""fleet.power: after a restart, Pis get back the power their state implies."""
+
+from __future__ import annotations
+
+from bakery.models import Bake, Pi
+
+STATEFUL_PPI = """\
+import json, pathlib, sys
+request = json.load(sys.stdin)
+state_file = pathlib.Path(sys.argv[1])
+if request["op"] in ("on", "off"):
+    state_file.write_text(request["op"])
+state = state_file.read_text() if state_file.exists() else "off"
+print(json.dumps({"ok": True, "state": state}))
+"""
+
+
+def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, raspios, tmp_path):
+    import sys
+
+    ppi = tmp_path / "relay.py"
+    ppi.write_text(STATEFUL_PPI)
+    relays = {}
+    for serial in ("00000001", "00000002"):
+        relays[serial] = tmp_path / f"relay-{serial}"
+        fleet.register_pi(
+            serial,
+            ip=f"127.0.0.{int(serial)}",
+            power_driver="ppi",
+            power_settings={"path": sys.executable, "args": [str(ppi), str(relays[serial])]},
+        )
+    bake = fleet.bake("raspios", serial="00000001")
+    assert relays["00000001"].read_text() == "on"
+    relays["00000001"].write_text("off")  # the rack lost power while bakery was down
+    relays["00000002"].write_text("on")  # and a free Pi came up on its own
+    fleet.restore_power()
+    assert relays["00000001"].read_text() == "on"
+    assert relays["00000002"].read_text() == "off"
+    assert Pi.get(Pi.serial == "00000001").power_state == "on"
+    assert Bake.get_by_id(bake.id).state == "baked"
