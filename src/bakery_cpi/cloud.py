@@ -9,15 +9,19 @@ director expects (bosh-cpi.md §2 and §1.4).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import secrets
-import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeGuard, cast
+from typing import Any, cast
 
 from . import agent_settings
+from .cids import (
+    checked_disk_cid,
+    checked_vm_cid,
+    is_object_id,
+    require_stemcell_cid,
+    stemcell_name,
+)
 from .client import ApiError, BakeryClient
 from .config import CpiConfig, ephemeral_disk_mib
 from .errors import (
@@ -36,8 +40,6 @@ from .log import CallLog
 RETRYABLE_CODES = {"no_pi_available", "power_failed", "unavailable"}
 #: Bake states in which the VM exists (Bakery's live states).
 LIVE_STATES = {"preparing", "baked", "unbaking"}
-NAME_CHARS = set(string.ascii_letters + string.digits + "._-")
-HEX = set("0123456789abcdef")
 #: Placement keys of create_vm's cloud_properties, passed to Bakery's bake request.
 PLACEMENT_KEYS = ("labels", "model", "serial")
 
@@ -72,31 +74,6 @@ def missing_is(error: VMNotFound | DiskNotFound, *, named_alone: bool = True) ->
         raise
 
 
-def is_object_id(value: Any) -> TypeGuard[str]:
-    """Bakery's ids (bakes, disks, snapshots) are 32 lowercase hex; nothing else is
-    put into a request path."""
-    return isinstance(value, str) and len(value) == 32 and set(value) <= HEX
-
-
-def stemcell_name(cloud_properties: dict[str, Any]) -> str:
-    """A bakeform name (``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``) from the stemcell's name and
-    version, so re-uploading one stemcell replaces its bakeform instead of adding one."""
-    wanted = "-".join(
-        str(cloud_properties[key])
-        for key in ("name", "version")
-        if cloud_properties.get(key) not in (None, "")
-    )
-    name = "".join(c if c in NAME_CHARS else "-" for c in wanted)
-    while ".." in name:
-        name = name.replace("..", ".")
-    name = name.lstrip("._-")
-    if not name:
-        return f"stemcell-{secrets.token_hex(8)}"
-    if len(name) > 64:
-        return f"{name[:55]}-{hashlib.sha1(wanted.encode()).hexdigest()[:8]}"
-    return name
-
-
 class Cloud:
     """One CPI call's view of Bakery: the client, the configuration, the API version."""
 
@@ -129,7 +106,7 @@ class Cloud:
 
     def delete_stemcell(self, stemcell_cid: str) -> None:
         """Delete the bakeform; one already gone counts as deleted."""
-        self._require_name(stemcell_cid)
+        require_stemcell_cid(stemcell_cid)
         try:
             self.client.delete(f"/bakeforms/{stemcell_cid}")
         except ApiError as exc:
@@ -175,7 +152,7 @@ class Cloud:
         env: dict[str, Any],
     ) -> tuple[str, dict[str, Any]]:
         """The create_vm steps; each pushes onto ``undo`` what removes what it made."""
-        self._require_name(stemcell_cid)
+        require_stemcell_cid(stemcell_cid)
         _require_networks(networks)
         size = ephemeral_disk_mib(
             cloud_properties.get("ephemeral_disk_mib", self.config.ephemeral_disk_mib),
@@ -244,7 +221,7 @@ class Cloud:
     def delete_vm(self, vm_cid: str) -> None:
         """Unbake: Bakery detaches (keeps) persistent disks and deletes the ephemeral one."""
         with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
-            self.client.delete(f"/bakes/{self._vm(vm_cid)}")
+            self.client.delete(f"/bakes/{checked_vm_cid(vm_cid)}")
 
     def has_vm(self, vm_cid: str) -> bool:
         bake = self._find(f"/bakes/{vm_cid}") if is_object_id(vm_cid) else None
@@ -253,11 +230,11 @@ class Cloud:
     def reboot_vm(self, vm_cid: str, options: Any = None) -> None:
         """Power-cycle the Pi (a hard reboot: there is nothing softer to ask of a relay)."""
         with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
-            self.client.post(f"/bakes/{self._vm(vm_cid)}/power", {"action": "cycle"})
+            self.client.post(f"/bakes/{checked_vm_cid(vm_cid)}/power", {"action": "cycle"})
 
     def set_vm_metadata(self, vm_cid: str, metadata: dict[str, Any]) -> None:
         with missing_is(VMNotFound(f"VM '{vm_cid}' not found")):
-            self.client.put(f"/bakes/{self._vm(vm_cid)}/metadata", metadata or {})
+            self.client.put(f"/bakes/{checked_vm_cid(vm_cid)}/metadata", metadata or {})
 
     def calculate_vm_cloud_properties(self, resources: dict[str, Any]) -> dict[str, Any]:
         """A Pi's CPU and RAM are what they are; only the ephemeral disk size is chosen."""
@@ -274,7 +251,7 @@ class Cloud:
 
     def delete_disk(self, disk_cid: str) -> None:
         with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
-            self.client.delete(f"/disks/{self._disk(disk_cid)}")
+            self.client.delete(f"/disks/{checked_disk_cid(disk_cid)}")
 
     def has_disk(self, disk_cid: str) -> bool:
         return is_object_id(disk_cid) and self._find(f"/disks/{disk_cid}") is not None
@@ -284,7 +261,9 @@ class Cloud:
         disk_missing = DiskNotFound(f"Disk '{disk_cid}' not found")
         vm_missing = VMNotFound(f"VM '{vm_cid}' not found")
         with missing_is(disk_missing, named_alone=False), missing_is(vm_missing, named_alone=False):
-            self.client.post(f"/disks/{self._disk(disk_cid)}/attach", {"bake_id": self._vm(vm_cid)})
+            self.client.post(
+                f"/disks/{checked_disk_cid(disk_cid)}/attach", {"bake_id": checked_vm_cid(vm_cid)}
+            )
         self._write_persistent_disks(vm_cid)
         return agent_settings.disk_hint(disk_cid) if self.api_version >= 2 else None
 
@@ -307,13 +286,15 @@ class Cloud:
 
     def set_disk_metadata(self, disk_cid: str, metadata: dict[str, Any]) -> None:
         with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
-            self.client.put(f"/disks/{self._disk(disk_cid)}/metadata", metadata or {})
+            self.client.put(f"/disks/{checked_disk_cid(disk_cid)}/metadata", metadata or {})
 
     def resize_disk(self, disk_cid: str, new_size: int) -> None:
         """Grow in place; a shrink is NotSupported, so the director copies to a new disk."""
         try:
             with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
-                self.client.post(f"/disks/{self._disk(disk_cid)}/resize", {"size_mib": new_size})
+                self.client.post(
+                    f"/disks/{checked_disk_cid(disk_cid)}/resize", {"size_mib": new_size}
+                )
         except ApiError as exc:
             if exc.code == "shrink_not_supported":
                 raise NotSupported(f"disk {disk_cid} cannot shrink to {new_size} MiB") from None
@@ -323,7 +304,7 @@ class Cloud:
         """A copy-on-write snapshot; NotImplemented where Bakery's data dir has no reflinks."""
         try:
             with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):
-                path = f"/disks/{self._disk(disk_cid)}/snapshots"
+                path = f"/disks/{checked_disk_cid(disk_cid)}/snapshots"
                 return cast(str, self.client.post(path, metadata or {})["id"])
         except ApiError as exc:
             if exc.status == 501:
@@ -371,30 +352,6 @@ class Cloud:
                 return False
             raise
         return True
-
-    @staticmethod
-    def _vm(vm_cid: Any) -> str:
-        if not is_object_id(vm_cid):
-            raise VMNotFound(f"VM '{vm_cid}' not found")
-        return vm_cid
-
-    @staticmethod
-    def _disk(disk_cid: Any) -> str:
-        if not is_object_id(disk_cid):
-            raise DiskNotFound(f"Disk '{disk_cid}' not found")
-        return disk_cid
-
-    @staticmethod
-    def _require_name(stemcell_cid: Any) -> None:
-        valid = (
-            isinstance(stemcell_cid, str)
-            and 0 < len(stemcell_cid) <= 64
-            and stemcell_cid[0].isalnum()
-            and set(stemcell_cid) <= NAME_CHARS
-            and ".." not in stemcell_cid
-        )
-        if not valid:
-            raise CpiError(f"stemcell '{stemcell_cid}' is not a valid stemcell cid")
 
 
 def _require_networks(networks: Any) -> None:

@@ -129,7 +129,7 @@ def test_a_pi_that_never_asked_who_we_are_is_confirmed_on_its_next_try(
         except TftpError:
             return None
 
-    # The server keeps a Pi's answer for a moment (TARGET_TTL): the retry waits it out.
+    # The server keeps a Pi's answer for a moment (boots.TARGET_TTL): the retry waits it out.
     assert wait_until(retry, timeout=10, what="the retry to be confirmed")
     assert Pi.get().last_ip == "10.99.0.58"
     assert b"nfsroot=" in fetch(lan, server, "10.99.0.58", "cmdline.txt")

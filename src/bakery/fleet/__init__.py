@@ -1,7 +1,7 @@
 """The fleet: everything that changes a Pi, a bake, a bakeform or a disk goes through here.
 
-``Fleet`` is a thin facade, in the style of Ironic's conductor manager: each method hands
-its work to the module that owns it, all of them sharing one ``FleetContext``:
+``Fleet`` is a thin facade, in the style of Ironic's conductor manager: each method is the
+function of the module that owns the work, run with the fleet's one ``FleetContext``:
 
 - ``states``: the Pi and bake state tables; a move is a conditional UPDATE and its event
   in one transaction, so two workers or two hosts never both move the same Pi;
@@ -14,19 +14,18 @@ its work to the module that owns it, all of them sharing one ``FleetContext``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .. import disks as disk_images
 from ..config import Settings
-from ..exports import Export
 from ..models import Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
-from ..netboot.bootfiles import BootTarget
-from ..power import PowerAction, PowerController, PowerResult
-from . import bakeforms, bakes, disks, events, exports, netboot, pis, power, queries, recovery
+from ..power import PowerController, PowerResult
+from . import bakeforms, bakes, disks, exports, netboot, pis, queries, recovery
 from .context import FleetContext
 from .netboot import FleetBootSource
+from .power import operator_power, restore_power
 
 __all__ = [
     "Bake",
@@ -42,6 +41,35 @@ __all__ = [
     "PowerResult",
     "Snapshot",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _InContext(Generic[P, R]):
+    """A facade method that is a fleet module's function run with the fleet's context:
+    its parameters (but the context) and its docstring are the function's own, so each
+    signature is written once, where the work is."""
+
+    def __init__(self, func: Callable[Concatenate[FleetContext, P], R]) -> None:
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    @overload
+    def __get__(self, fleet: None, owner: type[Fleet]) -> _InContext[P, R]: ...
+
+    @overload
+    def __get__(self, fleet: Fleet, owner: type[Fleet]) -> Callable[P, R]: ...
+
+    def __get__(self, fleet: Fleet | None, owner: type[Fleet]) -> _InContext[P, R] | Callable[P, R]:
+        if fleet is None:
+            return self
+        context, func = fleet.context, self.func
+
+        def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+            return func(context, *args, **kwargs)
+
+        return in_context
 
 
 class Fleet:
@@ -85,195 +113,52 @@ class Fleet:
 
     # -- lookups and lists --------------------------------------------------------------
 
-    def check_database(self) -> None:
-        """Raise unless the database answers (the health check)."""
-        queries.check_database()
+    check_database = staticmethod(queries.check_database)
+    get_pi = staticmethod(queries.get_pi)
+    get_bake = staticmethod(queries.get_bake)
+    get_live_bake = staticmethod(queries.get_live_bake)
+    get_bakeform = staticmethod(queries.get_bakeform)
+    get_disk = staticmethod(queries.get_disk)
+    get_snapshot = staticmethod(queries.get_snapshot)
+    list_pis = staticmethod(queries.list_pis)
+    list_bakes = staticmethod(queries.list_bakes)
+    list_bakeforms = staticmethod(queries.list_bakeforms)
+    list_disks = staticmethod(queries.list_disks)
+    list_snapshots = staticmethod(queries.list_snapshots)
+    timeline = staticmethod(queries.timeline)
 
-    def get_pi(self, serial: str) -> Pi:
-        return queries.get_pi(serial)
+    # -- Pis and power --------------------------------------------------------------------
 
-    def get_bake(self, bake_id: str) -> Bake:
-        return queries.get_bake(bake_id)
+    register_pi = _InContext(pis.register_pi)
+    update_pi = _InContext(pis.update_pi)
+    set_pi_state = staticmethod(pis.set_pi_state)
+    delete_pi = staticmethod(pis.delete_pi)
+    operator_power = _InContext(operator_power)
+    restore_power = _InContext(restore_power)
 
-    def get_live_bake(self, bake_id: str) -> Bake:
-        return queries.get_live_bake(bake_id)
+    # -- bakeforms, bakes, disks ------------------------------------------------------------
 
-    def get_bakeform(self, name: str) -> Bakeform:
-        return queries.get_bakeform(name)
-
-    def get_disk(self, disk_id: str) -> Disk:
-        return queries.get_disk(disk_id)
-
-    def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return queries.get_snapshot(snapshot_id)
-
-    def list_pis(self, state: str | None = None, labels: Sequence[str] = ()) -> list[Pi]:
-        return queries.pis(state, labels)
-
-    def list_bakes(
-        self, *, include_finished: bool = False, serial: str | None = None
-    ) -> list[Bake]:
-        return queries.bakes(include_finished=include_finished, serial=serial)
-
-    def list_bakeforms(self) -> list[Bakeform]:
-        return queries.bakeforms()
-
-    def list_disks(self, bake_id: str | None = None) -> list[Disk]:
-        return queries.disks(bake_id)
-
-    def list_snapshots(self, disk_id: str) -> list[Snapshot]:
-        return queries.snapshots(disk_id)
-
-    def timeline(self, serial: str, *, bake_id: str | None = None, limit: int = 200) -> list[Event]:
-        return events.timeline(self.get_pi(serial), bake_id=bake_id, limit=limit)
-
-    # -- Pis and power ------------------------------------------------------------------
-
-    def register_pi(
-        self,
-        serial: str,
-        *,
-        mac: str | None = None,
-        model: str = "unknown",
-        power_driver: str | None = None,
-        power_settings: dict[str, Any] | None = None,
-        labels: Sequence[str] = (),
-        ip: str | None = None,
-    ) -> Pi:
-        return pis.register_pi(
-            self.context,
-            serial,
-            mac=mac,
-            model=model,
-            power_driver=power_driver,
-            power_settings=power_settings,
-            labels=labels,
-            ip=ip,
-        )
-
-    def update_pi(self, serial: str, **changes: Any) -> Pi:
-        return pis.update_pi(self.context, serial, **changes)
-
-    def set_pi_state(self, serial: str, state: PiState, reason: str = "") -> Pi:
-        return pis.set_pi_state(serial, state, reason)
-
-    def delete_pi(self, serial: str) -> None:
-        pis.delete_pi(serial)
-
-    def operator_power(self, serial: str, action: PowerAction) -> PowerResult:
-        return power.operator_power(self.context, serial, action)
-
-    def restore_power(self) -> None:
-        power.restore_power(self.context)
-
-    # -- bakeforms ------------------------------------------------------------------------
-
-    def import_bakeform(
-        self,
-        name: str,
-        stream: IO[bytes],
-        *,
-        replace: bool = False,
-        progress: Callable[[int], None] | None = None,
-    ) -> Bakeform:
-        return bakeforms.import_bakeform(
-            self.context, name, stream, replace=replace, progress=progress
-        )
-
-    def delete_bakeform(self, name: str) -> None:
-        bakeforms.delete_bakeform(self.context, name)
-
-    # -- bakes ----------------------------------------------------------------------------
-
-    def bake(
-        self,
-        bakeform_name: str,
-        *,
-        serial: str | None = None,
-        labels: Sequence[str] = (),
-        model: str | None = None,
-        hostname: str | None = None,
-        agent_settings: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-        disk_ids: Sequence[str] = (),
-        power_on: bool = True,
-    ) -> Bake:
-        return bakes.bake(
-            self.context,
-            bakeform_name,
-            serial=serial,
-            labels=labels,
-            model=model,
-            hostname=hostname,
-            agent_settings=agent_settings,
-            metadata=metadata,
-            disk_ids=disk_ids,
-            power_on=power_on,
-        )
-
-    def unbake(self, bake_id: str) -> Bake:
-        return bakes.unbake(self.context, bake_id)
-
-    def power_bake(self, bake_id: str, action: PowerAction) -> PowerResult:
-        return bakes.power_bake(self.context, bake_id, action)
-
-    def set_agent_settings(self, bake_id: str, agent_settings: dict[str, Any]) -> Bake:
-        return bakes.set_agent_settings(self.context, bake_id, agent_settings)
-
-    def agent_settings_for_address(self, ip: str) -> dict[str, Any]:
-        return bakes.agent_settings_for_address(ip)
-
-    def set_bake_metadata(self, bake_id: str, metadata: dict[str, Any]) -> Bake:
-        return bakes.set_bake_metadata(bake_id, metadata)
-
-    # -- disks ----------------------------------------------------------------------------
-
-    def create_disk(
-        self,
-        size_mib: int,
-        *,
-        bake_id: str | None = None,
-        ephemeral: bool = False,
-        metadata: dict[str, Any] | None = None,
-    ) -> Disk:
-        return disks.create_disk(
-            self.context, size_mib, bake_id=bake_id, ephemeral=ephemeral, metadata=metadata
-        )
-
-    def delete_disk(self, disk_id: str) -> None:
-        disks.delete_disk(self.context, disk_id)
-
-    def attach_disk(self, disk_id: str, bake_id: str) -> Disk:
-        return disks.attach_disk(self.context, disk_id, bake_id)
-
-    def detach_disk(self, disk_id: str) -> Disk:
-        return disks.detach_disk(self.context, disk_id)
-
-    def resize_disk(self, disk_id: str, size_mib: int) -> Disk:
-        return disks.resize_disk(self.context, disk_id, size_mib)
-
-    def set_disk_metadata(self, disk_id: str, metadata: dict[str, Any]) -> Disk:
-        return disks.set_disk_metadata(disk_id, metadata)
-
-    def snapshot_disk(self, disk_id: str, metadata: dict[str, Any] | None = None) -> Snapshot:
-        return disks.snapshot_disk(self.context, disk_id, metadata)
-
-    def delete_snapshot(self, snapshot_id: str) -> None:
-        disks.delete_snapshot(self.context, snapshot_id)
+    import_bakeform = _InContext(bakeforms.import_bakeform)
+    delete_bakeform = _InContext(bakeforms.delete_bakeform)
+    bake = _InContext(bakes.bake)
+    unbake = _InContext(bakes.unbake)
+    power_bake = _InContext(bakes.power_bake)
+    set_agent_settings = _InContext(bakes.set_agent_settings)
+    agent_settings_for_address = staticmethod(bakes.agent_settings_for_address)
+    set_bake_metadata = staticmethod(bakes.set_bake_metadata)
+    create_disk = _InContext(disks.create_disk)
+    delete_disk = _InContext(disks.delete_disk)
+    attach_disk = _InContext(disks.attach_disk)
+    detach_disk = _InContext(disks.detach_disk)
+    resize_disk = _InContext(disks.resize_disk)
+    set_disk_metadata = staticmethod(disks.set_disk_metadata)
+    snapshot_disk = _InContext(disks.snapshot_disk)
+    delete_snapshot = _InContext(disks.delete_snapshot)
 
     # -- exports, netboot, recovery -------------------------------------------------------
 
-    def desired_exports(self) -> list[Export]:
-        return exports.desired_exports(self.context)
-
-    def publish_exports(self) -> None:
-        exports.publish_exports(self.context)
-
-    def boot_target(self, serial: str, ip: str, model: str | None = None) -> BootTarget | None:
-        return netboot.boot_target(self.context, serial, ip, model)
-
-    def turn_away(self, serial: str) -> None:
-        netboot.turn_away(self.context, serial)
-
-    def recover(self) -> dict[str, int]:
-        return recovery.recover(self.context)
+    desired_exports = _InContext(exports.desired_exports)
+    publish_exports = _InContext(exports.publish_exports)
+    boot_target = _InContext(netboot.boot_target)
+    turn_away = _InContext(netboot.turn_away)
+    recover = _InContext(recovery.recover)

@@ -47,7 +47,7 @@ def register_pi(
     return pi
 
 
-def update_pi(ctx: FleetContext, serial: str, **changes: Any) -> Pi:
+def update_pi(ctx: FleetContext, /, serial: str, **changes: Any) -> Pi:
     """Change a Pi's description. State changes go through ``set_pi_state``."""
     pi = get_pi(serial)
     if "power_driver" in changes and "power_settings" not in changes:

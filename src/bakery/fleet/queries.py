@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import peewee as pw
 
 from .. import identifiers
 from ..errors import NotFound
-from ..models import Bake, Bakeform, Disk, Pi, PiState, Snapshot
+from ..models import Bake, Bakeform, Disk, Event, Pi, PiState, Snapshot
+from . import events
 from .states import LIVE_BAKE_STATES
+
+M = TypeVar("M", Bake, Disk, Snapshot)
 
 
 def check_database() -> None:
@@ -30,11 +34,16 @@ def get_pi(serial: str) -> Pi:
     return pi
 
 
+def _by_id(model: type[M], key: str, what: str) -> M:
+    """The row of ``model`` with id ``key`` (32 hex digits, or it cannot exist)."""
+    row = model.get_or_none(model.id == key) if identifiers.ID_RE.match(key) else None
+    if row is None:
+        raise NotFound(f"no {what} {key!r}", code=f"{what}_not_found")
+    return row
+
+
 def get_bake(bake_id: str) -> Bake:
-    bake = Bake.get_or_none(Bake.id == bake_id) if identifiers.ID_RE.match(bake_id) else None
-    if bake is None:
-        raise NotFound(f"no bake {bake_id!r}", code="bake_not_found")
-    return bake
+    return _by_id(Bake, bake_id, "bake")
 
 
 def get_live_bake(bake_id: str) -> Bake:
@@ -52,19 +61,11 @@ def get_bakeform(name: str) -> Bakeform:
 
 
 def get_disk(disk_id: str) -> Disk:
-    disk = Disk.get_or_none(Disk.id == disk_id) if identifiers.ID_RE.match(disk_id) else None
-    if disk is None:
-        raise NotFound(f"no disk {disk_id!r}", code="disk_not_found")
-    return disk
+    return _by_id(Disk, disk_id, "disk")
 
 
 def get_snapshot(snapshot_id: str) -> Snapshot:
-    found = identifiers.ID_RE.match(snapshot_id) and Snapshot.get_or_none(
-        Snapshot.id == snapshot_id
-    )
-    if not found:
-        raise NotFound(f"no snapshot {snapshot_id!r}", code="snapshot_not_found")
-    return found
+    return _by_id(Snapshot, snapshot_id, "snapshot")
 
 
 def live_bake_of(pi: Pi) -> Bake | None:
@@ -78,7 +79,7 @@ def with_labels(pis: Iterable[Pi], labels: Sequence[str]) -> list[Pi]:
     return [pi for pi in pis if wanted <= set(pi.labels or [])]
 
 
-def pis(state: str | None = None, labels: Sequence[str] = ()) -> list[Pi]:
+def list_pis(state: str | None = None, labels: Sequence[str] = ()) -> list[Pi]:
     query = Pi.select().order_by(Pi.serial)
     if state is not None:
         query = query.where(Pi.state == state)
@@ -98,7 +99,7 @@ def available_pis(serial: str | None, labels: Sequence[str], model: str | None) 
     return found
 
 
-def bakes(*, include_finished: bool = False, serial: str | None = None) -> list[Bake]:
+def list_bakes(*, include_finished: bool = False, serial: str | None = None) -> list[Bake]:
     """Bakes, oldest first, each with its Pi and its disks loaded (two queries in all)."""
     query = Bake.select(Bake, Pi).join(Pi).order_by(Bake.created_at)
     if not include_finished:
@@ -108,17 +109,22 @@ def bakes(*, include_finished: bool = False, serial: str | None = None) -> list[
     return list(pw.prefetch(query, Disk.select(Disk.id, Disk.bake)))
 
 
-def bakeforms() -> list[Bakeform]:
+def list_bakeforms() -> list[Bakeform]:
     return list(Bakeform.select().order_by(Bakeform.name))
 
 
-def disks(bake_id: str | None = None) -> list[Disk]:
+def list_disks(bake_id: str | None = None) -> list[Disk]:
     query = Disk.select().order_by(Disk.created_at)
     if bake_id is not None:
         query = query.where(Disk.bake == bake_id)
     return list(query)
 
 
-def snapshots(disk_id: str) -> list[Snapshot]:
+def list_snapshots(disk_id: str) -> list[Snapshot]:
     disk = get_disk(disk_id)
     return list(Snapshot.select().where(Snapshot.disk_id == disk.id))
+
+
+def timeline(serial: str, *, bake_id: str | None = None, limit: int = 200) -> list[Event]:
+    """The Pi's newest ``limit`` events (of one bake if ``bake_id``), oldest first."""
+    return events.timeline(get_pi(serial), bake_id=bake_id, limit=limit)

@@ -205,7 +205,7 @@ def test_workers_sharing_the_port_each_get_every_request_of_their_pis(settings, 
             for _ in range(12):
                 sock, _answer = request(first, f"{serial}/start4.elf", bind_ip=address)
                 sock.close()
-            holders[serial] = [worker for worker in (first, second) if serial in worker.pis]
+            holders[serial] = [worker for worker in (first, second) if serial in worker.boots]
     finally:
         for worker in (first, second):
             worker.stop()

@@ -17,7 +17,8 @@ sweep rather than a timer per packet. The fleet (database) is only asked about a
 once per request burst, never per packet, always from its one thread, and boot events
 are written in batches.
 
-The modules: ``packets`` (the codec), ``cache`` (packet images), ``transfer`` (one read,
+The modules: ``packets`` (the codec), ``cache`` (packet images), ``boots`` (what is
+remembered of each Pi between requests), ``transfer`` (one read,
 the hot path), ``server`` (requests and the event loop), ``sockets``, ``workers``.
 """
 

@@ -10,10 +10,9 @@ import signal
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -21,6 +20,7 @@ from ...config import Settings
 from .. import bootfiles
 from ..bootfiles import BootSource, BootTarget, UnsafePath
 from . import packets as tp
+from .boots import PiBoots
 from .cache import PacketCache, PacketImage
 from .sockets import listening_socket, transfer_socket
 from .transfer import Transfer
@@ -28,29 +28,10 @@ from .transfer import Transfer
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Seconds a Pi's boot target is reused for its next requests (a boot asks for ~20-40).
-TARGET_TTL = 2.0
-#: Seconds without requests after which a Pi's next request starts a new boot.
-QUIET_PERIOD = 30.0
-#: Seconds between two power-offs of the same Pi booting without a bake.
-TURN_AWAY_INTERVAL = 30.0
 #: How often retransmit deadlines are checked, in seconds.
 SWEEP_INTERVAL = 0.05
-MAX_TRACKED_PIS = 4096
 CMDLINE = "cmdline.txt"
 CONFIG_TXT = "config.txt"
-
-
-@dataclass
-class PiBoot:
-    """What this server remembers of one Pi between its requests."""
-
-    last_request: float = 0.0
-    requested: list[str] = field(default_factory=list)
-    target: BootTarget | None = None
-    target_ip: str = ""
-    target_expires: float = 0.0
-    turned_away: float = float("-inf")
 
 
 @dataclass
@@ -84,7 +65,7 @@ class TftpServer:
         self.sock = sock or listening_socket(*settings.tftp_address)
         self.cache = cache or PacketCache()
         self.transfers: dict[tuple[str, int], Transfer | None] = {}
-        self.pis: OrderedDict[str, PiBoot] = OrderedDict()
+        self.boots = PiBoots()
         self.recv_buffer = bytearray(600)
         self._epoll: select.epoll | None = None
         self._by_fd: dict[int, Transfer] = {}
@@ -295,42 +276,20 @@ class TftpServer:
 
     async def _target(self, serial: str, ip: str, name: str) -> BootTarget | None:
         """The Pi's boot target, from the fleet when it may have changed: on the first
-        request of a boot, after ``TARGET_TTL``, from a new address, and always for
+        request of a boot, after ``boots.TARGET_TTL``, from a new address, and always for
         cmdline.txt (its exports must follow its address before it learns its root)."""
         now = time.monotonic()
-        boot = self._pi(serial)
-        first = now - boot.last_request > QUIET_PERIOD
-        boot.last_request = now
-        if first:
-            boot.requested.clear()
-        boot.requested.append(name)
-        del boot.requested[:-16]
-        fresh = boot.target_ip == ip and now < boot.target_expires
-        if fresh and name.lower() != CMDLINE:
+        boot = self.boots[serial]
+        first = boot.note(name, now)
+        if boot.target_is_fresh(ip, now) and name.lower() != CMDLINE:
             return boot.target
-        model = bootfiles.guess_model(boot.requested)
-        target = await self._ask(self.source.boot_target, serial, ip, model)
-        boot.target, boot.target_ip, boot.target_expires = target, ip, now + TARGET_TTL
+        target = await self._ask(self.source.boot_target, serial, ip, boot.model())
+        boot.remember(target, ip, now)
         if first:
             self._record(serial, "first request", file=name, ip=ip)
-        if target is None:
-            self._turn_away(serial, boot, now)
+        if target is None and boot.time_to_turn_away(now):
+            self._spawn(self._ask(self.source.turn_away, serial))
         return target
-
-    def _pi(self, serial: str) -> PiBoot:
-        boot = self.pis.get(serial)
-        if boot is None:
-            boot = self.pis[serial] = PiBoot()
-            if len(self.pis) > MAX_TRACKED_PIS:
-                self.pis.popitem(last=False)
-        self.pis.move_to_end(serial)
-        return boot
-
-    def _turn_away(self, serial: str, boot: PiBoot, now: float) -> None:
-        if now - boot.turned_away < TURN_AWAY_INTERVAL:
-            return
-        boot.turned_away = now
-        self._spawn(self._ask(self.source.turn_away, serial))
 
     # -- endings -----------------------------------------------------------------------------
 
