@@ -122,7 +122,7 @@ def tftp_server(settings, fleet):
 @pytest.fixture
 def admin_token(app) -> str:
     with models.database.connection_context():
-        _, token = auth.create_token("test-admin")
+        _, token = auth.create_token("test-admin", role="admin")
     return token
 
 

@@ -58,6 +58,10 @@ def test_unreadable_or_malformed_file(tmp_path):
         ({"director": "short"}, "32-128"),
         ({"bad name": "x" * 40}, "token name"),
         ({"director": "spaces are not allowed in tokens, no"}, "printable"),
+        ({"director": {"token": "x" * 40, "role": "root"}}, "role must be one of"),
+        ({"director": {"token": "x" * 40, "owner": "../etc"}}, "owner"),
+        ({"director": {"token": "x" * 40, "rights": "all"}}, "unknown field"),
+        ({"director": {"role": "cpi"}}, "32-128"),
     ],
 )
 def test_configured_tokens_are_validated(tmp_path, tokens, word):

@@ -49,13 +49,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bakery.identifiers",
             "bakery.fsutil",
             "bakery.errors",
+            "bakery.redaction",
             "bakery",
         ),
     ),
 ]
-#: What the API may import besides itself: the fleet facade, tokens, error types and the
-#: identifier rules its fields validate with.
-API_MAY_IMPORT = ("bakery.fleet", "bakery.auth", "bakery.errors", "bakery.identifiers")
+#: What the API may import besides itself: the fleet facade, tokens, error types, the
+#: identifier rules its fields validate with, and what it must hide.
+API_MAY_IMPORT = (
+    "bakery.fleet",
+    "bakery.auth",
+    "bakery.errors",
+    "bakery.identifiers",
+    "bakery.redaction",
+)
 #: The netboot servers know the fleet only through ``bootfiles.BootSource``.
 NETBOOT_MUST_NOT_IMPORT = ("bakery.fleet", "bakery.models", "bakery.auth")
 

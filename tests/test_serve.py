@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
+import time
 
 import pytest
 import requests
 
+from bakery import serve
 from bakery.sim.wait import wait_until
 from tests.support.postgres import free_port
 
@@ -116,17 +120,18 @@ def test_serve_speaks_https_with_the_configured_certificate(live_server, tmp_pat
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_tokens_from_the_settings_work_and_rotate(live_server):
+    """A token given by its value alone is the director's: role cpi (so it lists bakes)."""
     director = "d" * 40
     server = live_server(api_tokens={"director": director})
     headers = {"Authorization": f"Bearer {director}"}
-    assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/api/v1/bakes", headers=headers, timeout=5).status_code == 200
     assert not (server.root / "admin-token").exists()
     server.stop()
     rotated = "r" * 40
     server = live_server(api_tokens={"director": rotated})
-    assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 401
+    assert requests.get(f"{server.url}/api/v1/bakes", headers=headers, timeout=5).status_code == 401
     headers = {"Authorization": f"Bearer {rotated}"}
-    assert requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/api/v1/bakes", headers=headers, timeout=5).status_code == 200
 
 
 @pytest.mark.slow
@@ -139,6 +144,82 @@ def test_a_token_removed_from_the_settings_stops_working(live_server):
     for token, status in ((kept, 200), (dropped, 401)):
         headers = {"Authorization": f"Bearer {token}"}
         assert (
-            requests.get(f"{server.url}/api/v1/pis", headers=headers, timeout=5).status_code
+            requests.get(f"{server.url}/api/v1/bakes", headers=headers, timeout=5).status_code
             == status
         )
+
+
+def raw_request(url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``data`` as it is on a fresh connection; everything the server answered."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_clients_sending_half_a_head_neither_stop_health_nor_stay_forever(live_server):
+    """The finding: two connections sending a partial header froze the API, /health too."""
+    server = live_server(workers=1)
+    host, port = server.url.removeprefix("http://").split(":")
+    slow = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
+    for sock in slow:
+        sock.sendall(b"GET /api/v1/pis HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    started = time.monotonic()
+    for _ in range(5):
+        assert requests.get(f"{server.url}/api/v1/health", timeout=5).status_code == 200
+    assert time.monotonic() - started < 5
+    for sock in slow:  # cut off once their head is late, whatever they send meanwhile
+        sock.sendall(b"a")
+        assert sock.recv(1024) == b""
+        sock.close()
+    assert time.monotonic() - started < serve.HEAD_TIMEOUT + 5
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431, "headers_too_large"),
+        (b"NOT A REQUEST\r\n\r\n", 400, "bad_request"),
+    ],
+)
+def test_gunicorns_own_errors_are_json_too(live_server, request_bytes, status, code):
+    server = live_server(workers=1)
+    answer = raw_request(server.url, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert b"Content-Type: application/json" in head
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_after_the_master_is_killed_its_workers_go_and_a_restart_gets_the_port(live_server):
+    server = live_server(workers=2)
+    workers = [int(pid) for pid in worker_pids(server.process.pid)]
+    assert len(workers) == 2
+    os.kill(server.process.pid, signal.SIGKILL)  # the master alone, not its group
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10, what="workers to die")
+    server.process.wait(timeout=10)
+    restarted = server.start(timeout=30)
+    assert requests.get(f"{restarted.url}/api/v1/health", timeout=5).status_code == 200
+
+
+def worker_pids(master: int) -> list[str]:
+    return subprocess.run(
+        ["pgrep", "-P", str(master), "-f", "bakery"], capture_output=True, text=True
+    ).stdout.split()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

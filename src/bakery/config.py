@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import fsutil
+from . import fsutil, identifiers
 
 NFS_BACKENDS = ("kernel", "ganesha", "none")
 
@@ -249,13 +249,23 @@ def load_settings(
 
 
 def _validate_tokens(s: Settings) -> None:
-    for name, token in s.api_tokens.items():
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+    """``name: token`` or ``name: {token, role, owner}``, each part checked."""
+    for name, value in s.api_tokens.items():
+        where = f"setting 'api_tokens': token {name!r}"
+        if not identifiers.NAME_RE.fullmatch(name):
             raise ConfigError(f"setting 'api_tokens': {name!r} is not a token name")
+        entry = value if isinstance(value, dict) else {"token": value}
+        unknown = sorted(set(entry) - {"token", "role", "owner"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        token = entry.get("token")
         if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]{32,128}", token):
-            raise ConfigError(
-                f"setting 'api_tokens': token {name!r} must be 32-128 printable characters"
-            )
+            raise ConfigError(f"{where} must be 32-128 printable characters")
+        if entry.get("role", "cpi") not in identifiers.ROLES:
+            raise ConfigError(f"{where}: role must be one of {', '.join(identifiers.ROLES)}")
+        owner = entry.get("owner", name)
+        if not isinstance(owner, str) or not identifiers.NAME_RE.fullmatch(owner):
+            raise ConfigError(f"{where}: owner {owner!r} is not a name")
 
 
 # -- the rules of settings that end up in another program's configuration -----------------

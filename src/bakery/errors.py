@@ -34,6 +34,14 @@ class NotFound(BakeryError):
     code = "not_found"
 
 
+class Forbidden(BakeryError):
+    """The token may not do this: its role does not allow the route, or what it would
+    change belongs to another owner."""
+
+    status = 403
+    code = "forbidden"
+
+
 class Conflict(BakeryError):
     status = 409
     code = "conflict"

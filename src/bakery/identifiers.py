@@ -82,6 +82,16 @@ def label(value: str) -> str:
     return value
 
 
+#: What an API token may be given: everything; the fleet; what the BOSH CPI calls; reading.
+ROLES = ("admin", "operator", "cpi", "viewer")
+
+
+def role(value: str) -> str:
+    if value not in ROLES:
+        raise InvalidIdentifier(f"role {value!r} is not one of {', '.join(ROLES)}")
+    return value
+
+
 def object_id(value: str, what: str = "id") -> str:
     """A bake or disk id: 32 lower-case hex digits (a UUID4 without dashes)."""
     if not isinstance(value, str) or not ID_RE.fullmatch(value):

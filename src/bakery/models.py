@@ -102,6 +102,8 @@ class Bakeform(BaseModel):
     #: NFS one from the cmdline.txt in the bake's own boot files.
     cmdline = pw.TextField(default="")
     metadata = JSONField(default=dict)
+    #: The owner of the token that imported it ("" for one made by Bakery itself).
+    owner = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow)
 
 
@@ -121,6 +123,11 @@ class Bake(BaseModel):
     agent_settings = JSONField(null=True)
     metadata = JSONField(default=dict)
     error = pw.TextField(default="")
+    #: The owner of the token that baked it: only that owner (or an admin) sees it.
+    owner = pw.CharField(max_length=64, default="", index=True)
+    #: sha256 of the secret written into the bake's root: what the Pi shows to ask
+    #: Bakery about itself, which no other host on the Pi LAN can read.
+    secret_hash = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow)
     finished_at = pw.DateTimeField(null=True)
 
@@ -133,6 +140,7 @@ class Disk(BaseModel):
     #: Created together with a bake (an ephemeral disk): deleted when the bake is unbaked.
     ephemeral = pw.BooleanField(default=False)
     metadata = JSONField(default=dict)
+    owner = pw.CharField(max_length=64, default="", index=True)
     created_at = pw.DateTimeField(default=utcnow)
 
 
@@ -142,6 +150,7 @@ class Snapshot(BaseModel):
     disk_id = pw.CharField(max_length=32, index=True)
     size_mib = pw.IntegerField()
     metadata = JSONField(default=dict)
+    owner = pw.CharField(max_length=64, default="", index=True)
     created_at = pw.DateTimeField(default=utcnow)
 
 
@@ -153,6 +162,8 @@ class Event(BaseModel):
     kind = pw.CharField(max_length=16)
     message = pw.TextField()
     data = JSONField(default=dict)
+    #: The API token whose request did it ("" for Bakery itself: netboot, recovery).
+    actor = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow, index=True)
 
 
@@ -163,7 +174,12 @@ class ApiToken(BaseModel):
     token_hash = pw.CharField(max_length=64, unique=True)
     #: The first characters of the token, to tell tokens apart in listings.
     prefix = pw.CharField(max_length=12)
-    role = pw.CharField(max_length=16, default="admin")
+    #: admin, operator, cpi or viewer (bakery.auth.ROLES): what the token may call.
+    role = pw.CharField(max_length=16, default="viewer")
+    #: Whose bakes, disks and bakeforms the token makes and sees (Ironic's owner).
+    owner = pw.CharField(max_length=64, default="")
+    #: Whether this token came from the settings (and goes when it leaves them).
+    configured = pw.BooleanField(default=False)
     created_at = pw.DateTimeField(default=utcnow)
     last_used_at = pw.DateTimeField(null=True)
 
@@ -175,9 +191,34 @@ class SchemaVersion(BaseModel):
 
 MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ApiToken, SchemaVersion]
 
+
+def _owners_actors_and_bake_secrets(migrator: migrate.SchemaMigrator) -> None:
+    """Version 2: who owns bakes, disks, bakeforms and snapshots, what a token may do
+    and for whom, which token each event came from, and the secret a baked Pi shows."""
+
+    def owner() -> pw.CharField:
+        return pw.CharField(max_length=64, default="")
+
+    steps = [
+        *(migrator.add_column(table, "owner", owner()) for table in OWNED_TABLES),
+        migrator.add_column("event", "actor", owner()),
+        migrator.add_column("bake", "secret_hash", pw.CharField(max_length=64, default="")),
+        migrator.add_column("apitoken", "configured", pw.BooleanField(default=False)),
+    ]
+    run: Callable[..., None] = migrate.migrate  # playhouse.migrate ships no types
+    run(*steps)
+    # Tokens from before roles were all admins, and settings tokens said so by role.
+    ApiToken.update(configured=True, role="cpi").where(ApiToken.role == "configured").execute()
+    ApiToken.update(owner=ApiToken.name).where(ApiToken.owner == "").execute()
+
+
+OWNED_TABLES = ("apitoken", "bakeform", "bake", "disk", "snapshot")
+#: Where lists are narrowed by owner.
+INDEXED_OWNERS = ("bake", "disk", "snapshot")
+
 #: Schema changes after version 1, in order: each takes a playhouse migrator.
 #: Append a function here (never edit an old one) when a model gains a column.
-MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = []
+MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [_owners_actors_and_bake_secrets]
 
 
 def connect(url: str) -> pw.Database:
@@ -216,14 +257,17 @@ def write_transaction() -> pw._atomic:
 
 
 def create_schema() -> None:
-    """Create missing tables and run pending migrations; safe on every start."""
+    """Create missing tables and run pending migrations; safe on every start.
+
+    An existing database is migrated first and its tables completed after (new tables,
+    and the indexes of columns a migration added); a new one is made whole at once."""
     with database.connection_context():
         with database.atomic():
-            database.create_tables(MODELS, safe=True)
-            current = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 0
-            if current == 0:
+            if not database.table_exists("schemaversion"):
+                database.create_tables(MODELS, safe=True)
                 SchemaVersion.create(version=1 + len(MIGRATIONS))
                 return
+            current = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 1
             # playhouse.migrate ships no type information either.
             from_database: Callable[[pw.Database], migrate.SchemaMigrator] = (
                 migrate.SchemaMigrator.from_database
@@ -233,3 +277,4 @@ def create_schema() -> None:
                 if number > current:
                     step(migrator)
                     SchemaVersion.create(version=number)
+            database.create_tables(MODELS, safe=True)

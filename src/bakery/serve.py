@@ -3,23 +3,104 @@ with the netboot services (TFTP server, dnsmasq) as supervised children.
 
 Recovery runs once here, in the master, before any worker forks; each worker then
 builds its own app (and its own database connection). The children start when
-gunicorn is ready and stop when it exits, from the master only."""
+gunicorn is ready and stop when it exits, from the master only.
+
+Workers are ``BakeryWorker``s: gunicorn's threaded worker, so one slow client holds one
+thread, not a whole worker; a request's head must arrive within ``HEAD_TIMEOUT`` and its
+body may pause at most ``BODY_IDLE_TIMEOUT`` (two idle clients sending half a header
+froze the sync workers, /health included); gunicorn's own error pages (400, 414, 431...)
+answer in the API's JSON; and a worker dies with its master, so a restart finds the port
+free."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable
-from typing import IO, cast
+from typing import IO, Any, cast
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from .api.errors import HTTP_CODES
 from .app import create_app, prepare_host
 from .config import Settings, dump_settings
 from .netboot.dnsmasq import render_config
+from .supervisor import die_with
 
-#: A bake on a copy-only filesystem may take minutes; the director waits that long too.
-WORKER_TIMEOUT = 900
+#: Seconds without a heartbeat from a worker's main loop before the master replaces it
+#: (requests run in threads: a long bake does not stop the heartbeat).
+WORKER_TIMEOUT = 60
+#: Threads per worker: requests one worker serves at once.
+WORKER_THREADS = 8
+#: Seconds a client has to send a request's whole head once it has started.
+HEAD_TIMEOUT = 10.0
+#: Seconds a request body (an upload) may pause before the request is dropped.
+BODY_IDLE_TIMEOUT = 120.0
+
+
+class BakeryWorker(ThreadWorker):
+    """gunicorn's threaded worker with deadlines on slow clients, JSON error pages and
+    no life after its master."""
+
+    def init_process(self) -> None:
+        die_with(self.ppid, signal.SIGKILL)
+        # gunicorn writes its own errors (a request line too long, bad headers) through
+        # this one function: answer them as the API answers every error.
+        gunicorn_util.write_error = write_json_error
+        self._heads: dict[TConn, float] = {}
+        self._heads_lock = threading.Lock()
+        super().init_process()
+
+    def handle(self, conn: TConn) -> Any:
+        with self._heads_lock:
+            self._heads[conn] = time.monotonic() + HEAD_TIMEOUT
+        try:
+            return super().handle(conn)
+        finally:
+            self._head_done(conn)
+
+    def handle_request(self, req: Any, conn: TConn) -> Any:
+        """The head is in: the application may take its time, the body may not stall."""
+        self._head_done(conn)
+        conn.sock.settimeout(BODY_IDLE_TIMEOUT)
+        return super().handle_request(req, conn)
+
+    def murder_pending(self) -> None:
+        """Runs about once a second in the worker's main loop: also cut the connections
+        whose head is late (the thread reading it wakes up to a closed socket)."""
+        super().murder_pending()
+        now = time.monotonic()
+        with self._heads_lock:
+            late = [conn for conn, deadline in self._heads.items() if deadline < now]
+            for conn in late:
+                del self._heads[conn]
+        for conn in late:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    def _head_done(self, conn: TConn) -> None:
+        with self._heads_lock:
+            self._heads.pop(conn, None)
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's error page, as the API's JSON error (its own parameter names: it is
+    put in place of ``gunicorn.util.write_error``)."""
+    code = HTTP_CODES.get(status_int, "error")
+    body = json.dumps({"error": {"code": code, "message": mesg, "details": None}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 class BakeryGunicorn(BaseApplication):
@@ -31,6 +112,8 @@ class BakeryGunicorn(BaseApplication):
     def load_config(self) -> None:
         self.cfg.set("bind", [self.settings.bind])
         self.cfg.set("workers", self.settings.workers)
+        self.cfg.set("worker_class", f"{__name__}.BakeryWorker")
+        self.cfg.set("threads", WORKER_THREADS)
         self.cfg.set("timeout", WORKER_TIMEOUT)
         self.cfg.set("graceful_timeout", 60)
         self.cfg.set("accesslog", "-")

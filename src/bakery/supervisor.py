@@ -8,8 +8,10 @@ the gunicorn master, so the API, proxy DHCP and TFTP stop and start together.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -24,6 +26,7 @@ MAX_RESTART_DELAY = 60.0
 STABLE_AFTER = 60.0
 #: Output lines kept to explain why a child exited.
 LOG_TAIL = 50
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class ChildSupervisor:
@@ -131,3 +134,13 @@ class ChildSupervisor:
 
     def _log_line(self, _pid: int, line: str) -> None:
         log.info("%s: %s", self.name, line)
+
+
+def die_with(parent: int, signum: int = signal.SIGTERM) -> None:
+    """Have this process get ``signum`` when ``parent`` dies, however it dies
+    (``PR_SET_PDEATHSIG``): a killed master must not leave its workers holding a port."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        log.warning("pid %d cannot follow its parent: errno %d", os.getpid(), ctypes.get_errno())
+    if os.getppid() != parent:  # it died before the line above
+        os.kill(os.getpid(), signum)

@@ -1,15 +1,66 @@
-"""Bearer-token authentication in front of every API route but the health check."""
+"""Bearer tokens and roles in front of every route.
+
+Each view method declares the roles that may call it (``@allow(WORK)``); a route that
+declares none refuses every token, so a new route cannot be open by omission. A request's
+token becomes the fleet's actor for that request (``fleet.actors``): it decides whose
+bakes and disks the request sees and is named in the events it causes.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, Response, g, request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, g, request
 
 from .. import auth
+from ..fleet import Actor, acting_as
 from .errors import error_response
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 #: Routes open without a token: the health check, and the metadata a Pi asks about
-#: itself (answered by the caller's address, see api/metadata.py).
+#: itself (it shows its bake's own secret instead, see api/metadata.py).
 PUBLIC_ENDPOINTS = {"health.Health", "metadata.AgentSettingsForCaller"}
+#: flask-smorest's own routes (the OpenAPI document): any valid token reads them.
+DOC_ENDPOINTS = {"api-docs.openapi_json"}
+
+ADMIN = ("admin",)
+#: The Pis themselves: register, describe, power, delete.
+FLEET = ("admin", "operator")
+FLEET_READ = ("admin", "operator", "viewer")
+#: What the BOSH CPI calls: bakeforms (stemcells), bakes (VMs), disks, snapshots.
+WORK = ("admin", "operator", "cpi")
+WORK_READ = ("admin", "operator", "cpi", "viewer")
+ANY_ROLE = ("admin", "operator", "cpi", "viewer")
+
+ROLES_ATTRIBUTE = "_bakery_roles"
+
+
+def allow(roles: tuple[str, ...]) -> Callable[[F], F]:
+    """Declare the roles that may call a view method (put it above the other decorators):
+    one of the groups below, so a route's access reads as what it is for."""
+
+    def declare(view: F) -> F:
+        setattr(view, ROLES_ATTRIBUTE, roles)
+        return view
+
+    return declare
+
+
+def declared_roles(endpoint: str, method: str) -> tuple[str, ...] | None:
+    """The roles a route allows; None where the endpoint has no such method (Flask then
+    answers 405, or OPTIONS by itself)."""
+    if endpoint in DOC_ENDPOINTS:
+        return ANY_ROLE
+    view = current_app.view_functions.get(endpoint)
+    view_class = getattr(view, "view_class", None)
+    if view_class is None:
+        return None
+    handler = getattr(view_class, "get" if method == "HEAD" else method.lower(), None)
+    if handler is None:
+        return None
+    return getattr(handler, ROLES_ATTRIBUTE, ())
 
 
 def require_token() -> Response | None:
@@ -22,8 +73,21 @@ def require_token() -> Response | None:
     token = auth.verify_token(presented.strip())
     if token is None:
         return _unauthorized("invalid or revoked token")
+    roles = declared_roles(request.endpoint or "", request.method)
+    if roles is not None and token.role not in roles:
+        allowed = ", ".join(roles) or "no token"
+        message = f"this route is for {allowed}; token {token.name} has role {token.role}"
+        return error_response(403, "forbidden", message)
     g.token = token
+    g.acting = acting_as(Actor(token=token.name, role=token.role, owner=token.owner))
+    g.acting.__enter__()
     return None
+
+
+def _stop_acting(_exc: BaseException | None) -> None:
+    acting = g.pop("acting", None)
+    if acting is not None:
+        acting.__exit__(None, None, None)
 
 
 def _unauthorized(message: str) -> Response:
@@ -34,3 +98,4 @@ def _unauthorized(message: str) -> Response:
 
 def init_app(app: Flask) -> None:
     app.before_request(require_token)
+    app.teardown_request(_stop_acting)

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from ..errors import TooLarge
+from .auth import WORK, WORK_READ, allow
 from .current import current_fleet
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class UploadQuerySchema(Schema):
 
 @blp.route("")
 class Bakeforms(MethodView):
+    @allow(WORK_READ)
     @blp.response(200, BakeformSchema(many=True))
     def get(self) -> list[Bakeform]:
         return current_fleet().list_bakeforms()
@@ -44,10 +46,12 @@ class Bakeforms(MethodView):
 
 @blp.route("/<name>")
 class BakeformResource(MethodView):
+    @allow(WORK_READ)
     @blp.response(200, BakeformSchema)
     def get(self, name: str) -> Bakeform:
         return current_fleet().get_bakeform(name)
 
+    @allow(WORK)
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.response(201, BakeformSchema)
     @blp.doc(
@@ -70,6 +74,7 @@ class BakeformResource(MethodView):
             )
         return current_fleet().import_bakeform(name, request.stream, replace=args["replace"])
 
+    @allow(WORK)
     @blp.response(204)
     def delete(self, name: str) -> None:
         """Delete a bakeform no live bake uses."""

@@ -8,6 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
+from .auth import WORK, WORK_READ, allow
 from .current import current_fleet
 from .fields import Hostname, Labels, Name, ObjectId, Serial
 from .pis import PowerResultSchema, PowerSchema, power_answer
@@ -68,12 +69,14 @@ class SettingsSchema(Schema):
 
 @blp.route("")
 class Bakes(MethodView):
+    @allow(WORK_READ)
     @blp.arguments(BakeQuerySchema, location="query")
     @blp.response(200, BakeSchema(many=True))
     def get(self, args: dict[str, Any]) -> list[Bake]:
         """Live bakes (the oven); ``all=true`` adds the unbaked history."""
         return current_fleet().list_bakes(include_finished=args["all"], serial=args.get("serial"))
 
+    @allow(WORK)
     @blp.arguments(BakeRequestSchema)
     @blp.response(201, BakeSchema)
     def post(self, args: dict[str, Any]) -> Bake:
@@ -85,10 +88,12 @@ class Bakes(MethodView):
 
 @blp.route("/<bake_id>")
 class BakeResource(MethodView):
+    @allow(WORK_READ)
     @blp.response(200, BakeSchema)
     def get(self, bake_id: str) -> Bake:
         return current_fleet().get_bake(bake_id)
 
+    @allow(WORK)
     @blp.response(200, BakeSchema)
     def delete(self, bake_id: str) -> Bake:
         """Unbake: power off, unexport, delete the root and the bake's own disks."""
@@ -97,6 +102,7 @@ class BakeResource(MethodView):
 
 @blp.route("/<bake_id>/power")
 class BakePower(MethodView):
+    @allow(WORK)
     @blp.arguments(PowerSchema)
     @blp.response(200, PowerResultSchema)
     def post(self, args: dict[str, Any], bake_id: str) -> dict[str, str]:
@@ -107,11 +113,13 @@ class BakePower(MethodView):
 
 @blp.route("/<bake_id>/agent-settings")
 class AgentSettings(MethodView):
+    @allow(WORK_READ)
     @blp.response(200, description="a JSON object")
     def get(self, bake_id: str) -> dict[str, Any]:
         """The agent settings stored for this bake (the metadata endpoint's source)."""
         return current_fleet().get_live_bake(bake_id).agent_settings or {}
 
+    @allow(WORK)
     @blp.arguments(SettingsSchema)
     @blp.response(200, description="a JSON object")
     def put(self, settings: dict[str, Any], bake_id: str) -> dict[str, Any]:
@@ -123,6 +131,7 @@ class AgentSettings(MethodView):
 
 @blp.route("/<bake_id>/metadata")
 class Metadata(MethodView):
+    @allow(WORK)
     @blp.arguments(SettingsSchema)
     @blp.response(200, BakeSchema)
     def put(self, metadata: dict[str, Any], bake_id: str) -> Bake:

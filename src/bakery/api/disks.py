@@ -8,6 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
+from .auth import WORK, WORK_READ, allow
 from .current import current_fleet
 from .fields import ObjectId
 
@@ -66,11 +67,13 @@ class DiskQuerySchema(Schema):
 
 @blp.route("")
 class Disks(MethodView):
+    @allow(WORK_READ)
     @blp.arguments(DiskQuerySchema, location="query")
     @blp.response(200, DiskSchema(many=True))
     def get(self, args: dict[str, Any]) -> list[Disk]:
         return current_fleet().list_disks(args.get("bake_id"))
 
+    @allow(WORK)
     @blp.arguments(DiskCreateSchema)
     @blp.response(201, DiskSchema)
     def post(self, args: dict[str, Any]) -> Disk:
@@ -80,10 +83,12 @@ class Disks(MethodView):
 
 @blp.route("/<disk_id>")
 class DiskResource(MethodView):
+    @allow(WORK_READ)
     @blp.response(200, DiskSchema)
     def get(self, disk_id: str) -> Disk:
         return current_fleet().get_disk(disk_id)
 
+    @allow(WORK)
     @blp.response(204)
     def delete(self, disk_id: str) -> None:
         """Delete a detached disk."""
@@ -92,6 +97,7 @@ class DiskResource(MethodView):
 
 @blp.route("/<disk_id>/attach")
 class Attach(MethodView):
+    @allow(WORK)
     @blp.arguments(AttachSchema)
     @blp.response(200, DiskSchema)
     def post(self, args: dict[str, Any], disk_id: str) -> Disk:
@@ -100,6 +106,7 @@ class Attach(MethodView):
 
 @blp.route("/<disk_id>/detach")
 class Detach(MethodView):
+    @allow(WORK)
     @blp.response(200, DiskSchema)
     def post(self, disk_id: str) -> Disk:
         return current_fleet().detach_disk(disk_id)
@@ -107,6 +114,7 @@ class Detach(MethodView):
 
 @blp.route("/<disk_id>/resize")
 class Resize(MethodView):
+    @allow(WORK)
     @blp.arguments(ResizeSchema)
     @blp.response(200, DiskSchema)
     def post(self, args: dict[str, Any], disk_id: str) -> Disk:
@@ -116,6 +124,7 @@ class Resize(MethodView):
 
 @blp.route("/<disk_id>/metadata")
 class DiskMetadata(MethodView):
+    @allow(WORK)
     @blp.arguments(MetadataSchema)
     @blp.response(200, DiskSchema)
     def put(self, metadata: dict[str, Any], disk_id: str) -> Disk:
@@ -125,10 +134,12 @@ class DiskMetadata(MethodView):
 
 @blp.route("/<disk_id>/snapshots")
 class DiskSnapshots(MethodView):
+    @allow(WORK_READ)
     @blp.response(200, SnapshotSchema(many=True))
     def get(self, disk_id: str) -> list[Snapshot]:
         return current_fleet().list_snapshots(disk_id)
 
+    @allow(WORK)
     @blp.arguments(MetadataSchema)
     @blp.response(201, SnapshotSchema)
     def post(self, metadata: dict[str, Any], disk_id: str) -> Snapshot:
@@ -143,10 +154,12 @@ snapshots = Blueprint(
 
 @snapshots.route("/<snapshot_id>")
 class SnapshotResource(MethodView):
+    @allow(WORK_READ)
     @snapshots.response(200, SnapshotSchema)
     def get(self, snapshot_id: str) -> Snapshot:
         return current_fleet().get_snapshot(snapshot_id)
 
+    @allow(WORK)
     @snapshots.response(204)
     def delete(self, snapshot_id: str) -> None:
         current_fleet().delete_snapshot(snapshot_id)

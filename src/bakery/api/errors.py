@@ -24,9 +24,13 @@ HTTP_CODES = {
     409: "conflict",
     411: "length_required",
     413: "too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
+    417: "expectation_failed",
     422: "validation_error",
+    431: "headers_too_large",
     500: "internal_error",
+    501: "not_supported",
     503: "unavailable",
 }
 

@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from ..fleet import Event, Pi, PiState, PowerResult
+from .auth import FLEET, FLEET_READ, allow
 from .current import current_fleet
 from .fields import Ip, Labels, Mac, Serial
 
@@ -104,12 +105,14 @@ def power_answer(serial: str, action: str, result: PowerResult) -> dict[str, str
 
 @blp.route("")
 class Pis(MethodView):
+    @allow(FLEET_READ)
     @blp.arguments(PiQuerySchema, location="query")
     @blp.response(200, PiSchema(many=True))
     def get(self, args: dict[str, Any]) -> list[Pi]:
         """List Pis, optionally by state and labels."""
         return current_fleet().list_pis(args.get("state"), args.get("label") or [])
 
+    @allow(FLEET)
     @blp.arguments(PiRegisterSchema)
     @blp.response(201, PiSchema)
     def post(self, args: dict[str, Any]) -> Pi:
@@ -119,10 +122,12 @@ class Pis(MethodView):
 
 @blp.route("/<serial>")
 class PiResource(MethodView):
+    @allow(FLEET_READ)
     @blp.response(200, PiSchema)
     def get(self, serial: str) -> Pi:
         return current_fleet().get_pi(serial)
 
+    @allow(FLEET)
     @blp.arguments(PiUpdateSchema)
     @blp.response(200, PiSchema)
     def patch(self, args: dict[str, Any], serial: str) -> Pi:
@@ -134,6 +139,7 @@ class PiResource(MethodView):
             pi = current_fleet().set_pi_state(pi.serial, PiState(state), reason)
         return pi
 
+    @allow(FLEET)
     @blp.response(204)
     def delete(self, serial: str) -> None:
         current_fleet().delete_pi(serial)
@@ -141,6 +147,7 @@ class PiResource(MethodView):
 
 @blp.route("/<serial>/power")
 class PiPower(MethodView):
+    @allow(FLEET)
     @blp.arguments(PowerSchema)
     @blp.response(200, PowerResultSchema)
     def post(self, args: dict[str, Any], serial: str) -> dict[str, str]:
@@ -151,6 +158,7 @@ class PiPower(MethodView):
 
 @blp.route("/<serial>/events")
 class PiEvents(MethodView):
+    @allow(FLEET_READ)
     @blp.arguments(EventQuerySchema, location="query")
     @blp.response(200, EventSchema(many=True))
     def get(self, args: dict[str, Any], serial: str) -> list[Event]:

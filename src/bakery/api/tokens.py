@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
-from .. import auth
+from .. import auth, identifiers
+from .auth import ADMIN, allow
 from .fields import Name
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ class TokenSchema(Schema):
     name = fields.String()
     prefix = fields.String()
     role = fields.String()
+    owner = fields.String()
+    configured = fields.Boolean(metadata={"description": "from the settings file"})
     created_at = fields.DateTime()
     last_used_at = fields.DateTime(allow_none=True)
 
@@ -31,25 +34,37 @@ class NewTokenSchema(TokenSchema):
 
 class TokenCreateSchema(Schema):
     name = Name(required=True)
+    role = fields.String(
+        load_default="viewer",
+        validate=validate.OneOf(identifiers.ROLES),
+        metadata={"description": "what the token may call (default: read only)"},
+    )
+    owner = Name(
+        load_default="",
+        metadata={"description": "whose bakes and disks it makes and sees (default: its name)"},
+    )
 
 
 @blp.route("")
 class Tokens(MethodView):
+    @allow(ADMIN)
     @blp.response(200, TokenSchema(many=True))
     def get(self) -> list[ApiToken]:
         return auth.list_tokens()
 
+    @allow(ADMIN)
     @blp.arguments(TokenCreateSchema)
     @blp.response(201, NewTokenSchema)
     def post(self, args: dict[str, Any]) -> dict[str, Any]:
         """Create a token; the answer is the only time its value is shown."""
-        row, plaintext = auth.create_token(args["name"])
+        row, plaintext = auth.create_token(args["name"], args["role"], args["owner"])
         shown = {field: getattr(row, field) for field in TokenSchema().fields}
         return {**shown, "token": plaintext}
 
 
 @blp.route("/<name>")
 class TokenResource(MethodView):
+    @allow(ADMIN)
     @blp.response(204)
     def delete(self, name: str) -> None:
         """Revoke a token; requests with it are refused from now on."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..identifiers import ROLES
 from .output import Context, api_command, emit
 
 
@@ -14,9 +15,19 @@ def token() -> None:
 
 @api_command(token, "create")
 @click.argument("name")
-def token_create(ctx: Context, name: str) -> None:
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="viewer",
+    show_default=True,
+    help="admin: everything; operator: the fleet; cpi: what a BOSH director calls; "
+    "viewer: read only.",
+)
+@click.option("--owner", help="Whose bakes and disks it makes and sees (default: NAME).")
+def token_create(ctx: Context, name: str, role: str, owner: str | None) -> None:
     """Create a token; it is printed once and never again."""
-    emit(ctx, ctx.api.post("/tokens", {"name": name}))
+    body = {"name": name, "role": role, **({"owner": owner} if owner else {})}
+    emit(ctx, ctx.api.post("/tokens", body))
 
 
 @api_command(token, "list")
@@ -24,7 +35,7 @@ def token_list(ctx: Context) -> None:
     emit(
         ctx,
         ctx.api.get("/tokens"),
-        ("name", "prefix", "role", "created_at", "last_used_at"),
+        ("name", "prefix", "role", "owner", "configured", "created_at", "last_used_at"),
         title="tokens",
     )
 

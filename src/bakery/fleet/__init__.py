@@ -23,11 +23,13 @@ from ..config import Settings
 from ..models import Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
 from ..power import PowerController, PowerResult
 from . import bakeforms, bakes, disks, exports, netboot, pis, queries, recovery
+from .actors import Actor, acting_as
 from .context import FleetContext
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
 
 __all__ = [
+    "Actor",
     "Bake",
     "Bakeform",
     "BakeState",
@@ -40,6 +42,7 @@ __all__ = [
     "PiState",
     "PowerResult",
     "Snapshot",
+    "acting_as",
 ]
 
 P = ParamSpec("P")

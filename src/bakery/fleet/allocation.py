@@ -9,6 +9,7 @@ from typing import Any
 from .. import identifiers
 from ..errors import Conflict, NoPiAvailable
 from ..models import Bake, Bakeform, PiState, database
+from .actors import new_owner
 from .context import FleetContext
 from .queries import available_pis, get_pi
 from .states import move_pi
@@ -49,6 +50,7 @@ def claim(
                     host_id=ctx.settings.host_id,
                     agent_settings=agent_settings,
                     metadata=metadata or {},
+                    owner=new_owner(),
                 )
         except Conflict:  # another bake took this Pi first
             continue

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import IO
 
 from .. import fsutil, identifiers, images, roots
-from ..errors import Conflict, InvalidInput, TooLarge
+from ..errors import Conflict, Forbidden, InvalidInput, TooLarge
 from ..models import Bake, Bakeform, database, utcnow, write_transaction
 from . import events
+from .actors import new_owner, owner_scope
 from .context import FleetContext
 from .queries import get_bakeform
 from .states import LIVE_BAKE_STATES
@@ -33,8 +34,11 @@ def import_bakeform(
         identifiers.name(name, "bakeform name")
     except identifiers.InvalidIdentifier as exc:
         raise InvalidInput(str(exc)) from None
-    if not replace and Bakeform.select().where(Bakeform.name == name).exists():
+    existing = Bakeform.get_or_none(Bakeform.name == name)
+    if existing and not replace:
         raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
+    if existing:
+        _check_owner(existing)  # before the upload is read, and again when swapping in
     staging = ctx.settings.path("bakeforms", fsutil.staging_name())
     staging.mkdir(parents=True)
     try:
@@ -77,13 +81,15 @@ def _install(
         existing = Bakeform.get_or_none(Bakeform.name == name)
         if existing and not replace:
             raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
+        if existing:
+            _check_owner(existing)
         if final.exists():
             os.rename(final, trash)
         os.rename(staging, final)
         if existing:
             Bakeform.update(**fields).where(Bakeform.id == existing.id).execute()
         else:
-            Bakeform.create(name=name, **fields)
+            Bakeform.create(name=name, owner=new_owner(), **fields)
     roots.delete_tree(trash)
     events.record(None, "bakeform", f"bakeform {name} imported", sha256=imported.sha256)
     return Bakeform.get(Bakeform.name == name)
@@ -92,6 +98,7 @@ def _install(
 def delete_bakeform(ctx: FleetContext, name: str) -> None:
     """Delete a bakeform no live bake uses."""
     bakeform = get_bakeform(name)
+    _check_owner(bakeform)
     live = Bake.select().where(Bake.bakeform == bakeform, Bake.state.in_(LIVE_BAKE_STATES))
     if live.exists():
         raise Conflict(f"bakeform {name} is used by bake {live.first().id}")
@@ -103,3 +110,11 @@ def delete_bakeform(ctx: FleetContext, name: str) -> None:
             os.rename(directory, trash)
     roots.delete_tree(trash)
     events.record(None, "bakeform", f"bakeform {name} deleted")
+
+
+def _check_owner(bakeform: Bakeform) -> None:
+    """Every token may bake any bakeform, but only its owner (or an admin) replaces or
+    deletes it: one director's stemcell is not another's to take away."""
+    scope = owner_scope()
+    if scope is not None and bakeform.owner != scope:
+        raise Forbidden(f"bakeform {bakeform.name} belongs to another owner")

@@ -9,6 +9,7 @@ from .. import disks, identifiers
 from ..errors import Conflict, InvalidInput, NotSupported
 from ..models import Bake, Disk, Snapshot
 from . import events
+from .actors import new_owner
 from .bakefiles import write_bake_files
 from .context import FleetContext
 from .exports import publish_exports
@@ -32,7 +33,12 @@ def create_disk(
     disks.create_disk_image(ctx.settings, disk_id, size_mib)
     try:
         disk = Disk.create(
-            id=disk_id, size_mib=size_mib, bake=bake, ephemeral=ephemeral, metadata=metadata or {}
+            id=disk_id,
+            size_mib=size_mib,
+            bake=bake,
+            ephemeral=ephemeral,
+            metadata=metadata or {},
+            owner=new_owner(),
         )
     except BaseException:
         disks.delete_disk_image(ctx.settings, disk_id)
@@ -124,7 +130,11 @@ def snapshot_disk(
         raise NotSupported("snapshots need a data dir on a filesystem with reflinks (btrfs or xfs)")
     try:
         return Snapshot.create(
-            id=snapshot_id, disk_id=disk.id, size_mib=disk.size_mib, metadata=metadata or {}
+            id=snapshot_id,
+            disk_id=disk.id,
+            size_mib=disk.size_mib,
+            metadata=metadata or {},
+            owner=disk.owner,
         )
     except BaseException:
         disks.delete_snapshot_image(ctx.settings, snapshot_id)

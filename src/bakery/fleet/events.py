@@ -6,13 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import Event, Pi
+from .actors import actor_name
 
 
 def record(
     pi: Pi | int | None, kind: str, message: str, bake_id: str | None = None, **data: Any
 ) -> None:
-    """Add an event to ``pi``'s timeline (or to none, for fleet-wide events)."""
-    Event.create(pi=pi, kind=kind, message=message, bake_id=bake_id, data=data)
+    """Add an event to ``pi``'s timeline (or to none, for fleet-wide events), naming the
+    token whose request did it."""
+    Event.create(pi=pi, kind=kind, message=message, bake_id=bake_id, data=data, actor=actor_name())
 
 
 def record_power(serial: str, message: str, data: dict[str, Any]) -> None:

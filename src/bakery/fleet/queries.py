@@ -14,6 +14,7 @@ from .. import identifiers
 from ..errors import NotFound
 from ..models import Bake, Bakeform, Disk, Event, Pi, PiState, Snapshot
 from . import events
+from .actors import owner_scope
 from .states import LIVE_BAKE_STATES
 
 M = TypeVar("M", Bake, Disk, Snapshot)
@@ -35,11 +36,19 @@ def get_pi(serial: str) -> Pi:
 
 
 def _by_id(model: type[M], key: str, what: str) -> M:
-    """The row of ``model`` with id ``key`` (32 hex digits, or it cannot exist)."""
+    """The row of ``model`` with id ``key`` (32 hex digits, or it cannot exist), if the
+    current actor may see it: another owner's is missing to it, as if it did not exist."""
     row = model.get_or_none(model.id == key) if identifiers.ID_RE.match(key) else None
-    if row is None:
+    scope = owner_scope()
+    if row is None or (scope is not None and row.owner != scope):
         raise NotFound(f"no {what} {key!r}", code=f"{what}_not_found")
     return row
+
+
+def _scoped(query: pw.ModelSelect[M], model: type[M]) -> pw.ModelSelect[M]:
+    """``query`` narrowed to the current actor's owner, where it has one."""
+    scope = owner_scope()
+    return query if scope is None else query.where(model.owner == scope)
 
 
 def get_bake(bake_id: str) -> Bake:
@@ -101,7 +110,7 @@ def available_pis(serial: str | None, labels: Sequence[str], model: str | None) 
 
 def list_bakes(*, include_finished: bool = False, serial: str | None = None) -> list[Bake]:
     """Bakes, oldest first, each with its Pi and its disks loaded (two queries in all)."""
-    query = Bake.select(Bake, Pi).join(Pi).order_by(Bake.created_at)
+    query = _scoped(Bake.select(Bake, Pi).join(Pi).order_by(Bake.created_at), Bake)
     if not include_finished:
         query = query.where(Bake.state.in_(LIVE_BAKE_STATES))
     if serial:
@@ -114,7 +123,7 @@ def list_bakeforms() -> list[Bakeform]:
 
 
 def list_disks(bake_id: str | None = None) -> list[Disk]:
-    query = Disk.select().order_by(Disk.created_at)
+    query = _scoped(Disk.select().order_by(Disk.created_at), Disk)
     if bake_id is not None:
         query = query.where(Disk.bake == bake_id)
     return list(query)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
-from urllib.parse import parse_qsl, urlsplit
 
 from bakery.config import Settings
 
@@ -23,12 +22,6 @@ ERROR_TYPES = ("retryable", "connection", "timeout", "fatal", "auth", "setting",
 RETRYABLE_TYPES = frozenset({"retryable", "connection", "timeout"})
 
 POWER_STATES = ("on", "off", "unknown")
-
-#: Settings keys holding credentials (any key containing one of these words), every
-#: value under ``headers``, URL passwords and secret-named URL query values are never
-#: logged or recorded.
-SECRET_WORDS = ("token", "password", "secret", "key")
-REDACTED = "***"
 
 
 class PowerError(Exception):
@@ -137,58 +130,3 @@ def reject_unknown_keys(settings: dict[str, Any], known: set[str], driver: str) 
     unknown = sorted(set(settings) - known)
     if unknown:
         raise ValueError(f"{driver} power settings: unknown field(s) {', '.join(unknown)}")
-
-
-def _is_secret_key(key: str) -> bool:
-    return any(word in key.lower() for word in SECRET_WORDS)
-
-
-def redact_settings(settings: dict[str, Any], hidden: bool = False) -> dict[str, Any]:
-    """A copy of power settings safe to log and record: secret values become ``***``."""
-    clean: dict[str, Any] = {}
-    for key, value in settings.items():
-        secret = hidden or _is_secret_key(key)
-        if isinstance(value, dict):
-            clean[key] = redact_settings(value, secret or key == "headers")
-        else:
-            clean[key] = REDACTED if secret else value
-    return clean
-
-
-def _secrets_in_url(text: str) -> set[str]:
-    """The password of ``http://user:password@host`` and secret-named query values."""
-    try:
-        parts = urlsplit(text)
-        password = parts.password
-    except ValueError:
-        return set()
-    query = {value for key, value in parse_qsl(parts.query) if _is_secret_key(key) and value}
-    return query | ({password} if password else set())
-
-
-def secret_values(settings: dict[str, Any], hidden: bool = False) -> set[str]:
-    """The secret strings in power settings, to scrub them from free-text messages and
-    from the settings themselves (a relay URL may carry its password)."""
-    found: set[str] = set()
-    for key, value in settings.items():
-        secret = hidden or _is_secret_key(key)
-        if isinstance(value, dict):
-            found |= secret_values(value, secret or key == "headers")
-        elif secret and value not in (None, ""):
-            found.add(str(value))
-        elif isinstance(value, str) and "://" in value:
-            found |= _secrets_in_url(value)
-    return found
-
-
-def scrub(value: Any, secrets: set[str]) -> Any:
-    """``value`` (text, or JSON-like data) with every secret string replaced by ``***``,
-    wherever it is embedded: PPIs and boards echo credentials in their error messages."""
-    if isinstance(value, dict):
-        return {key: scrub(item, secrets) for key, item in value.items()}
-    if isinstance(value, list):
-        return [scrub(item, secrets) for item in value]
-    if isinstance(value, str):
-        for secret in secrets:
-            value = value.replace(secret, REDACTED)
-    return value

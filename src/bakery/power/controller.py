@@ -40,10 +40,8 @@ from bakery.power.base import (
     PowerResult,
     PowerTarget,
     driver_class,
-    redact_settings,
-    scrub,
-    secret_values,
 )
+from bakery.redaction import redacted, scrub, secret_values
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +183,7 @@ class _Report:
             "driver": driver.name,
             "attempt": attempt,
             "attempts": controller.config.power_retries,
-            "settings": self._scrub(redact_settings(target.settings)),
+            "settings": redacted(target.settings),
         }
 
     def started(self) -> None:

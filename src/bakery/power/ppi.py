@@ -48,9 +48,8 @@ from bakery.power.base import (
     PowerTarget,
     register,
     reject_unknown_keys,
-    scrub,
-    secret_values,
 )
+from bakery.redaction import scrub, secret_values
 
 logger = logging.getLogger(__name__)
 

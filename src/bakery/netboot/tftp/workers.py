@@ -3,19 +3,17 @@ asked, all sharing one port; workers die with their parent."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 
 from ...config import Settings
+from ...supervisor import die_with
 from ..bootfiles import SourceFactory
 from .server import TftpServer
 from .sockets import listening_socket
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def run_tftp(settings: Settings, open_source: SourceFactory, workers: int = 1) -> None:
@@ -41,7 +39,7 @@ def _fork_worker(settings: Settings, open_source: SourceFactory, workers: int) -
     if pid == 0:
         code = 0
         try:
-            _die_with(parent)
+            die_with(parent)
             _serve_process(settings, open_source, workers)
         except BaseException:
             log.exception("TFTP worker failed")
@@ -49,16 +47,6 @@ def _fork_worker(settings: Settings, open_source: SourceFactory, workers: int) -
         finally:
             os._exit(code)
     return pid
-
-
-def _die_with(parent: int) -> None:
-    """SIGTERM this worker when ``parent`` dies, however it dies (``PR_SET_PDEATHSIG``):
-    a killed ``bakery tftp`` must not leave workers holding the port."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        log.warning("TFTP worker cannot follow its parent: errno %d", ctypes.get_errno())
-    if os.getppid() != parent:  # it died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop_child(pid: int) -> None:
