@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -22,6 +23,9 @@ from bakery.config import load_settings
 from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.sim.server import BakeryProcess as LiveServer
 from tests.support.postgres import create_database, pg_bindir, postgres_server
+
+#: Where the tests' relay boards listen (the webhook_hosts of their Bakery).
+LOOPBACK_RELAYS = ["127.0.0.1", "localhost"]
 
 DATABASES = [
     "sqlite",
@@ -56,8 +60,9 @@ def db_url(request, tmp_path) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path, db_url):
-    """Settings for one test: its own data dir and database, no power-on gap."""
+def settings(tmp_path, db_url, ppi_dir):
+    """Settings for one test: its own data dir and database, no power-on gap, PPIs from
+    ``ppi_dir`` and relay boards on loopback."""
     return load_settings(
         environ={},
         root=tmp_path / "data",
@@ -65,11 +70,30 @@ def settings(tmp_path, db_url):
         power_on_gap=0,
         nfs_backend="ganesha",
         exports_file=str(tmp_path / "exports.conf"),
+        ppi_dir=str(ppi_dir),
+        webhook_hosts=LOOPBACK_RELAYS,
     )
 
 
 @pytest.fixture
-def live_server(tmp_path, db_url):
+def ppi_dir(tmp_path) -> Path:
+    """The test Bakery's ``ppi_dir``: where ``install_ppi`` puts its PPI programs."""
+    path = tmp_path / "ppi"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def install_ppi(ppi_dir: Path, name: str, script: str, *, python: bool = True) -> str:
+    """A PPI program called ``name`` in ``ppi_dir``: ``script`` run by this interpreter
+    (``python``), or a script with its own ``#!`` line. Returns the name to configure."""
+    path = ppi_dir / name
+    path.write_text(f"#!{sys.executable}\n{script}" if python else script)
+    path.chmod(0o755)
+    return name
+
+
+@pytest.fixture
+def live_server(tmp_path, db_url, ppi_dir):
     """Start a real ``bakery serve`` (gunicorn) on this test's database; stop it after.
 
     Call it with setting overrides: ``server = live_server(workers=4)``."""
@@ -84,6 +108,8 @@ def live_server(tmp_path, db_url):
             "exports_file": str(tmp_path / "exports.conf"),
             "log_level": "WARNING",
             "tftp_enabled": False,
+            "ppi_dir": str(ppi_dir),
+            "webhook_hosts": LOOPBACK_RELAYS,
             **overrides,
         }
         started.append(LiveServer(config, tmp_path).start())

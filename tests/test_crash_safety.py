@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 import textwrap
 
 import pytest
 
 from bakery.sim.wait import wait_until
+from tests.conftest import install_ppi
 
 GATED_PPI = """\
     import json, os, sys, time
@@ -32,11 +32,10 @@ def on_disk(path) -> list[str]:
     return sorted(p.name for p in path.iterdir()) if path.exists() else []
 
 
-def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path):
+def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path, ppi_dir):
     gate = tmp_path / "gate"
     gate.mkdir()
-    ppi = tmp_path / "gated_ppi.py"
-    ppi.write_text(textwrap.dedent(GATED_PPI).format(gate=gate))
+    ppi = install_ppi(ppi_dir, "gated_ppi.py", textwrap.dedent(GATED_PPI).format(gate=gate))
     api = server.session()
     with open(sd_image_file, "rb") as image:
         assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201
@@ -44,7 +43,7 @@ def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path):
         "serial": "00000001",
         "ip": "127.0.0.11",
         "power_driver": "ppi",
-        "power_settings": {"path": sys.executable, "args": [str(ppi)]},
+        "power_settings": {"program": ppi},
     }
     assert api.post(f"{server.url}/api/v1/pis", json=pi).status_code == 201
 

@@ -20,6 +20,8 @@ from typing import Any
 from . import fsutil, identifiers
 
 NFS_BACKENDS = ("kernel", "ganesha", "none")
+#: A host name, an IPv4/IPv6 address, or a network in CIDR notation.
+WEBHOOK_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}(/\d{1,3})?")
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,12 @@ class Settings:
     power_on_gap: float = 2.0
     #: Power driver given to Pis registered without one.
     default_power_driver: str = "manual"
+    #: The directory of PPI programs (and their config files) the ``ppi`` driver may run;
+    #: a Pi's power settings name one of its files, never a path. Empty: no PPIs.
+    ppi_dir: str = ""
+    #: Hosts (names, addresses or networks like ``10.0.0.0/24``) the ``webhook`` driver may
+    #: call; a Pi's URLs must point at one of them. Empty: no webhooks.
+    webhook_hosts: list[str] = field(default_factory=list)
     #: Run the TFTP server with ``bakery serve``.
     tftp_enabled: bool = True
     #: Where the TFTP server listens; empty = ``<nfs_server>:69``.
@@ -203,6 +211,11 @@ def _validate(s: Settings) -> None:
         parts = getattr(s, name).split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
             raise ConfigError(f"setting {name!r}: must be a relative path inside the Pi's root")
+    if s.ppi_dir and not Path(s.ppi_dir).is_absolute():
+        raise ConfigError(f"setting 'ppi_dir': {s.ppi_dir!r} must be an absolute path")
+    for host in s.webhook_hosts:
+        if not WEBHOOK_HOST_RE.fullmatch(host):
+            raise ConfigError(f"setting 'webhook_hosts': {host!r} is not a host or a network")
     if any(c in s.export_options for c in ' \n\t()*#"'):
         raise ConfigError("setting 'export_options': only a comma-separated option list")
 

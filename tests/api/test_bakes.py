@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from tests.conftest import install_ppi
+
 from .conftest import assert_error, register
 
 
@@ -94,14 +96,15 @@ def test_timeline_shows_every_step(client, bakeform, pis):
     assert any(e["kind"] == "power" for e in client.get("/api/v1/pis/00000001/events").json)
 
 
-def test_failed_power_on_rolls_the_bake_back_completely(client, bakeform, settings, tmp_path):
-    ppi = tmp_path / "ppi"
-    ppi.write_text(
-        '#!/bin/sh\necho \'{"ok": false, "error": {"type": "fatal", "message": "no relay"}}\'\n'
+def test_failed_power_on_rolls_the_bake_back_completely(client, bakeform, settings, ppi_dir):
+    ppi = install_ppi(
+        ppi_dir,
+        "ppi",
+        '#!/bin/sh\necho \'{"ok": false, "error": {"type": "fatal", "message": "no relay"}}\'\n',
+        python=False,
     )
-    ppi.chmod(0o755)
     register(
-        client, "00000001", ip="127.0.0.11", power_driver="ppi", power_settings={"path": str(ppi)}
+        client, "00000001", ip="127.0.0.11", power_driver="ppi", power_settings={"program": ppi}
     )
     assert_error(bake(client), 503, "power_failed", "no relay")
     assert client.get("/api/v1/pis/00000001").json["state"] == "available"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import install_ppi
+
 from .conftest import assert_error, register
 
 
@@ -151,14 +153,13 @@ def test_power_action_on_a_manual_pi_is_recorded(client):
     )
 
 
-def test_power_failure_is_a_503_with_the_reason(client, tmp_path):
-    ppi = tmp_path / "failing-ppi"
-    ppi.write_text(
+def test_power_failure_is_a_503_with_the_reason(client, ppi_dir):
+    script = (
         '#!/bin/sh\necho \'{"ok": false, "error": {"type": "fatal", '
         '"message": "relay 3 stuck"}}\'\n'
     )
-    ppi.chmod(0o755)
-    register(client, "00000001", power_driver="ppi", power_settings={"path": str(ppi)})
+    ppi = install_ppi(ppi_dir, "failing-ppi", script, python=False)
+    register(client, "00000001", power_driver="ppi", power_settings={"program": ppi})
     error = assert_error(
         client.post("/api/v1/pis/00000001/power", json={"action": "on"}),
         503,

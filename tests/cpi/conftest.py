@@ -12,7 +12,7 @@ from .harness import ok, request, run_cpi, write_config
 
 
 @pytest.fixture
-def bakery_config(tmp_path) -> dict:
+def bakery_config(tmp_path, ppi_dir) -> dict:
     """Settings of the live Bakery: a temp data dir and SQLite (tests may move the root)."""
     return {
         "root": str(tmp_path / "data"),
@@ -22,6 +22,7 @@ def bakery_config(tmp_path) -> dict:
         "nfs_backend": "ganesha",
         "exports_file": str(tmp_path / "exports.conf"),
         "log_level": "WARNING",
+        "ppi_dir": str(ppi_dir),
     }
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+from tests.conftest import install_ppi
+
 from .harness import SETTINGS_FILE, failed, live_bakes, live_disks, ok, register_pis, root_file
 
 AGENT_ID = "agent-edge"
@@ -140,8 +142,9 @@ def test_ten_parallel_create_vms_on_six_pis(cpi, api, stemcell):
     assert sorted(d["bake_id"] for d in disks) == sorted(made)  # one ephemeral each, no orphans
 
 
-def test_a_failure_after_the_bake_rolls_everything_back(cpi, api, stemcell):
-    dead_relay = {"power_driver": "ppi", "power_settings": {"path": "/bin/false"}}
+def test_a_failure_after_the_bake_rolls_everything_back(cpi, api, stemcell, ppi_dir):
+    relay = install_ppi(ppi_dir, "dead-relay", "#!/bin/sh\nexit 1\n", python=False)
+    dead_relay = {"power_driver": "ppi", "power_settings": {"program": relay}}
     pi = register_pis(api, 1, **dead_relay)[0]
 
     error = failed(create_vm(cpi, stemcell), "VMCreationFailed")

@@ -10,6 +10,7 @@ import pytest
 from bakery import exports, roots
 from bakery.errors import Conflict, StorageFailed
 from bakery.models import Bake, Pi, PiState
+from tests.conftest import install_ppi
 
 S = PiState
 
@@ -89,19 +90,16 @@ def test_a_pi_marked_broken_while_baked_can_be_unbaked_and_repaired(fleet, bake_
 
 
 def test_a_power_off_failure_during_unbake_leaves_the_pi_broken_and_repairable(
-    fleet, bake_pi, tmp_path
+    fleet, bake_pi, ppi_dir
 ):
-    import sys
-
-    ppi = tmp_path / "ppi.py"
-    ppi.write_text(
+    ppi = install_ppi(
+        ppi_dir,
+        "ppi.py",
         "import json, sys\nr = json.load(sys.stdin)\n"
         "print('ok' if r['op'] == 'on' else json.dumps({'ok': False, 'error': "
-        "{'type': 'fatal', 'message': 'relay stuck'}}))\n"
+        "{'type': 'fatal', 'message': 'relay stuck'}}))\n",
     )
-    bake = bake_pi(power_driver="ppi",
-        power_settings={"path": sys.executable, "args": [str(ppi)]},
-    )  # fmt: skip
+    bake = bake_pi(power_driver="ppi", power_settings={"program": ppi})
     fleet.unbake(bake.id)
     pi = Pi.get(Pi.serial == "00000001")
     assert (pi.state, pi.bake_id) == ("broken", None) and "relay stuck" in pi.broken_reason

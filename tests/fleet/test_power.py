@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from bakery.models import Bake, Pi
+from tests.conftest import install_ppi
 
 STATEFUL_PPI = """\
 import json, pathlib, sys
 request = json.load(sys.stdin)
-state_file = pathlib.Path(sys.argv[1])
+state_file = pathlib.Path(request["params"]["relay"])
 if request["op"] in ("on", "off"):
     state_file.write_text(request["op"])
 state = state_file.read_text() if state_file.exists() else "off"
@@ -15,11 +16,10 @@ print(json.dumps({"ok": True, "state": state}))
 """
 
 
-def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, raspios, tmp_path):
-    import sys
-
-    ppi = tmp_path / "relay.py"
-    ppi.write_text(STATEFUL_PPI)
+def test_restore_power_brings_pis_back_to_what_their_state_implies(
+    fleet, raspios, tmp_path, ppi_dir
+):
+    ppi = install_ppi(ppi_dir, "relay.py", STATEFUL_PPI)
     relays = {}
     for serial in ("00000001", "00000002"):
         relays[serial] = tmp_path / f"relay-{serial}"
@@ -27,7 +27,7 @@ def test_restore_power_brings_pis_back_to_what_their_state_implies(fleet, raspio
             serial,
             ip=f"127.0.0.{int(serial)}",
             power_driver="ppi",
-            power_settings={"path": sys.executable, "args": [str(ppi), str(relays[serial])]},
+            power_settings={"program": ppi, "params": {"relay": str(relays[serial])}},
         )
     bake = fleet.bake("raspios", serial="00000001")
     assert relays["00000001"].read_text() == "on"

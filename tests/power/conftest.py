@@ -14,11 +14,29 @@ from typing import Any
 import pytest
 
 from bakery.config import Settings
+from tests.power.support import PPIS
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(root=tmp_path / "data", power_timeout=10.0, power_retries=3, power_on_gap=0.0)
+def ppi_dir(tmp_path: Path) -> Path:
+    """The operator's PPI directory: the test PPIs of ``ppis/``, where configs go too."""
+    directory = tmp_path / "ppi"
+    directory.mkdir()
+    for script in PPIS.glob("*.py"):
+        (directory / script.name).symlink_to(script)
+    return directory
+
+
+@pytest.fixture
+def settings(tmp_path: Path, ppi_dir: Path) -> Settings:
+    return Settings(
+        root=tmp_path / "data",
+        power_timeout=10.0,
+        power_retries=3,
+        power_on_gap=0.0,
+        ppi_dir=str(ppi_dir),
+        webhook_hosts=["127.0.0.1", "relay", "relay-1"],
+    )
 
 
 @dataclass

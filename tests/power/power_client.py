@@ -1,7 +1,7 @@
 """Run one power action in a process of its own, as a gunicorn worker would.
 
-Usage: ``python power_client.py '<json>'`` with ``root``, ``gap``, ``driver``, ``action``
-and ``target`` (PowerTarget fields). Prints the resulting state.
+Usage: ``python power_client.py '<json>'`` with ``root``, ``ppi_dir``, ``gap``,
+``driver``, ``action`` and ``target`` (PowerTarget fields). Prints the resulting state.
 """
 
 import json
@@ -12,6 +12,8 @@ from bakery.config import Settings
 from bakery.power import PowerController, PowerTarget
 
 spec = json.loads(sys.argv[1])
-config = Settings(root=Path(spec["root"]), power_on_gap=spec["gap"], power_retries=1)
+config = Settings(
+    root=Path(spec["root"]), ppi_dir=spec["ppi_dir"], power_on_gap=spec["gap"], power_retries=1
+)
 result = PowerController(config).run(spec["driver"], PowerTarget(**spec["target"]), spec["action"])
 print(result.state)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,9 @@ SERIAL = "1a2b3c4d"
 
 
 def ppi_target(script: str, serial: str = SERIAL, **settings: Any) -> PowerTarget:
-    """A Pi powered by ``ppis/<script>``, run by this interpreter (no shebang needed)."""
+    """A Pi powered by the program ``script`` of the tests' ``ppi_dir`` (``ppis/``)."""
     return PowerTarget(
-        serial=serial,
-        mac="dc:a6:32:01:02:03",
-        model="4B",
-        settings={"path": sys.executable, "args": [str(PPIS / script)], **settings},
+        serial=serial, mac="dc:a6:32:01:02:03", model="4B", settings={"program": script, **settings}
     )
 
 

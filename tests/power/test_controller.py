@@ -29,6 +29,7 @@ def run_in_processes(
         for target in targets:
             spec = {
                 "root": str(settings.root),
+                "ppi_dir": settings.ppi_dir,
                 "gap": gap,
                 "driver": "ppi",
                 "action": action,

@@ -26,6 +26,6 @@ def test_status_is_unknown_and_not_queryable(settings):
 @pytest.mark.parametrize(
     ("power_settings", "field"), [({"socket": 5}, "socket"), ({"note": 5}, "note")]
 )
-def test_validate_settings_names_the_bad_field(power_settings, field):
+def test_validate_settings_names_the_bad_field(settings, power_settings, field):
     with pytest.raises(ValueError, match=field):
-        ManualDriver.validate_settings(power_settings)
+        ManualDriver.validate_settings(power_settings, settings)

@@ -6,26 +6,28 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from bakery.power import PowerController, PowerError
 from bakery.power.ppi import PpiDriver
-from tests.power.support import PPIS, SERIAL, ppi_target, read_jsonl, wait_until
+from tests.power.support import SERIAL, ppi_target, read_jsonl, wait_until
 
 
 @pytest.fixture
-def v1_config(tmp_path: Path) -> Path:
-    """An original-style PPI config: the Pis it knows, and where our fake logs calls."""
-    config = tmp_path / "ppi-config.json"
+def v1_config(tmp_path: Path, ppi_dir: Path) -> Path:
+    """An original-style PPI config in the PPI directory: the Pis it knows, and where
+    our fake logs calls."""
+    config = ppi_dir / "ppi-config.json"
     config.write_text(json.dumps({"piList": {SERIAL: {"id": 3}}, "log": str(tmp_path / "v1.log")}))
     return config
 
 
 def test_original_contract_ppi_powers_on_and_off(settings, v1_config, tmp_path):
     controller = PowerController(settings)
-    target = ppi_target("v1_ppi.py", config=str(v1_config))
+    target = ppi_target("v1_ppi.py", config=v1_config.name)
 
     assert controller.run("ppi", target, "on").state == "on"
     assert controller.run("ppi", target, "off").state == "off"
@@ -39,7 +41,7 @@ def test_original_contract_ppi_powers_on_and_off(settings, v1_config, tmp_path):
 def test_stderr_of_a_successful_ppi_is_logged_not_failed(settings, v1_config, caplog):
     config = json.loads(v1_config.read_text()) | {"chatty": True}
     v1_config.write_text(json.dumps(config))
-    target = ppi_target("v1_ppi.py", config=str(v1_config))
+    target = ppi_target("v1_ppi.py", config=v1_config.name)
 
     with caplog.at_level(logging.INFO, logger="bakery.power"):
         result = PowerController(settings).run("ppi", target, "on")
@@ -50,13 +52,13 @@ def test_stderr_of_a_successful_ppi_is_logged_not_failed(settings, v1_config, ca
 
 
 def test_status_from_an_original_ppi_is_unknown(settings, v1_config):
-    target = ppi_target("v1_ppi.py", config=str(v1_config))
+    target = ppi_target("v1_ppi.py", config=v1_config.name)
 
     assert PowerController(settings).run("ppi", target, "status").state == "unknown"
 
 
 def test_original_ppi_refusing_a_pi_is_a_fatal_error(settings, v1_config):
-    target = dataclasses.replace(ppi_target("v1_ppi.py", config=str(v1_config)), serial="ffffffff")
+    target = dataclasses.replace(ppi_target("v1_ppi.py", config=v1_config.name), serial="ffffffff")
 
     with pytest.raises(PowerError) as raised:
         PowerController(settings).run("ppi", target, "on")
@@ -126,7 +128,7 @@ def test_exit_code_without_structured_reply_sets_the_error_type(
 
 
 def test_missing_executable_is_a_setting_error(settings, tmp_path):
-    target = ppi_target("fake_ppi.py", path=str(tmp_path / "no-such-ppi"), args=[])
+    target = ppi_target("no-such-ppi")
 
     with pytest.raises(PowerError) as raised:
         PowerController(settings).run("ppi", target, "on")
@@ -160,33 +162,60 @@ def test_timeout_kills_the_ppi_and_its_children(settings, tmp_path):
                 os.kill(pid, 9)
 
 
-def test_validate_settings_accepts_the_original_shape(v1_config):
-    settings = {"path": str(PPIS / "v1_ppi.py"), "config": str(v1_config), "id": 3}
+def test_validate_settings_accepts_a_program_and_config_of_the_ppi_dir(settings, v1_config):
+    power_settings = {"program": "v1_ppi.py", "config": v1_config.name, "id": 3}
 
-    assert PpiDriver.validate_settings(settings) == settings
+    assert PpiDriver.validate_settings(power_settings, settings) == power_settings
 
 
 @pytest.mark.parametrize(
     ("power_settings", "field"),
     [
-        ({}, "path"),
-        ({"path": "ppis/v1_ppi.py"}, "path"),
-        ({"path": "/nonexistent/ppi"}, "path"),
-        ({"path": str(PPIS / "v1_ppi.py"), "config": "relative.json"}, "config"),
-        ({"path": str(PPIS / "v1_ppi.py"), "args": "-v"}, "args"),
-        ({"path": str(PPIS / "v1_ppi.py"), "params": ["x"]}, "params"),
-        ({"path": str(PPIS / "v1_ppi.py"), "cofnig": "/etc/ppi.json"}, "cofnig"),
+        ({}, "program"),
+        ({"program": "ppis/v1_ppi.py"}, "program"),
+        ({"program": "../ppis/v1_ppi.py"}, "program"),
+        ({"program": "/bin/sh"}, "program"),
+        ({"program": "no-such-ppi"}, "program"),
+        ({"program": "v1_ppi.py", "config": "/etc/ppi.json"}, "config"),
+        ({"program": "v1_ppi.py", "args": ["-c", "/bin/sh"]}, "args"),
+        ({"path": "/bin/sh"}, "path"),
+        ({"program": "v1_ppi.py", "params": ["x"]}, "params"),
+        ({"program": "v1_ppi.py", "cofnig": "ppi.json"}, "cofnig"),
     ],
 )
-def test_validate_settings_names_the_bad_field(power_settings, field):
+def test_validate_settings_names_the_bad_field(settings, power_settings, field):
+    """A Pi's settings name a program of the operator's directory, never a path or an
+    argument list: the director's token registered a Pi running ``/bin/sh -c ...``."""
     with pytest.raises(ValueError, match=field):
-        PpiDriver.validate_settings(power_settings)
+        PpiDriver.validate_settings(power_settings, settings)
+
+
+def test_without_a_ppi_dir_no_program_can_be_named(settings):
+    without = dataclasses.replace(settings, ppi_dir="")
+    with pytest.raises(ValueError, match="ppi_dir"):
+        PpiDriver.validate_settings({"program": "v1_ppi.py"}, without)
+
+
+def test_a_ppi_that_forks_a_child_holding_stdout_is_answered_when_it_exits(settings, tmp_path):
+    """The finding: a PPI leaving a child with its stdout open turned a valid ``ok`` into a
+    timeout, and the child kept running."""
+    pids_file = tmp_path / "child.pid"
+    quick = dataclasses.replace(settings, power_timeout=20.0, power_retries=1)
+    target = ppi_target("forking_ppi.py", params={"pids": str(pids_file)})
+
+    started = time.monotonic()
+    result = PowerController(quick).run("ppi", target, "on")
+
+    assert result.state == "on"
+    assert time.monotonic() - started < 5  # not the 20 s timeout
+    child = int(pids_file.read_text())
+    assert wait_until(lambda: not _alive(child), timeout=5)
 
 
 def test_device_key_is_the_config_and_board_id(settings, v1_config):
     driver = PpiDriver(settings)
-    board_3 = ppi_target("v1_ppi.py", config=str(v1_config), id=3)
-    whole_config = ppi_target("v1_ppi.py", config=str(v1_config))
+    board_3 = ppi_target("v1_ppi.py", config=v1_config.name, id=3)
+    whole_config = ppi_target("v1_ppi.py", config=v1_config.name)
 
-    assert driver.device_key(board_3) == f"ppi:{v1_config}#3"
-    assert driver.device_key(whole_config) == f"ppi:{v1_config}"
+    assert driver.device_key(board_3) == f"ppi:{v1_config.name}#3"
+    assert driver.device_key(whole_config) == f"ppi:{v1_config.name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from typing import Any
@@ -134,10 +135,14 @@ def test_header_secrets_reach_the_board_but_not_events_or_logs(settings, relay, 
     assert "s3cret" not in caplog.text
 
 
-def test_validate_settings_normalises_the_method():
-    settings = {"on_url": "https://relay/1/on", "off_url": "https://relay/1/off", "method": "get"}
+def test_validate_settings_normalises_the_method(settings):
+    power_settings = {
+        "on_url": "https://relay/1/on",
+        "off_url": "https://relay/1/off",
+        "method": "get",
+    }
 
-    assert WebhookDriver.validate_settings(settings)["method"] == "GET"
+    assert WebhookDriver.validate_settings(power_settings, settings)["method"] == "GET"
 
 
 @pytest.mark.parametrize(
@@ -155,16 +160,37 @@ def test_validate_settings_normalises_the_method():
         ({"on_ulr": "http://relay/1/on"}, "on_ulr"),
     ],
 )
-def test_validate_settings_names_the_bad_field(changes, field):
-    settings = {"on_url": "http://relay/1/on", "off_url": "http://relay/1/off"} | changes
+def test_validate_settings_names_the_bad_field(settings, changes, field):
+    power_settings = {"on_url": "http://relay/1/on", "off_url": "http://relay/1/off"} | changes
 
     with pytest.raises(ValueError, match=field):
-        WebhookDriver.validate_settings(settings)
+        WebhookDriver.validate_settings(power_settings, settings)
 
 
-def test_validate_settings_requires_both_switch_urls():
+def test_validate_settings_requires_both_switch_urls(settings):
     with pytest.raises(ValueError, match="off_url"):
-        WebhookDriver.validate_settings({"on_url": "http://relay/1/on"})
+        WebhookDriver.validate_settings({"on_url": "http://relay/1/on"}, settings)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest", "http://10.0.0.9/on", "http://relay.evil/on"]
+)
+def test_urls_must_point_at_the_relay_hosts_the_operator_allows(settings, url):
+    """A Pi's power settings must not make Bakery send requests where its registrant likes
+    (the cloud's metadata service, the LAN's other hosts)."""
+    power_settings = {"on_url": url, "off_url": "http://relay/1/off"}
+    with pytest.raises(ValueError, match="not an allowed relay host"):
+        WebhookDriver.validate_settings(power_settings, settings)
+
+
+def test_relay_hosts_may_be_a_network(settings):
+    allowed = dataclasses.replace(settings, webhook_hosts=["10.0.0.0/24"])
+    power_settings = {"on_url": "http://10.0.0.9/on", "off_url": "http://10.0.0.9/off"}
+    assert WebhookDriver.validate_settings(power_settings, allowed)["on_url"].endswith("/on")
+    with pytest.raises(ValueError, match="allowed"):
+        WebhookDriver.validate_settings(
+            power_settings, dataclasses.replace(settings, webhook_hosts=[])
+        )
 
 
 def test_device_key_is_the_relay_board(settings):

@@ -34,6 +34,7 @@ VCAP_JOBS = "/var/vcap/jobs"
 VCAP_PACKAGES = "/var/vcap/packages/"
 DIRECTOR_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TOKEN = "bky_release-test-token-0123456789abcdef"
+OPERATOR_TOKEN = "o" * 40
 #: The properties a job has no default for and cannot run without.
 REQUIRED = {
     "bakery": {},
@@ -70,6 +71,7 @@ def example_variables(certificate) -> dict:
         "pi_interface": "eth0",
         "pi_network": "10.0.0.0",
         "bakery_director_token": TOKEN,
+        "bakery_operator_token": OPERATOR_TOKEN,
         "bakery_tls": certificate,
         "bakery_release": "/tmp/bakery.tgz",
         "internal_ip": "10.0.0.6",
@@ -163,7 +165,10 @@ def test_example_deployment_config_is_accepted_by_bakery(tmp_path, example_prope
     assert rendered["tls_cert_file"] == f"{VCAP_JOBS}/bakery/{templates['tls.crt.erb']}"
     assert rendered["tls_key_file"] == f"{VCAP_JOBS}/bakery/{templates['tls.key.erb']}"
     assert Path(settings.tls_cert_file).read_text().startswith("-----BEGIN CERTIFICATE")
-    assert settings.api_tokens == {"director": TOKEN}
+    assert settings.api_tokens == {
+        "director": TOKEN,
+        "operator": {"token": OPERATOR_TOKEN, "role": "admin"},
+    }
     assert settings.dnsmasq_enabled and settings.pi_interface == "eth0"
 
 

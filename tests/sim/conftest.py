@@ -38,6 +38,7 @@ def settings(tmp_path, db_url):
         power_on_gap=0,
         nfs_backend="none",
         firmware_dir=str(firmware),
+        webhook_hosts=["127.0.0.1"],
         tftp_retries=2,
     )
 

@@ -34,7 +34,7 @@ def register_pi(
     serial = identifiers.serial(serial)
     driver = power_driver or ctx.settings.default_power_driver
     fields = checked_pi_fields(
-        mac=mac, power_driver=driver, power_settings=power_settings or {}, labels=labels, ip=ip
+        ctx, mac=mac, power_driver=driver, power_settings=power_settings or {}, labels=labels, ip=ip
     )
     if Pi.select().where(Pi.serial == serial).exists():
         raise Conflict(f"a Pi with serial {serial} is already registered")
@@ -54,7 +54,7 @@ def update_pi(ctx: FleetContext, /, serial: str, **changes: Any) -> Pi:
         changes["power_settings"] = pi.power_settings
     if "power_settings" in changes and "power_driver" not in changes:
         changes["power_driver"] = pi.power_driver
-    fields = checked_pi_fields(**changes)
+    fields = checked_pi_fields(ctx, **changes)
     _check_mac_free(fields.get("mac"), pi.serial)
     if not fields:
         return pi
@@ -91,7 +91,7 @@ def delete_pi(serial: str) -> None:
     pi.delete_instance(recursive=True)
 
 
-def checked_pi_fields(**changes: Any) -> dict[str, Any]:
+def checked_pi_fields(ctx: FleetContext, **changes: Any) -> dict[str, Any]:
     """The Pi columns for ``changes``, each value checked; InvalidInput names the field."""
     fields: dict[str, Any] = {}
     try:
@@ -108,7 +108,8 @@ def checked_pi_fields(**changes: Any) -> dict[str, Any]:
     if changes.get("power_driver") is not None:
         try:
             driver = driver_class(changes["power_driver"])
-            fields["power_settings"] = driver.validate_settings(changes.get("power_settings") or {})
+            power_settings = changes.get("power_settings") or {}
+            fields["power_settings"] = driver.validate_settings(power_settings, ctx.settings)
         except ValueError as exc:
             raise InvalidInput(f"power settings: {exc}") from None
         fields["power_driver"] = changes["power_driver"]

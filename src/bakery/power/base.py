@@ -77,9 +77,10 @@ class PowerDriver(ABC):
 
     @classmethod
     @abstractmethod
-    def validate_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+    def validate_settings(cls, settings: dict[str, Any], config: Settings) -> dict[str, Any]:
         """Check a Pi's power settings when it is registered or updated, so that a typo
-        fails at the API with the field's name rather than at the first bake.
+        fails at the API with the field's name rather than at the first bake, and
+        against what the operator allows in ``config`` (programs, relay hosts).
 
         Returns the normalised settings; raises ``ValueError`` naming the field."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bakery.config import Settings
 from bakery.power.base import PowerDriver, PowerResult, PowerTarget, register, reject_unknown_keys
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ class ManualDriver(PowerDriver):
     switches_power = False
 
     @classmethod
-    def validate_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+    def validate_settings(cls, settings: dict[str, Any], config: Settings) -> dict[str, Any]:
         """Only an optional free-text ``note`` (e.g. "socket 3 on the left strip")."""
         reject_unknown_keys(settings, {"note"}, cls.name)
         if "note" in settings and not isinstance(settings["note"], str):

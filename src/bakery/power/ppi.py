@@ -1,12 +1,14 @@
 """The ``ppi`` driver: power through an external executable (a Power Plugin Interface).
 
-Settings: ``{"path": "/abs/exe", "args": [...], "config": "/abs/ppi.json", "id": "...",
-"params": {...}}`` — only ``path`` is required.
+Settings: ``{"program": "simpleweb", "config": "simpleweb.json", "id": "...",
+"params": {...}}`` — only ``program`` is required. ``program`` and ``config`` name files in
+the directory the operator configured (setting ``ppi_dir``), never a path: whoever may
+register a Pi must not be able to make Bakery run a program of their choosing.
 
 Invocation, compatible with the original bakery so existing PPIs (bakery-simpleweb-ppi)
 keep working::
 
-    <path> [args...] [-c <config>]
+    <ppi_dir>/<program> [-c <ppi_dir>/<config>]
 
 stdin is one JSON object holding both vocabularies; a v1 PPI reads the first two keys
 and ignores the rest::
@@ -26,19 +28,23 @@ gives state ``unknown`` instead of an error.
 
 stderr is the PPI's log: each line is logged with the Pi's serial and never counts
 as a failure (the original treated any stderr output as one). The PPI runs in its own
-session; on timeout, or when it leaves children behind, the whole process group is
-killed.
+session, and its answer is read as soon as it exits, even when a child it left behind
+still holds its stdout; then (or at the timeout) its whole process group is killed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import subprocess
-from typing import Any, cast
+import threading
+from typing import IO, Any, cast
 
+from bakery import identifiers
+from bakery.config import Settings
 from bakery.power.base import (
     ERROR_TYPES,
     POWER_STATES,
@@ -57,14 +63,9 @@ EXIT_ERROR_TYPES = {2: "retryable", 3: "fatal", 4: "unsupported"}
 V1_ACTIONS = {"on": "poweron", "off": "poweroff", "status": "status"}
 #: What a bare ``ok`` means for each operation.
 EXPECTED_STATE = {"on": "on", "off": "off", "status": "unknown"}
-SETTINGS_KEYS = {"path", "args", "config", "id", "params"}
-
-
-def _absolute_path(settings: dict[str, Any], field: str) -> str:
-    value = settings[field]
-    if not isinstance(value, str) or not os.path.isabs(value) or "\0" in value:
-        raise ValueError(f"ppi power settings: {field!r} must be an absolute path")
-    return os.path.normpath(value)
+SETTINGS_KEYS = {"program", "config", "id", "params"}
+#: Seconds the output of a PPI that has exited may take to be read to its end.
+DRAIN_SECONDS = 1.0
 
 
 @register
@@ -73,30 +74,26 @@ class PpiDriver(PowerDriver):
     queryable = True
 
     @classmethod
-    def validate_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+    def validate_settings(cls, settings: dict[str, Any], config: Settings) -> dict[str, Any]:
         reject_unknown_keys(settings, SETTINGS_KEYS, cls.name)
-        if "path" not in settings:
-            raise ValueError("ppi power settings: 'path' is required")
-        clean = dict(settings)
-        clean["path"] = _absolute_path(settings, "path")
-        if not (os.path.isfile(clean["path"]) and os.access(clean["path"], os.X_OK)):
-            raise ValueError(f"ppi power settings: 'path' {clean['path']} is not an executable")
+        if "program" not in settings:
+            raise ValueError("ppi power settings: 'program' is required")
+        program = _in_ppi_dir(config, settings, "program")
+        if not os.access(program, os.X_OK):
+            raise ValueError(f"ppi power settings: 'program' {program} is not executable")
         if "config" in settings:
-            clean["config"] = _absolute_path(settings, "config")
-        args = settings.get("args", [])
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise ValueError("ppi power settings: 'args' must be a list of strings")
+            _in_ppi_dir(config, settings, "config")
         if not isinstance(settings.get("id", ""), str | int):
             raise ValueError("ppi power settings: 'id' must be a string or a number")
         if not isinstance(settings.get("params", {}), dict):
             raise ValueError("ppi power settings: 'params' must be a JSON object")
-        return clean
+        return dict(settings)
 
     def device_key(self, target: PowerTarget) -> str:
         """One PPI config file (or executable) drives one set of boards; ``id`` narrows
         it to one board when the PPI says which Pi sits on which."""
         settings = target.settings
-        key = f"ppi:{settings.get('config') or settings['path']}"
+        key = f"ppi:{settings.get('config') or settings.get('program')}"
         return f"{key}#{settings['id']}" if "id" in settings else key
 
     def on(self, target: PowerTarget) -> PowerResult:
@@ -128,8 +125,15 @@ class PpiDriver(PowerDriver):
         return json.dumps(request).encode()
 
     def _argv(self, settings: dict[str, Any]) -> list[str]:
-        argv = [settings["path"], *settings.get("args", [])]
-        return argv + ["-c", settings["config"]] if settings.get("config") else argv
+        """What to run, resolved again inside ``ppi_dir`` (settings stored before it was
+        the rule, or a program removed since, fail here with a setting error)."""
+        try:
+            argv = [_in_ppi_dir(self.config, settings, "program")]
+            if settings.get("config"):
+                argv += ["-c", _in_ppi_dir(self.config, settings, "config")]
+        except ValueError as exc:
+            raise PowerError("setting", str(exc)) from None
+        return argv
 
     def _run(self, target: PowerTarget, request: bytes) -> tuple[int, str]:
         """Run the PPI once; its process group never outlives the call."""
@@ -143,20 +147,70 @@ class PpiDriver(PowerDriver):
             )
         except OSError as exc:
             raise PowerError("setting", f"cannot run PPI: {exc.strerror}") from None
+        stdout, stderr = _Output(proc.stdout), _Output(proc.stderr)
         try:
-            stdout, stderr = proc.communicate(request, timeout=self.config.power_timeout)
+            _send(proc, request)
+            proc.wait(timeout=self.config.power_timeout)
         except subprocess.TimeoutExpired:
             raise PowerError(
                 "timeout", f"PPI did not answer within {self.config.power_timeout:g} s"
             ) from None
         finally:
-            _kill_group(proc)
-        _log_stderr(target, stderr)
-        return proc.returncode, stdout.decode(errors="replace")
+            _kill_group(proc, (stdout, stderr))
+        _log_stderr(target, stderr.text())
+        return proc.returncode, stdout.text()
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """Kill whatever is left in the PPI's process group and reap the PPI.
+def _in_ppi_dir(config: Settings, settings: dict[str, Any], field: str) -> str:
+    """The file of ``ppi_dir`` that ``settings[field]`` names; ValueError if it names none."""
+    if not config.ppi_dir:
+        raise ValueError("ppi power settings: this Bakery has no ppi_dir setting for programs")
+    name = settings[field]
+    if not isinstance(name, str) or not identifiers.NAME_RE.fullmatch(name) or ".." in name:
+        raise ValueError(f"ppi power settings: {field!r} must name a file in ppi_dir, not a path")
+    path = os.path.join(config.ppi_dir, name)
+    if not os.path.isfile(path):
+        raise ValueError(f"ppi power settings: {field!r}: no file {name} in {config.ppi_dir}")
+    return path
+
+
+class _Output:
+    """One of the PPI's output pipes, read to its end by a thread of its own."""
+
+    def __init__(self, stream: IO[bytes] | None) -> None:
+        self._stream = stream
+        self._data = b""
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._data = self._stream.read()
+
+    def finish(self) -> None:
+        """Wait for the pipe's end (the group was killed, so it comes), but not forever:
+        a process that left the group may hold it open."""
+        self._thread.join(DRAIN_SECONDS)
+        if self._stream is not None:
+            self._stream.close()
+
+    def text(self) -> str:
+        return self._data.decode(errors="replace")
+
+
+def _send(proc: subprocess.Popen[bytes], request: bytes) -> None:
+    """Write the request and close stdin; a PPI that exits without reading it is fine."""
+    stdin = cast(IO[bytes], proc.stdin)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stdin.write(request)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stdin.close()
+
+
+def _kill_group(proc: subprocess.Popen[bytes], outputs: tuple[_Output, ...]) -> None:
+    """Kill whatever is left in the PPI's process group, read its output to the end and
+    reap the PPI.
 
     The group id stays reserved while any member lives, so this cannot hit an
     unrelated process even after the PPI itself has exited."""
@@ -164,15 +218,14 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream:
-            stream.close()
+    for output in outputs:
+        output.finish()
     proc.wait()
 
 
-def _log_stderr(target: PowerTarget, stderr: bytes) -> None:
+def _log_stderr(target: PowerTarget, stderr: str) -> None:
     secrets = secret_values(target.settings)
-    for line in stderr.decode(errors="replace").splitlines():
+    for line in stderr.splitlines():
         if line.strip():
             logger.info("PPI stderr for Pi %s: %s", target.serial, scrub(line, secrets))
 

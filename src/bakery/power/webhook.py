@@ -9,6 +9,9 @@ Settings::
      "on_regex": "...", "off_regex": "...",         read the state from the status body
      "verify_tls": true, "timeout": 10}              timeout defaults to power_timeout
 
+Every URL's host must be one of the setting ``webhook_hosts`` (names, addresses or
+networks): the relay boards the operator has.
+
 The default regexes accept MAAS-style bodies (``status: running`` / ``stopped``) as
 well as ``{"state": "on"}`` / ``{"power": "off"}``. HTTP 5xx and unreachable boards are
 worth retrying; 401/403 is an ``auth`` error and any other 4xx ``fatal``. Messages name
@@ -17,12 +20,14 @@ the board by scheme, host and path only, since query strings often carry tokens.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
+from bakery.config import Settings
 from bakery.power.base import (
     PowerDriver,
     PowerError,
@@ -53,6 +58,27 @@ def _is_http_url(url: Any) -> bool:
 def _check_url(settings: dict[str, Any], field: str) -> None:
     if not _is_http_url(settings[field]):
         raise ValueError(f"webhook power settings: {field!r} must be an http(s) URL")
+
+
+def _check_host_allowed(settings: dict[str, Any], field: str, allowed: list[str]) -> None:
+    """The URL's host is one the operator listed (by name, address or network): a Pi's
+    power settings must not make Bakery send requests anywhere its registrant likes."""
+    host = urlsplit(settings[field]).hostname or ""
+    if not any(_host_matches(host, entry) for entry in allowed):
+        listed = ", ".join(allowed) or "none: set webhook_hosts"
+        raise ValueError(
+            f"webhook power settings: {field!r} host {host} is not an allowed relay host "
+            f"(allowed: {listed})"
+        )
+
+
+def _host_matches(host: str, entry: str) -> bool:
+    if "/" not in entry:
+        return host.lower() == entry.lower()
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False)
+    except ValueError:  # a name, or not a network
+        return False
 
 
 def _check_regex(settings: dict[str, Any], field: str) -> None:
@@ -92,7 +118,7 @@ class WebhookDriver(PowerDriver):
     queryable = True
 
     @classmethod
-    def validate_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+    def validate_settings(cls, settings: dict[str, Any], config: Settings) -> dict[str, Any]:
         reject_unknown_keys(settings, SETTINGS_KEYS, cls.name)
         for field in ("on_url", "off_url"):
             if field not in settings:
@@ -100,6 +126,7 @@ class WebhookDriver(PowerDriver):
         for field in URL_FIELDS:
             if field in settings:
                 _check_url(settings, field)
+                _check_host_allowed(settings, field, config.webhook_hosts)
         for field in ("on_regex", "off_regex"):
             if field in settings:
                 _check_regex(settings, field)

@@ -148,6 +148,8 @@ class SimulatedSite:
             "workers": options.workers,
             "tftp_enabled": True,
             "log_level": "INFO",
+            # The simulator's relay-board API, the one webhook host of a simulated rack.
+            "webhook_hosts": ["127.0.0.1"],
         }
         if options.mode == "loopback":
             config |= {

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A v2 PPI with failure injection (the Sidero "dice"), driven by the request's params.
 
 params:

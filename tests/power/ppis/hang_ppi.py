@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A PPI that never answers: it starts a ``sleep 1000`` child, writes both pids to
 ``params.pids`` and sleeps. The driver must kill the pair when the timeout expires."""
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """A PPI written to the original bakery contract, like bakery-simpleweb-ppi.
 
 ``v1_ppi.py -c <config>``; stdin ``{"piId", "action"}``; prints exactly ``ok`` for
