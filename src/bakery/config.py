@@ -57,6 +57,9 @@ class Settings:
     agent_settings_path: str = "var/vcap/bosh/bakery-agent-env.json"
     #: Where the list of attached disks is written inside each root, for the disk agent.
     disks_list_path: str = "var/lib/bakery/disks"
+    #: Where each bake's own secret is written inside its root (root only): what its Pi
+    #: shows to ask Bakery about itself, which no other host on the Pi LAN can read.
+    bake_secret_path: str = "var/lib/bakery/secret"
     #: Largest bakeform upload accepted, in MiB.
     max_upload_mib: int = 32768
     #: Largest disk, in MiB.
@@ -94,6 +97,9 @@ class Settings:
     config_txt_drop: list[str] = field(default_factory=lambda: ["auto_initramfs"])
     #: Pis seen on the wire for the first time become ``available`` rather than ``discovered``.
     auto_accept: bool = False
+    #: Let a Pi registered with its MAC move to any loopback address without the neighbour
+    #: table's word: only the simulator's Pis (each at its own 127.x address) need it.
+    trust_loopback: bool = False
     #: Run dnsmasq (proxy DHCP) as a child of ``bakery serve``.
     dnsmasq_enabled: bool = False
     dnsmasq_binary: str = "dnsmasq"
@@ -207,7 +213,7 @@ def _validate(s: Settings) -> None:
     for name in ("tls_cert_file", "tls_key_file"):
         if getattr(s, name) and not Path(getattr(s, name)).is_file():
             raise ConfigError(f"setting {name!r}: no such file {getattr(s, name)}")
-    for name in ("agent_settings_path", "disks_list_path"):
+    for name in ("agent_settings_path", "disks_list_path", "bake_secret_path"):
         parts = getattr(s, name).split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
             raise ConfigError(f"setting {name!r}: must be a relative path inside the Pi's root")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -242,6 +243,9 @@ def connect(url: str) -> pw.Database:
     else:
         db = open_url(url)
     database.initialize(db)
+    # peewee logs every statement with its parameters at DEBUG: agent settings, power
+    # settings and token hashes would reach the log of a service run at DEBUG.
+    logging.getLogger("peewee").setLevel(logging.INFO)
     return db
 
 

@@ -3,14 +3,15 @@ lines. Secrets go into Bakery (power settings, agent settings, tokens) and never
 
 A secret is the value of any key naming one (``SECRET_WORDS``, case-insensitive), every
 value under ``headers``, the password of a URL (``http://user:password@relay``) and the
-value of a secret-named URL query parameter. ``scrub`` also hides those values wherever
-they appear inside other text: PPIs and relay boards echo credentials in their errors.
+value of a secret-named URL query parameter. ``redacted`` hides them in structured data;
+``scrub`` hides their values wherever they appear inside free text (messages, log lines):
+PPIs and relay boards echo credentials in their errors.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SECRET_WORDS = ("password", "secret", "token", "key", "auth", "credential")
 #: Keys under which every value is a secret, whatever it is called.
@@ -22,23 +23,49 @@ def is_secret_key(key: str) -> bool:
     return any(word in key.lower() for word in SECRET_WORDS)
 
 
+#: Secrets shorter than this are hidden where they stand but not hunted in other text:
+#: a password like ``nats`` would wipe every ``nats://`` in the settings.
+MIN_SCRUBBED_LENGTH = 6
+
+
 def redacted(data: Any) -> Any:
-    """``data`` (JSON-like) as anyone may see it: secret values replaced by ``***``,
-    and secrets embedded in other values (a URL's password) too."""
-    return scrub(_hide_secret_keys(data), secret_values(data))
+    """``data`` (JSON-like) as anyone may see it: the values of secret keys replaced by
+    ``***``, in URLs their password and secret query values, and those secrets wherever
+    else they appear in it (a PPI's message quoting its token)."""
+    hunted = {secret for secret in secret_values(data) if len(secret) >= MIN_SCRUBBED_LENGTH}
+    return scrub(_structured(data), hunted)
 
 
-def _hide_secret_keys(data: Any, hidden: bool = False) -> Any:
+def _structured(data: Any, hidden: bool = False) -> Any:
     if isinstance(data, dict):
         return {
-            key: _hide_secret_keys(value, hidden or _secret_place(key))
-            if isinstance(value, dict | list)
-            else (REDACTED if hidden or _secret_place(key) else value)
-            for key, value in data.items()
+            key: _structured(value, hidden or _secret_place(key)) for key, value in data.items()
         }
     if isinstance(data, list):
-        return [_hide_secret_keys(item, hidden) for item in data]
-    return REDACTED if hidden else data
+        return [_structured(item, hidden) for item in data]
+    if hidden:
+        return REDACTED
+    if isinstance(data, str) and "://" in data:
+        return _url_without_secrets(data)
+    return data
+
+
+def _url_without_secrets(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return text
+    netloc = parts.netloc
+    if password:
+        netloc = f"{parts.username}:{REDACTED}@{netloc.rpartition('@')[2]}"
+    query = [
+        (key, REDACTED if is_secret_key(key) else value) for key, value in parse_qsl(parts.query)
+    ]
+    shown_query = (
+        urlencode(query, safe="*") if any(is_secret_key(k) for k, _ in query) else parts.query
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, shown_query, parts.fragment))
 
 
 def _secret_place(key: Any) -> bool:

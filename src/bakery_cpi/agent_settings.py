@@ -10,26 +10,19 @@ builds the JSON. Choices, and why:
   physical interface and the agent matches networks to interfaces by MAC.
 - ``disks.system`` is ``/dev/nfs`` (the root device named in cmdline.txt); the agent
   accepts only a string there and never partitions it while an ephemeral disk exists.
-- Disk hints are ``{"id": <cid>, "path": /dev/disk/by-id/bakery-<cid>}``: the disk agent
-  on the Pi makes that link, the virtio resolver finds it by id (cids are 32 hex
-  characters, over the 20 it needs) and the identity resolver by path.
+- Disk hints are ``{"id": <cid>, "path": <device>}``, the device Bakery names in its disk
+  answers (``/dev/disk/by-id/bakery-<cid>``, the link the disk agent on the Pi makes): the
+  virtio resolver finds it by id (cids are 32 hex characters, over the 20 it needs) and
+  the identity resolver by path. Bakery itself keeps the persistent disks of the
+  settings it stores in step with what is attached, so the CPI never reads settings
+  (and their secrets) back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-HINT_PREFIX = "/dev/disk/by-id/bakery-"
 SYSTEM_DISK = "/dev/nfs"
-
-
-def disk_hint(disk_id: str) -> str:
-    """Where the disk agent on the Pi links the disk: what ``attach_disk`` returns."""
-    return HINT_PREFIX + disk_id
-
-
-def disk_settings(disk_id: str) -> dict[str, Any]:
-    return {"id": disk_id, "path": disk_hint(disk_id)}
 
 
 def pi_networks(networks: dict[str, Any], mac: str | None) -> dict[str, Any]:
@@ -49,15 +42,15 @@ def build(
     vm_cid: str,
     networks: dict[str, Any],
     env: dict[str, Any],
-    ephemeral_disk_id: str | None,
+    ephemeral_disk: dict[str, Any] | None,
     mbus: str,
     ntp: list[str],
     blobstore: dict[str, Any],
 ) -> dict[str, Any]:
     """The full settings of a new VM (no persistent disk is attached yet)."""
     disks = {"system": SYSTEM_DISK, "persistent": {}}
-    if ephemeral_disk_id:
-        disks["ephemeral"] = disk_settings(ephemeral_disk_id)
+    if ephemeral_disk:
+        disks["ephemeral"] = {"id": ephemeral_disk["id"], "path": ephemeral_disk["device"]}
     return {
         "agent_id": agent_id,
         "vm": {"name": vm_cid, "id": vm_cid},
@@ -69,9 +62,3 @@ def build(
         "env": env,
         "trusted_certs": "",
     }
-
-
-def with_persistent_disks(settings: dict[str, Any], disk_ids: list[str]) -> dict[str, Any]:
-    """``settings`` naming exactly ``disk_ids`` as the attached persistent disks."""
-    disks = {**settings.get("disks", {}), "persistent": {d: disk_settings(d) for d in disk_ids}}
-    return {**settings, "disks": disks}

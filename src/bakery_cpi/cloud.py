@@ -158,17 +158,17 @@ class Cloud:
             cloud_properties.get("ephemeral_disk_mib", self.config.ephemeral_disk_mib),
             "cloud_properties.ephemeral_disk_mib",
         )
-        disk_id = None
+        disk = None
         if size:
-            disk_id = self.client.post("/disks", {"size_mib": size, "ephemeral": True})["id"]
-            undo.append(lambda: self._delete_quietly(f"/disks/{disk_id}"))
+            disk = self.client.post("/disks", {"size_mib": size, "ephemeral": True})
+            undo.append(lambda: self._delete_quietly(f"/disks/{disk['id']}"))
         request = {k: cloud_properties[k] for k in PLACEMENT_KEYS if cloud_properties.get(k)}
         bake = self.client.post(
             "/bakes",
             {
                 **request,
                 "bakeform": stemcell_cid,
-                "disk_ids": [disk_id] if disk_id else [],
+                "disk_ids": [disk["id"]] if disk else [],
                 "power_on": False,
                 "metadata": {"agent_id": agent_id},
             },
@@ -184,7 +184,7 @@ class Cloud:
             vm_cid=vm_cid,
             networks=networks,
             env=env,
-            ephemeral_disk_id=disk_id,
+            ephemeral_disk=disk,
             mbus=self.config.mbus,
             ntp=self.config.ntp,
             blobstore=self.config.blobstore,
@@ -257,18 +257,18 @@ class Cloud:
         return is_object_id(disk_cid) and self._find(f"/disks/{disk_cid}") is not None
 
     def attach_disk(self, vm_cid: str, disk_cid: str) -> str | None:
-        """Attach, then name the disk in the VM's settings; v2 answers the device hint."""
+        """Attach (Bakery names the disk in the VM's settings); v2 answers the device hint,
+        the device Bakery says the disk is on its Pi."""
         disk_missing = DiskNotFound(f"Disk '{disk_cid}' not found")
         vm_missing = VMNotFound(f"VM '{vm_cid}' not found")
         with missing_is(disk_missing, named_alone=False), missing_is(vm_missing, named_alone=False):
-            self.client.post(
+            attached = self.client.post(
                 f"/disks/{checked_disk_cid(disk_cid)}/attach", {"bake_id": checked_vm_cid(vm_cid)}
             )
-        self._write_persistent_disks(vm_cid)
-        return agent_settings.disk_hint(disk_cid) if self.api_version >= 2 else None
+        return cast(str, attached["device"]) if self.api_version >= 2 else None
 
     def detach_disk(self, vm_cid: str, disk_cid: str) -> None:
-        """Detach and drop the disk from the VM's settings; a disk gone already is fine."""
+        """Detach (Bakery drops it from the VM's settings); a disk gone already is fine."""
         disk = self._find(f"/disks/{disk_cid}") if is_object_id(disk_cid) else None
         if disk is None:
             self.log.info(f"disk {disk_cid} does not exist; nothing to detach")
@@ -276,7 +276,6 @@ class Cloud:
         if disk.get("bake_id") != vm_cid:
             raise DiskNotAttached(f"Disk '{disk_cid}' is not attached to VM '{vm_cid}'")
         self.client.post(f"/disks/{disk_cid}/detach")
-        self._write_persistent_disks(vm_cid)
 
     def get_disks(self, vm_cid: str) -> list[str]:
         """The VM's persistent disks (the ephemeral disk is not the director's)."""
@@ -318,20 +317,6 @@ class Cloud:
             self.log.info(f"snapshot {snapshot_cid} does not exist; nothing to delete")
 
     # -- helpers ---------------------------------------------------------------------
-
-    def _write_persistent_disks(self, vm_cid: str) -> None:
-        """Rewrite the settings' persistent disks from Bakery's list of attached disks,
-        so the file the agent re-reads on ``add_persistent_disk`` always matches."""
-        try:
-            settings = self.client.get(f"/bakes/{vm_cid}/agent-settings")
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            self.log.info(f"VM {vm_cid} is gone; its settings need no update")
-            return
-        disk_ids = [d["id"] for d in self._persistent_disks(vm_cid)]
-        settings = agent_settings.with_persistent_disks(settings, disk_ids)
-        self.client.put(f"/bakes/{vm_cid}/agent-settings", settings)
 
     def _persistent_disks(self, vm_cid: str) -> list[dict[str, Any]]:
         return [d for d in self.client.get("/disks", bake_id=vm_cid) if not d.get("ephemeral")]

@@ -200,16 +200,47 @@ def test_the_disks_list_in_the_root_follows_attach_and_detach(client, bakeform, 
     assert listing.read_text() == ""
 
 
-def test_a_pi_reads_its_own_agent_settings_without_a_token(client, anonymous, bakeform, pis):
-    made = bake(client, agent_settings={"agent_id": "agent-1"}).json
-    mine = anonymous.get(
-        "/api/v1/metadata/agent-settings", environ_base={"REMOTE_ADDR": made["ip"]}
+def test_a_pi_reads_its_own_agent_settings_without_a_token(
+    client, anonymous, bakeform, pis, settings
+):
+    """With the secret only its root holds, from its own address: an address alone is a
+    claim anyone on the Pi LAN can make (the mbus credentials were served by address)."""
+    made = bake(client, agent_settings={"agent_id": "agent-1", "mbus": "nats://n:pw@h:4222"}).json
+    secret = settings.path("bakes", made["id"], "root", settings.bake_secret_path)
+    assert (secret.stat().st_mode & 0o777) == 0o600
+    shown = {"X-Bakery-Bake-Secret": secret.read_text()}
+
+    def ask(address: str, headers: dict[str, str]):
+        return anonymous.get(
+            "/api/v1/metadata/agent-settings",
+            environ_base={"REMOTE_ADDR": address},
+            headers=headers,
+        )
+
+    mine = ask(made["ip"], shown)
+    assert mine.status_code == 200 and mine.json["mbus"] == "nats://n:pw@h:4222"
+    assert_error(ask(made["ip"], {}), 404, "agent_settings_not_found")
+    assert_error(
+        ask(made["ip"], {"X-Bakery-Bake-Secret": "guess"}), 404, "agent_settings_not_found"
     )
-    assert mine.status_code == 200 and mine.json == {"agent_id": "agent-1"}
-    other = anonymous.get(
-        "/api/v1/metadata/agent-settings", environ_base={"REMOTE_ADDR": "127.0.0.99"}
-    )
-    assert_error(other, 404, "agent_settings_not_found")
+    assert_error(ask("127.0.0.99", shown), 404, "agent_settings_not_found")
+
+
+def test_agent_settings_are_write_only(client, bakeform, pis):
+    body = {
+        "agent_id": "a",
+        "mbus": "nats://nats:hushed@10.0.0.6:4222",
+        "env": {"bosh": {"password": "hush2"}},
+        "blobstore": {"options": {"secret": "x"}},
+    }
+    made = bake(client, agent_settings=body).json
+    answers = [
+        client.put(f"/api/v1/bakes/{made['id']}/agent-settings", json=body).get_data(as_text=True),
+        client.get(f"/api/v1/bakes/{made['id']}/agent-settings").get_data(as_text=True),
+    ]
+    for answer in answers:
+        assert "hush" not in answer and '"x"' not in answer
+        assert "nats://nats:***@10.0.0.6:4222" in answer
 
 
 def test_a_bake_can_wait_for_its_settings_before_powering_on(client, bakeform, pis):

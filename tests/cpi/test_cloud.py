@@ -58,8 +58,10 @@ class FakeBakery:
         self._called("POST", path)
         body = body or {}
         if path == "/disks":
-            disk = {"id": next(self.ids), "size_mib": body["size_mib"], "bake_id": None,
-                    "ephemeral": body.get("ephemeral", False)}  # fmt: skip
+            disk_id = next(self.ids)
+            disk = {"id": disk_id, "size_mib": body["size_mib"], "bake_id": None,
+                    "ephemeral": body.get("ephemeral", False),
+                    "device": f"/dev/disk/by-id/bakery-{disk_id}"}  # fmt: skip
             self.disks[disk["id"]] = disk
             return disk
         if path == "/bakes":
@@ -71,6 +73,7 @@ class FakeBakery:
         disk = self._disk(key)
         if action == "attach":
             disk["bake_id"] = self._bake(body["bake_id"])["id"]
+            return disk
         elif action == "detach":
             disk["bake_id"] = None
         elif action == "resize":
@@ -232,18 +235,20 @@ def test_a_manual_network_address_the_pi_does_not_have_is_warned_about(cloud, lo
     assert any("expects IP 10.0.0.99 but the Pi is at 10.0.0.21" in line for line in log.lines)
 
 
-def test_attach_names_the_disk_in_the_settings_and_answers_its_hint(cloud, bakery):
+def test_attach_answers_the_device_bakery_names_and_never_reads_settings_back(cloud, bakery):
+    """Bakery keeps the settings' persistent disks itself: their secrets are write-only."""
     vm_cid, _ = cloud.create_vm("agent-1", "stemcell-1.0", {}, NETWORKS)
     disk_cid = cloud.create_disk(1024, {})
 
     hint = cloud.attach_disk(vm_cid, disk_cid)
 
     assert hint == f"/dev/disk/by-id/bakery-{disk_cid}"
-    persistent = bakery.settings[vm_cid]["disks"]["persistent"]
-    assert list(persistent) == [disk_cid]
     assert cloud.get_disks(vm_cid) == [disk_cid]  # the ephemeral disk is not the director's
     cloud.detach_disk(vm_cid, disk_cid)
-    assert bakery.settings[vm_cid]["disks"]["persistent"] == {}
+    assert cloud.get_disks(vm_cid) == []
+    assert not [call for call in bakery.calls if call == ("GET", f"/bakes/{vm_cid}/agent-settings")]
+    ephemeral = bakery.settings[vm_cid]["disks"]["ephemeral"]
+    assert ephemeral["path"] == f"/dev/disk/by-id/bakery-{ephemeral['id']}"
 
 
 def test_attach_tells_a_missing_vm_from_a_missing_disk(cloud):

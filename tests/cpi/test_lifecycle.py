@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from bakery.redaction import redacted
 from tests.support.loopfs import fs_tools, loop_filesystem
 
 from .harness import (
@@ -76,7 +77,8 @@ def test_vm_and_disk_lifecycle(cpi, api, bakery, stemcell, reflinks):
     assert settings["disks"]["ephemeral"]["path"] == f"/dev/disk/by-id/bakery-{ephemeral}"
     assert settings["disks"]["persistent"] == {}
     served = api.get(f"{api.base}/bakes/{vm_cid}/agent-settings").json()
-    assert served == settings  # the metadata endpoint serves what the root holds
+    assert served == redacted(settings)  # what the root holds, its secrets write-only
+    assert served["mbus"] == "nats://nats:***@10.0.0.6:4222"
     assert ephemeral in root_file(bakery, vm_cid, DISKS_FILE).read_text()
 
     ok(cpi("set_vm_metadata", vm_cid, {"deployment": "web", "index": "0"}))

@@ -92,3 +92,31 @@ def test_pis_without_a_live_bake_get_nothing_to_boot(fleet):
     assert any("powering off" in e.message for e in Pi.get().events)
     fleet.set_pi_state("00000001", S.BROKEN, "smoke")
     assert fleet.boot_target("00000001", "127.0.0.11") is None
+
+
+def test_a_pi_with_a_registered_mac_does_not_move_to_another_loopback_address(fleet, bake_pi):
+    """The finding: a TFTP request from any loopback address moved a Pi registered with its
+    MAC (loopback skipped the neighbour check), and its exports and settings with it."""
+    bake = bake_pi(mac="dc:a6:32:00:00:01")
+    assert fleet.boot_target("00000001", "127.0.0.12") is None
+    assert Pi.get().last_ip == "127.0.0.11"
+    assert "Clients = 127.0.0.11;" in open(fleet.settings.exports_file).read()
+    assert fleet.boot_target("00000001", "127.0.0.11").bake_id == bake.id
+
+
+def test_the_simulators_setting_trusts_loopback_addresses(fleet, bake_pi, monkeypatch):
+    import dataclasses
+
+    bake_pi(mac="dc:a6:32:00:00:01")
+    trusting = dataclasses.replace(fleet.settings, trust_loopback=True)
+    monkeypatch.setattr(fleet.context, "settings", trusting)
+    assert fleet.boot_target("00000001", "127.0.0.12") is not None
+    assert Pi.get().last_ip == "127.0.0.12"
+
+
+def test_a_baked_pis_move_is_an_event_with_its_before_and_after(fleet, bake_pi):
+    bake_pi()
+    fleet.boot_target("00000001", "127.0.0.13")
+    moved = Pi.get().events.where(Event.kind == "address").get()
+    assert moved.message == "address changed from 127.0.0.11 to 127.0.0.13"
+    assert (moved.data["previous"], moved.data["ip"]) == ("127.0.0.11", "127.0.0.13")

@@ -39,6 +39,7 @@ def settings(tmp_path, db_url):
         nfs_backend="none",
         firmware_dir=str(firmware),
         webhook_hosts=["127.0.0.1"],
+        trust_loopback=True,
         tftp_retries=2,
     )
 

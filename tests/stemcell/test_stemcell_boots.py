@@ -69,6 +69,8 @@ def test_the_stemcell_image_boots_a_pi_with_the_agents_in_its_root(
     root = site.options.root / "bakes" / bake["id"] / "root"
     config = json.loads((root / "var/vcap/bosh/agent.json").read_text())
     settings_path = config["Infrastructure"]["Settings"]["Sources"][0]["SettingsPath"]
-    assert json.loads((root / settings_path.lstrip("/")).read_text()) == AGENT_SETTINGS
+    # Bakery keeps the persistent disks it attached in the settings the agent reads.
+    expected = {**AGENT_SETTINGS, "disks": {"persistent": {}}}
+    assert json.loads((root / settings_path.lstrip("/")).read_text()) == expected
     assert (root / "etc/systemd/system/timers.target.wants/bakery-disk-agent.timer").is_symlink()
     assert os.access(root / "usr/local/sbin/bakery-disk-agent", os.X_OK)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -116,17 +116,17 @@ class AgentSettings(MethodView):
     @allow(WORK_READ)
     @blp.response(200, description="a JSON object")
     def get(self, bake_id: str) -> dict[str, Any]:
-        """The agent settings stored for this bake (the metadata endpoint's source)."""
-        return current_fleet().get_live_bake(bake_id).agent_settings or {}
+        """The bake's agent settings as its Pi gets them, secrets hidden: they are
+        write-only (the Pi reads them whole from its root, or from /metadata)."""
+        return current_fleet().shown_agent_settings(bake_id)
 
     @allow(WORK)
     @blp.arguments(SettingsSchema)
     @blp.response(200, description="a JSON object")
     def put(self, settings: dict[str, Any], bake_id: str) -> dict[str, Any]:
-        # the JSON column now holds the object just stored
-        return cast(
-            "dict[str, Any]", current_fleet().set_agent_settings(bake_id, settings).agent_settings
-        )
+        """Replace the bake's agent settings; the answer hides their secrets."""
+        current_fleet().set_agent_settings(bake_id, settings)
+        return current_fleet().shown_agent_settings(bake_id)
 
 
 @blp.route("/<bake_id>/metadata")

@@ -25,10 +25,16 @@ class DiskSchema(Schema):
     ephemeral = fields.Boolean()
     metadata = fields.Dict()
     export = fields.Method("_export")
+    device = fields.Method(
+        "_device", metadata={"description": "the block device it is on its Pi once attached"}
+    )
     created_at = fields.DateTime()
 
     def _export(self, disk: Any) -> str:
         return current_fleet().disk_export(disk.id)
+
+    def _device(self, disk: Any) -> str:
+        return current_fleet().disk_device(disk.id)
 
 
 class DiskCreateSchema(Schema):

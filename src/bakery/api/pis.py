@@ -9,23 +9,15 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from ..fleet import Event, Pi, PiState, PowerResult
+from ..redaction import redacted
 from .auth import FLEET, FLEET_READ, allow
 from .current import current_fleet
 from .fields import Ip, Labels, Mac, Serial
 
 blp = Blueprint("pis", __name__, url_prefix="/api/v1/pis", description="Raspberry Pis")
 
-SECRET_WORDS = ("password", "secret", "token", "key", "auth", "headers")
 STATES = [s.value for s in PiState]
 MODELS = ["unknown", "3B", "3B+", "4B", "400", "CM4", "5", "CM5", "500"]
-
-
-def redact(settings: dict[str, Any]) -> dict[str, Any]:
-    """Power settings as shown to users: secrets replaced, the rest as stored."""
-    return {
-        k: "***" if any(w in k.lower() for w in SECRET_WORDS) else v
-        for k, v in (settings or {}).items()
-    }
 
 
 class PiSchema(Schema):
@@ -44,7 +36,9 @@ class PiSchema(Schema):
     updated_at = fields.DateTime()
 
     def _power_settings(self, pi: Any) -> dict[str, Any]:
-        return redact(pi.power_settings)
+        """Write-only secrets: a relay's password or token is never shown again."""
+        shown: dict[str, Any] = redacted(pi.power_settings or {})
+        return shown
 
 
 class PiRegisterSchema(Schema):

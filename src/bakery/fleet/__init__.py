@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from .. import disks as disk_images
+from .. import stemcell
 from ..config import Settings
 from ..models import Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
 from ..power import PowerController, PowerResult
@@ -114,6 +115,8 @@ class Fleet:
     def disk_export(self, disk_id: str) -> str:
         return f"{self.settings.nfs_server}:{disk_images.disk_dir(self.settings, disk_id)}"
 
+    disk_device = staticmethod(stemcell.disk_device)
+
     # -- lookups and lists --------------------------------------------------------------
 
     check_database = staticmethod(queries.check_database)
@@ -147,7 +150,8 @@ class Fleet:
     unbake = _InContext(bakes.unbake)
     power_bake = _InContext(bakes.power_bake)
     set_agent_settings = _InContext(bakes.set_agent_settings)
-    agent_settings_for_address = staticmethod(bakes.agent_settings_for_address)
+    agent_settings_for_caller = staticmethod(bakes.agent_settings_for_caller)
+    shown_agent_settings = staticmethod(bakes.shown_agent_settings)
     set_bake_metadata = staticmethod(bakes.set_bake_metadata)
     create_disk = _InContext(disks.create_disk)
     delete_disk = _InContext(disks.delete_disk)

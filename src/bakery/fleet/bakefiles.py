@@ -1,25 +1,66 @@
 """What a Pi reads from its own root: the agent settings (the BOSH agent's File settings
-source) and the list of attached disks (the disk agent)."""
+source), the list of attached disks (the disk agent) and the bake's own secret."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
+from typing import Any
 
-from .. import disks, roots
+from .. import disks, roots, stemcell
 from ..models import Bake, Disk
 from .context import FleetContext
 
 
 def write_bake_files(ctx: FleetContext, bake: Bake) -> None:
-    """Write both files into the bake's root, symlink-safely: the root came from an
-    uploaded image."""
+    """Write the agent settings and the disks list into the bake's root, symlink-safely:
+    the root came from an uploaded image."""
     root = ctx.bake_root(bake.id)
     settings = ctx.settings
-    if bake.agent_settings is not None:
-        text = json.dumps(bake.agent_settings, indent=2, sort_keys=True) + "\n"
+    attached = list(Disk.select().where(Disk.bake == bake.id).order_by(Disk.created_at))
+    agent = agent_settings(bake, attached)
+    if agent is not None:
+        text = json.dumps(agent, indent=2, sort_keys=True) + "\n"
         roots.write_in_root(root, settings.agent_settings_path, text.encode(), mode=0o600)
     lines = [
         f"{disk.id} {settings.nfs_server}:{disks.disk_dir(settings, disk.id)}\n"
-        for disk in Disk.select().where(Disk.bake == bake.id).order_by(Disk.created_at)
+        for disk in attached
     ]
     roots.write_in_root(root, settings.disks_list_path, "".join(lines).encode())
+
+
+def agent_settings(bake: Bake, attached: list[Disk] | None = None) -> dict[str, Any] | None:
+    """The bake's agent settings as its Pi gets them: what was stored, with the persistent
+    disks that are attached now (BOSH settings, which have ``disks``, only). Bakery keeps
+    this list itself, so the CPI never reads the settings (and their secrets) back."""
+    stored: dict[str, Any] | None = bake.agent_settings
+    if stored is None or not isinstance(stored.get("disks"), dict):
+        return stored
+    if attached is None:
+        attached = list(Disk.select().where(Disk.bake == bake.id).order_by(Disk.created_at))
+    persistent = {
+        disk.id: {"id": disk.id, "path": stemcell.disk_device(disk.id)}
+        for disk in attached
+        if not disk.ephemeral
+    }
+    return {**stored, "disks": {**stored["disks"], "persistent": persistent}}
+
+
+def give_secret(ctx: FleetContext, bake: Bake) -> None:
+    """A new secret for the bake, written into its root (readable by root only) and kept
+    as a hash: the Pi shows it to ask Bakery about itself."""
+    secret = secrets.token_urlsafe(32)
+    roots.write_in_root(
+        ctx.bake_root(bake.id), ctx.settings.bake_secret_path, secret.encode(), mode=0o600
+    )
+    Bake.update(secret_hash=secret_hash(secret)).where(Bake.id == bake.id).execute()
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(bake: Bake, presented: str) -> bool:
+    return bool(bake.secret_hash) and hmac.compare_digest(bake.secret_hash, secret_hash(presented))

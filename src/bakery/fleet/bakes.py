@@ -12,9 +12,10 @@ from .. import exports, identifiers, roots, stemcell
 from ..errors import Conflict, InvalidInput, NotFound, PowerFailed, StorageFailed
 from ..models import Bake, Bakeform, BakeState, Disk, Pi, PiState, database, utcnow
 from ..power import PowerAction, PowerError, PowerResult
+from ..redaction import redacted
 from . import events
 from .allocation import claim
-from .bakefiles import write_bake_files
+from .bakefiles import agent_settings, give_secret, secret_matches, write_bake_files
 from .context import FleetContext
 from .disks import attach, release_disks
 from .exports import publish_exports
@@ -84,6 +85,7 @@ def _prepare(
     _step(bake, "cloned", "root cloned", method=bakeform.clone_method)
     roots.season_root(root, hostname=bake.hostname, resolv_conf=ctx.settings.resolv_conf)
     stemcell.install_disk_agent(root, ctx.settings.disks_list_path)
+    give_secret(ctx, bake)
     _step(bake, "seasoned", "root seasoned", hostname=bake.hostname)
     for disk_id in disk_ids:
         attach(Disk.get_by_id(disk_id), bake)
@@ -199,17 +201,25 @@ def set_agent_settings(ctx: FleetContext, bake_id: str, agent_settings: dict[str
     return bake
 
 
-def agent_settings_for_address(ip: str) -> dict[str, Any]:
-    """The agent settings of the live bake on the Pi at ``ip`` (the metadata service)."""
+def agent_settings_for_caller(ip: str, secret: str) -> dict[str, Any]:
+    """The agent settings of the live bake on the Pi at ``ip``, for a caller showing the
+    bake's own secret (the metadata service): an address alone is a claim anyone on the
+    Pi LAN can make, the secret is in the Pi's root only. Any mismatch is not found."""
     try:
         pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
     except identifiers.InvalidIdentifier:
         pi = None
     bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
-    if bake is None or bake.state not in LIVE_BAKE_STATES or bake.agent_settings is None:
+    settings = agent_settings(bake) if bake and bake.state in LIVE_BAKE_STATES else None
+    if bake is None or settings is None or not secret_matches(bake, secret):
         raise NotFound(f"no agent settings for {ip}", code="agent_settings_not_found")
-    settings: dict[str, Any] = bake.agent_settings
     return settings
+
+
+def shown_agent_settings(bake_id: str) -> dict[str, Any]:
+    """A live bake's agent settings as an API client may see them: secrets hidden."""
+    shown: dict[str, Any] = redacted(agent_settings(get_live_bake(bake_id)) or {})
+    return shown
 
 
 def set_bake_metadata(bake_id: str, metadata: dict[str, Any]) -> Bake:

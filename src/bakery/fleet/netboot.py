@@ -144,15 +144,16 @@ def _too_many_discovered(ctx: FleetContext, serial: str, ip: str) -> bool:
 
 def address_is_the_pis(ctx: FleetContext, pi: Pi, ip: str) -> bool:
     """Whether a Pi may move to ``ip``: yes if its MAC is not registered (nothing to check
-    against) or ``ip`` is a loopback address (the simulator's, this host's own); otherwise
-    only if the kernel's neighbour table has ``ip`` at the Pi's MAC. Without this any host
+    against), or ``ip`` is a loopback address and the settings trust those (the
+    simulator's Pis; any local process can send from one); otherwise only if the kernel's
+    neighbour table has ``ip`` at the Pi's MAC. Without this any host
     on the Pi LAN that knows a serial could send one TFTP request and have that Pi's root
     exported to itself. (One that also forges ARP with the Pi's MAC is not stopped: the
     kernel believes the sender of an ARP request; only a LAN kept to the Pis, or a switch
     inspecting ARP, stops that.) An address not resolved yet is refused too: our answer
     makes the kernel resolve it, and the Pi's next try (the bootloader retries) is
     confirmed."""
-    if pi.mac is None or ipaddress.ip_address(ip).is_loopback:
+    if pi.mac is None or (ctx.settings.trust_loopback and ipaddress.ip_address(ip).is_loopback):
         return True
     seen = neighbours.mac_of(ip)
     if seen == pi.mac:
@@ -165,11 +166,13 @@ def address_is_the_pis(ctx: FleetContext, pi: Pi, ip: str) -> bool:
 
 
 def pin_address(ctx: FleetContext, pi: Pi, ip: str) -> Pi:
-    """Make ``ip`` the Pi's address (DHCP may move a Pi) and re-export to it."""
+    """Make ``ip`` the Pi's address (DHCP may move a Pi) and re-export to it: an event on
+    its timeline says from where to where, so an operator sees every move of its root."""
     with database.atomic():
         release_address(ip, keep=pi.id)
         Pi.update(last_ip=ip, updated_at=utcnow()).where(Pi.id == pi.id).execute()
-        events.record(pi, "boot", f"address is now {ip}", pi.bake_id, previous=pi.last_ip, ip=ip)
+        moved = f"address changed from {pi.last_ip or 'none'} to {ip}"
+        events.record(pi, "address", moved, pi.bake_id, previous=pi.last_ip, ip=ip)
     if pi.bake_id:
         publish_exports(ctx)
     return Pi.get_by_id(pi.id)

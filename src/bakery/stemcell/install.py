@@ -15,6 +15,14 @@ from bakery import roots
 
 UNIT_DIR = "etc/systemd/system"
 DISK_AGENT = "bakery-disk-agent"
+#: Where the disk agent links each attached disk's loop device (its LINK_PREFIX).
+DISK_LINK_PREFIX = "/dev/disk/by-id/bakery-"
+
+
+def disk_device(disk_id: str) -> str:
+    """The device a disk is on its Pi once the disk agent attached it: what the BOSH agent
+    is told its persistent disks are."""
+    return DISK_LINK_PREFIX + disk_id
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from bakery.models import PiState
 from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.netboot.tftp import packets as tp
 from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, default_boot_files
-from bakery.sim.tftp_client import PI4_BOOT_FILES, Download, PiClient, run
+from bakery.sim.tftp_client import PI4_BOOT_FILES, Download, PiClient, TftpError, run
 
 pytestmark = pytest.mark.tools(*REQUIRED_TOOLS)
 
@@ -331,3 +331,17 @@ def test_boot_timeline_has_first_request_files_and_cmdline(pi, fleet):
         name: len(BOOT_FILES[name]) for name in PI4_BOOT_FILES if name != "cmdline.txt"
     }
     assert boot_messages(fleet).count("first request") == 1
+
+
+def test_a_cmdline_request_from_another_loopback_address_moves_nothing(server, fleet, bake_pi):
+    """The finding, through the real server: a local process asking for a Pi's
+    cmdline.txt from another loopback address took the Pi's root export and settings."""
+    bake = bake_pi("0000beef", ip="127.0.0.2", mac="dc:a6:32:00:be:ef")
+    spoofer = PiClient(server.address, "0000beef", bind_ip="127.0.0.3")
+    with pytest.raises(TftpError, match="not found"):
+        spoofer.get("cmdline.txt")
+    assert fleet.get_pi("0000beef").last_ip == "127.0.0.2"
+    assert f'Path = "{fleet.bake_root(bake.id)}";' in open(fleet.settings.exports_file).read()
+    assert "Clients = 127.0.0.3;" not in open(fleet.settings.exports_file).read()
+    real = PiClient(server.address, "0000beef", bind_ip="127.0.0.2")
+    assert b"nfsroot=" in real.get("cmdline.txt")
