@@ -217,3 +217,22 @@ def sd_image(sd_image_file, tmp_path) -> Path:
     copy = tmp_path / "pi.img"
     shutil.copyfile(sd_image_file, copy)
     return copy
+
+
+@pytest.fixture
+def deep_chain():
+    """``deep_chain(top, depth)``: ``make_deep_chain`` whose trees go at teardown even when
+    the test failed, since pytest's own clean-up of old runs cannot delete them."""
+    from bakery import fsutil
+    from tests.support.deep import make_deep_chain
+
+    made: list[Path] = []
+
+    def make(top: Path, depth: int) -> None:
+        made.append(top)
+        make_deep_chain(top, depth)
+
+    yield make
+    for top in made:
+        if top.exists():
+            fsutil.remove(top)

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import api, auth, models
+from . import api, auth, datadir, models
 from .config import Settings, load_settings
 from .fleet import Fleet
 
@@ -42,7 +42,11 @@ def _init_db_per_request(app: Flask) -> None:
 def prepare_host(settings: Settings) -> dict[str, Any]:
     """What a host does once before serving: schema, first admin token, crash
     recovery, power restore. Runs in the gunicorn master, before workers fork."""
-    settings.root.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger(__name__)
+    datadir.claim_data_dir(settings.root)
+    warning = datadir.mount_warning(settings.root)
+    if warning:
+        log.warning("%s", warning)
     models.connect(settings.database)
     models.create_schema()
     with models.database.connection_context():
@@ -51,5 +55,5 @@ def prepare_host(settings: Settings) -> dict[str, Any]:
         fleet = Fleet(settings)
         counts = fleet.recover()
         fleet.restore_power()
-    logging.getLogger(__name__).info("recovery: %s", counts)
+    log.info("recovery: %s", counts)
     return {"admin_token_file": token_file, **counts}

@@ -8,18 +8,19 @@
 - ``run``: a command with an argument list, its stderr turned into the error message;
 - ``staging_name``/``trash_name``: the hidden names half-made and half-deleted trees
   carry, so listings and recovery tell them from finished ones;
-- ``remove``: delete a file or a tree without following a symlink.
+- ``remove``: delete a file or a tree, however deep, without following a symlink.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -141,4 +142,73 @@ def remove(path: Path) -> None:
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         path.unlink()
     elif path.is_dir():
-        shutil.rmtree(path)
+        _remove_tree(path)
+
+
+@dataclass
+class _Level:
+    """A directory on the way down: who it is, and its subdirectories still to delete."""
+
+    identity: tuple[int, int]
+    name: str  # of the child being deleted, in this directory
+    subdirs: list[str]
+
+
+def _remove_tree(top: Path) -> None:
+    """Delete the tree at ``top``, however deep (a Pi writes what it likes into its root).
+
+    A loop, not recursion: no recursion limit. Every step is relative to an open
+    directory, never a path, so no path grows past PATH_MAX, and at most two directories
+    are open at once. Going back up through ``..`` is checked against the directory
+    that was come down from, so a tree moved meanwhile stops the deletion rather than
+    making it delete elsewhere."""
+    fd = _open_subdir(str(top), None)
+    levels: list[_Level] = []
+    try:
+        subdirs = _unlink_files(fd)
+        while subdirs or levels:
+            if subdirs:
+                name = subdirs.pop()
+                try:
+                    child = _open_subdir(name, fd)
+                except FileNotFoundError:  # gone meanwhile: already deleted
+                    continue
+                levels.append(_Level(_identity(fd), name, subdirs))
+                os.close(fd)
+                fd = child
+                subdirs = _unlink_files(fd)
+                continue
+            level = levels.pop()
+            parent = _open_subdir("..", fd)
+            os.close(fd)
+            fd = parent
+            if _identity(fd) != level.identity:
+                raise OSError(errno.EBUSY, "tree moved while being deleted", str(top))
+            os.rmdir(level.name, dir_fd=fd)
+            subdirs = level.subdirs
+    finally:
+        os.close(fd)
+    os.rmdir(top)
+
+
+def _open_subdir(name: str, dir_fd: int | None) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    return os.open(name, flags if name == ".." else flags | os.O_NOFOLLOW, dir_fd=dir_fd)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Unlink everything in the directory ``fd`` but its subdirectories; return those."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                with suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    return subdirs

@@ -7,10 +7,12 @@ the ``fleet`` package; this module holds data and the invariants a row can check
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -222,6 +224,21 @@ INDEXED_OWNERS = ("bake", "disk", "snapshot")
 MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [_owners_actors_and_bake_secrets]
 
 
+def _keep_private(path: str) -> None:
+    """The SQLite file (and its WAL, which SQLite makes with the file's mode) holds agent
+    settings with mbus passwords and power settings: 0600, made so before it has any."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)
+
+
 def connect(url: str) -> pw.Database:
     """Bind the models to the database at ``url`` and return it (not yet connected).
 
@@ -240,6 +257,7 @@ def connect(url: str) -> pw.Database:
             },
             timeout=SQLITE_BUSY_TIMEOUT_MS / 1000,
         )
+        _keep_private(db.database)
     else:
         db = open_url(url)
     database.initialize(db)

@@ -4,6 +4,9 @@ another host's bakes are left alone."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+
+import pytest
 
 from bakery.models import Bake, Bakeform, Disk, Pi
 
@@ -60,3 +63,26 @@ def test_recover_frees_a_pi_whose_bake_is_gone(fleet, bake_pi):
     fleet.recover()
     pi = Pi.get(Pi.serial == "00000001")
     assert (pi.state, pi.bake_id) == ("available", None)
+
+
+@pytest.mark.root
+@pytest.mark.tools("chattr")
+def test_recover_carries_on_past_what_it_cannot_remove(fleet, bake_pi):
+    bake = bake_pi()
+    Bake.update(state="unbaking").where(Bake.id == bake.id).execute()
+    Pi.update(state="unbaking").execute()
+    stuck = fleet.settings.path("bakeforms", ".incoming-stuck")
+    stuck.mkdir(parents=True)
+    (stuck / "immutable").write_text("x")
+    subprocess.run(["chattr", "+i", str(stuck / "immutable")], check=True)
+    other = fleet.settings.path("disks", ".incoming-" + "1" * 32)
+    other.mkdir(parents=True)
+    try:
+        counts = fleet.recover()
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck / "immutable")], check=True)
+
+    assert counts["failed"] == 1 and counts["unbaked"] == 1
+    assert stuck.exists() and not other.exists()  # the next start retries the stuck one
+    assert Bake.get_by_id(bake.id).state == "unbaked"
+    assert fleet.recover()["failed"] == 0 and not stuck.exists()

@@ -236,3 +236,18 @@ def test_block_maps_pointing_elsewhere_are_refused(tmp_path, staging, first_bloc
         import_file(two_files_image(tmp_path, first_block_of_b), staging)
     assert caught.value.code == "corrupt_root"
     assert_only_empty_root(staging)
+
+
+@root_and_tools
+@pytest.mark.parametrize(
+    ("limit", "value", "said"),
+    [("MAX_ROOT_ENTRIES", 10, "more than 10 files"), ("MAX_ROOT_PATH", 12, "longer than 12")],
+)
+def test_a_root_past_a_limit_is_refused_before_anything_is_written(
+    sd_image, staging, monkeypatch, limit, value, said
+):
+    monkeypatch.setattr(f"bakery.images.ext4.{limit}", value)
+    with pytest.raises(ImageError, match=said) as caught:
+        import_file(sd_image, staging)
+    assert caught.value.code == "root_too_large"
+    assert_only_empty_root(staging)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -14,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from bakery.config import Settings, load_settings
+from bakery.datadir import claim_data_dir
 from bakery.sim.server import BakeryProcess as LiveServer
 
 from .bosh import (
@@ -282,3 +285,22 @@ def _dotted(properties: dict, prefix: str = "") -> list[str]:
 
 def _declared_whole(name: str) -> bool:
     return any(name in job_spec(job)["properties"] for job in jobs())
+
+
+@pytest.mark.root
+def test_pre_start_makes_the_data_dir_bakerys_alone_before_it_starts(tmp_path):
+    data_dir = tmp_path / "store" / "bakery"
+    data_dir.mkdir(parents=True, mode=0o755)
+    os.chown(data_dir, 1000, 1000)  # as a careless operator or an older release left it
+    job_dir = render_job("bakery", {"data_dir": str(data_dir)}, tmp_path / "jobs")
+
+    subprocess.run([str(job_dir / "bin/pre-start")], check=True)
+
+    info = data_dir.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o700, 0)
+    claim_data_dir(data_dir)  # what Bakery checks at every start
+
+
+def test_pre_start_refuses_a_data_dir_a_shell_would_read_as_more_than_a_path(tmp_path):
+    with pytest.raises(RenderError, match="data_dir must be an absolute path"):
+        render("bakery", "pre-start.erb", {"data_dir": "/srv/x; rm -rf /"})

@@ -26,10 +26,14 @@ root_option = click.option(
 
 def service_settings(config_file: str | None, **overrides: Any) -> Settings:
     """The settings a service command runs on; a bad one is a one-line error. Logging
-    is set up here too, once, at the level the settings ask for."""
+    is set up here too, once, at the level the settings ask for, and the umask that
+    keeps what the service makes in the data dir its own."""
     import logging
 
     from ..config import ConfigError, load_settings
+    from ..datadir import use_private_umask
+
+    use_private_umask()
 
     try:
         settings = load_settings(config_file, **overrides)
@@ -50,9 +54,14 @@ def service_settings(config_file: str | None, **overrides: Any) -> Settings:
 @root_option
 def serve(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
     """Run the API under gunicorn, ready for production."""
+    from ..config import ConfigError
     from ..serve import run
 
-    run(service_settings(config_file, bind=bind, workers=workers, root=root))
+    settings = service_settings(config_file, bind=bind, workers=workers, root=root)
+    try:
+        run(settings)
+    except ConfigError as exc:  # e.g. a data dir other users can enter
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("dnsmasq-config")

@@ -3,7 +3,8 @@ owns, so a crash at any point leaves nothing half-made behind."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 from .. import disks, fsutil, roots
@@ -18,31 +19,46 @@ from .states import LIVE_BAKE_STATES, move_pi
 def recover(ctx: FleetContext) -> dict[str, int]:
     """Bakes this host was preparing are rolled back (the director or user retries);
     unbakes are finished (the user asked for them). Files no row owns are deleted.
-    Exports are rewritten from the database."""
+    Exports are rewritten from the database.
+
+    Every item is best effort: one that cannot be recovered is logged and left for the
+    next start, and the service starts anyway (a fleet half-recovered still serves)."""
     mine = Bake.host_id == ctx.settings.host_id
-    counts = {"rolled_back": 0, "unbaked": 0, "stray_paths": 0}
+    counts = {"rolled_back": 0, "unbaked": 0, "stray_paths": 0, "failed": 0}
+
+    def attempt(step: Callable[[], object], what: str, counted: str | None = None) -> None:
+        if not best_effort(step, what):
+            counts["failed"] += 1
+        elif counted:
+            counts[counted] += 1
+
     for bake in Bake.select().where(mine, Bake.state == BakeState.PREPARING.value):
-        if best_effort(
-            lambda b=bake: roll_back(ctx, b, "interrupted by a restart"),
+        attempt(
+            partial(roll_back, ctx, bake, "interrupted by a restart"),
             f"recovery of bake {bake.id}",
-        ):
-            counts["rolled_back"] += 1
+            "rolled_back",
+        )
     for bake in Bake.select().where(mine, Bake.state == BakeState.UNBAKING.value):
-        if best_effort(lambda b=bake: finish_unbake(ctx, b), f"recovery of bake {bake.id}"):
-            counts["unbaked"] += 1
+        attempt(partial(finish_unbake, ctx, bake), f"recovery of bake {bake.id}", "unbaked")
     for pi in Pi.select().where(Pi.bake_id.is_null(False)):
-        if live_bake_of(pi) is None:
-            dead = Bake.get_or_none(Bake.id == pi.bake_id) or Bake(id=pi.bake_id)
-            free_pi(pi, dead, PiState.AVAILABLE, "its bake is gone")
+        attempt(partial(_free_if_bake_gone, pi), f"recovery of Pi {pi.serial}")
     for pi in Pi.select().where(Pi.state == PiState.PREPARING.value, Pi.bake_id.is_null()):
-        move_pi(pi, PiState.AVAILABLE, "claim without a bake")
+        attempt(
+            partial(move_pi, pi, PiState.AVAILABLE, "claim without a bake"),
+            f"recovery of Pi {pi.serial}",
+        )
     for bake in Bake.select().where(mine, Bake.state == BakeState.BAKED.value):
-        best_effort(lambda b=bake: _give_boot_files(ctx, b), f"boot files of bake {bake.id}")
+        attempt(partial(_give_boot_files, ctx, bake), f"boot files of bake {bake.id}")
     for path in _stray_paths(ctx):
-        roots.delete_tree(path)
-        counts["stray_paths"] += 1
-    publish_exports(ctx)
+        attempt(partial(roots.delete_tree, path), f"removal of {path}", "stray_paths")
+    attempt(partial(publish_exports, ctx), "publishing the exports")
     return counts
+
+
+def _free_if_bake_gone(pi: Pi) -> None:
+    if live_bake_of(pi) is None:
+        dead = Bake.get_or_none(Bake.id == pi.bake_id) or Bake(id=pi.bake_id)
+        free_pi(pi, dead, PiState.AVAILABLE, "its bake is gone")
 
 
 def _give_boot_files(ctx: FleetContext, bake: Bake) -> None:

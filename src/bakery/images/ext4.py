@@ -18,6 +18,13 @@ EXT4_INCOMPAT_64BIT = 0x80
 EXT4_HUGE_FILE_FL = 0x40000
 EXT4_INLINE_DATA_FL = 0x10000000
 ROOT_INODE = 2
+#: Limits on an imported root, far above any Pi OS (Raspberry Pi OS with desktop is
+#: ~20 directories deep, ~300,000 entries, paths under 300 bytes) and far below what
+#: breaks the host: PATH_MAX is 4096 with the data dir's own path in front, and each
+#: entry costs memory while the tree is planned.
+MAX_ROOT_DEPTH = 256
+MAX_ROOT_ENTRIES = 1_000_000
+MAX_ROOT_PATH = 3072
 
 
 @dataclass(frozen=True)
@@ -48,20 +55,29 @@ def list_root_tree(device: str, cwd: Path) -> list[TreeEntry]:
     """Every entry of the filesystem, breadth first, one debugfs run per tree level.
 
     Rejects what would make ``rdump`` write outside its destination or loop: names with
-    ``/``, duplicate names in a directory, a directory reachable twice, bogus ``.``/``..``.
+    ``/``, duplicate names in a directory, a directory reachable twice, bogus ``.``/``..``;
+    and a tree past the ``MAX_ROOT_*`` limits, before any of it is written.
     """
     root = TreeEntry(b"", ROOT_INODE, stat.S_IFDIR | 0o755, 0, 0, 0)
     entries = [root]
     level = {ROOT_INODE: b""}
     seen_dirs = {ROOT_INODE}
+    depth = 0
     while level:
+        depth += 1
+        if depth > MAX_ROOT_DEPTH:
+            too_large(f"directories nest deeper than {MAX_ROOT_DEPTH} levels")
         listings = _list_dirs(device, cwd, list(level))
         next_level: dict[int, bytes] = {}
         for inode, path in level.items():
             children = _children(listings.get(inode, []), inode, path)
             if inode == ROOT_INODE:
                 entries[0] = children.pop(0)
+            if len(entries) + len(children) > MAX_ROOT_ENTRIES:
+                too_large(f"it holds more than {MAX_ROOT_ENTRIES} files and directories")
             for child in children:
+                if len(child.path) > MAX_ROOT_PATH:
+                    too_large(f"a path is longer than {MAX_ROOT_PATH} bytes: {child.path[:80]!r}")
                 entries.append(child)
                 if not stat.S_ISDIR(child.mode):
                     continue
@@ -133,6 +149,10 @@ def _parse_ls_line(line: bytes) -> Slot:
 
 def corrupt(message: str) -> NoReturn:
     raise ImageError("corrupt_root", f"root filesystem rejected: {message}")
+
+
+def too_large(message: str) -> NoReturn:
+    raise ImageError("root_too_large", f"root filesystem rejected: {message}")
 
 
 @dataclass(frozen=True)

@@ -191,12 +191,18 @@ def _delete_subvolume(path: Path) -> None:
 
 def _nested_subvolumes(path: Path) -> Iterator[Path]:
     """Subvolumes below the subvolume `path`, parents before children; symlinks are not
-    followed."""
-    for directory, subdirs, _files in os.walk(path):
-        for name in subdirs:
-            candidate = Path(directory, name)
-            if _has_subvolume_inode(candidate):
-                yield candidate
+    followed. A loop over a stack, not os.walk's recursion: a bake's root is as deep as
+    its Pi made it."""
+    pending = [path]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                candidate = Path(entry.path)
+                if _has_subvolume_inode(candidate):
+                    yield candidate
+                pending.append(candidate)
 
 
 def _run(args: list[str]) -> str:

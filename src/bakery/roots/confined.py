@@ -48,17 +48,22 @@ def open_in_root(root: Path, reldir: str, *, create: bool = False) -> Iterator[i
 
 
 def _open_child_dir(parent_fd: int, name: str, *, create: bool, where: str) -> int:
+    created = False
     if create:
         try:
             os.mkdir(name, 0o755, dir_fd=parent_fd)
+            created = True
         except FileExistsError:
             pass
     try:
-        return os.open(name, NOFOLLOW_DIR, dir_fd=parent_fd)
+        fd = os.open(name, NOFOLLOW_DIR, dir_fd=parent_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise SeasoningError(f"{name!r} ({where}) is a symlink or not a directory") from None
         raise
+    if created:
+        os.fchmod(fd, 0o755)  # the Pi's users enter it, whatever Bakery's own umask
+    return fd
 
 
 def write_in_root(

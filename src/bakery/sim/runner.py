@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import ApiClient, ApiError
+from ..datadir import claim_data_dir
 from .bootloader import Timeouts
 from .ganesha import Ganesha
 from .image import build_sd_image, firmware_files, fleet_boot_files
@@ -100,6 +101,7 @@ class SimulatedSite:
 
     def start(self) -> None:
         options = self.options
+        claim_data_dir(options.root)  # made as Bakery makes it (the workdir may be inside)
         options.workdir.mkdir(parents=True, exist_ok=True)
         self.network = self._start_network()
         pis = make_pis(
