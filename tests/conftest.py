@@ -92,6 +92,25 @@ def install_ppi(ppi_dir: Path, name: str, script: str, *, python: bool = True) -
     return name
 
 
+GATED_PPI = """\
+import json, os, sys, time
+request = json.load(sys.stdin)
+if request["action"] == "{action}":
+    open("{gate}/started", "w").close()
+    while not os.path.exists("{gate}/open"):   # the relay is stuck until the test opens it
+        time.sleep(0.05)
+print("ok")
+"""
+
+
+def install_gated_ppi(ppi_dir: Path, gate: Path, action: str) -> str:
+    """A PPI that, asked for ``action`` (``poweron``, ``poweroff``), touches
+    ``gate/started`` and hangs until the test touches ``gate/open``; every other action
+    is done at once. Returns the program name to configure."""
+    gate.mkdir(exist_ok=True)
+    return install_ppi(ppi_dir, f"gated-{action}", GATED_PPI.format(gate=gate, action=action))
+
+
 @pytest.fixture
 def live_server(tmp_path, db_url, ppi_dir):
     """Start a real ``bakery serve`` (gunicorn) on this test's database; stop it after.

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import textwrap
 
 import pytest
 
 from bakery.sim.wait import wait_until
-from tests.conftest import install_ppi
-
-GATED_PPI = """\
-    import json, os, sys, time
-    request = json.load(sys.stdin)
-    if request["action"] == "poweron":
-        open("{gate}/started", "w").close()
-        while not os.path.exists("{gate}/open"):   # the relay is stuck until the test opens it
-            time.sleep(0.05)
-    print("ok")
-"""
+from tests.conftest import install_gated_ppi
 
 
 @pytest.fixture
@@ -34,8 +23,7 @@ def on_disk(path) -> list[str]:
 
 def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path, ppi_dir):
     gate = tmp_path / "gate"
-    gate.mkdir()
-    ppi = install_ppi(ppi_dir, "gated_ppi.py", textwrap.dedent(GATED_PPI).format(gate=gate))
+    ppi = install_gated_ppi(ppi_dir, gate, "poweron")
     api = server.session()
     with open(sd_image_file, "rb") as image:
         assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201

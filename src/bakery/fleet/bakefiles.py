@@ -7,16 +7,50 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from .. import disks, roots, stemcell
-from ..models import Bake, Disk
+from ..errors import Conflict
+from ..models import Bake, BakeState, Disk
 from .context import FleetContext
+from .queries import get_live_bake
+
+#: Bakes whose roots Bakery still writes into: being made, or baked.
+WRITABLE_BAKE_STATES = (BakeState.PREPARING.value, BakeState.BAKED.value)
+
+
+def bake_lock(ctx: FleetContext, bake_id: str) -> AbstractContextManager[None]:
+    """Held by an unbake while it deletes the bake's root, and by whoever writes into
+    the root meanwhile, so no file is made in a tree being deleted."""
+    return ctx.lock(_bake_lock_name(bake_id))
+
+
+def forget_bake_lock(ctx: FleetContext, bake_id: str) -> None:
+    """Called by the unbake, holding the lock, once the bake is unbaked for good."""
+    ctx.forget_lock(_bake_lock_name(bake_id))
+
+
+def _bake_lock_name(bake_id: str) -> str:
+    return f"bake-{bake_id}"
+
+
+@contextmanager
+def writable_bake(ctx: FleetContext, bake_id: str) -> Iterator[Bake]:
+    """Hold the bake's lock and yield the live bake as it is now; Conflict
+    (bake_in_progress) while it is being unbaked, as get_live_bake once it is gone."""
+    with bake_lock(ctx, bake_id):
+        bake = get_live_bake(bake_id)
+        if bake.state not in WRITABLE_BAKE_STATES:
+            raise Conflict(f"bake {bake.id} is being unbaked", code="bake_in_progress")
+        yield bake
 
 
 def write_bake_files(ctx: FleetContext, bake: Bake) -> None:
     """Write the agent settings and the disks list into the bake's root, symlink-safely:
-    the root came from an uploaded image."""
+    the root came from an uploaded image. Callers of a baked bake hold
+    ``writable_bake``."""
     root = ctx.bake_root(bake.id)
     settings = ctx.settings
     attached = list(Disk.select().where(Disk.bake == bake.id).order_by(Disk.created_at))

@@ -15,7 +15,15 @@ from ..power import PowerAction, PowerError, PowerResult
 from ..redaction import redacted
 from . import events
 from .allocation import claim
-from .bakefiles import agent_settings, give_secret, secret_matches, write_bake_files
+from .bakefiles import (
+    agent_settings,
+    bake_lock,
+    forget_bake_lock,
+    give_secret,
+    secret_matches,
+    writable_bake,
+    write_bake_files,
+)
 from .context import FleetContext
 from .disks import attach, release_disks
 from .exports import publish_exports
@@ -126,8 +134,10 @@ def roll_back(ctx: FleetContext, bake: Bake, reason: str) -> None:
     ]
     if failed.step in ("powering_on", "powered_on"):
         steps.insert(0, lambda: power_pi(ctx, pi, "off"))
-    for step in steps:
-        best_effort(step, f"rollback of bake {failed.id}")
+    with bake_lock(ctx, failed.id):  # writers into the root wait, then find it failed
+        for step in steps:
+            best_effort(step, f"rollback of bake {failed.id}")
+        forget_bake_lock(ctx, failed.id)
     free_pi(pi, failed, PiState.AVAILABLE, reason[:200])
 
 
@@ -167,18 +177,23 @@ def unbake(ctx: FleetContext, bake_id: str) -> Bake:
 
 def finish_unbake(ctx: FleetContext, bake: Bake) -> Bake:
     """The steps of an unbake; the bake is ``unbaked`` only once they have all run (a
-    failed step leaves it ``unbaking``, finished by recovery at the next start)."""
+    failed step leaves it ``unbaking``, finished by recovery at the next start).
+
+    They run under the bake's lock: a request that writes into the root (agent settings,
+    a disk attached) either finished before or finds the bake unbaking."""
     pi = Pi.get_by_id(bake.pi_id)
     power_failure = ""
-    try:
-        if pi.bake_id == bake.id:  # never switch off the Pi's next bake
-            power_pi(ctx, pi, "off")
-    except PowerError as exc:
-        power_failure = f"power off failed during unbake: {exc.message}"
-    release_disks(ctx, bake)
-    publish_exports(ctx)  # exports only bootable bakes
-    roots.delete_tree(ctx.bake_dir(bake.id))
-    unbaked = move_bake(bake, BakeState.UNBAKED, finished_at=utcnow())
+    with bake_lock(ctx, bake.id):
+        try:
+            if pi.bake_id == bake.id:  # never switch off the Pi's next bake
+                power_pi(ctx, pi, "off")
+        except PowerError as exc:
+            power_failure = f"power off failed during unbake: {exc.message}"
+        release_disks(ctx, bake)
+        publish_exports(ctx)  # exports only bootable bakes
+        roots.delete_tree(ctx.bake_dir(bake.id))
+        unbaked = move_bake(bake, BakeState.UNBAKED, finished_at=utcnow())
+        forget_bake_lock(ctx, bake.id)
     # A Pi we could not switch off may still run: keep it out of the fridge.
     target = PiState.BROKEN if power_failure else PiState.AVAILABLE
     free_pi(pi, unbaked, target, power_failure)
@@ -194,10 +209,12 @@ def power_bake(ctx: FleetContext, bake_id: str, action: PowerAction) -> PowerRes
 
 
 def set_agent_settings(ctx: FleetContext, bake_id: str, agent_settings: dict[str, Any]) -> Bake:
-    bake = get_live_bake(bake_id)
-    Bake.update(agent_settings=agent_settings).where(Bake.id == bake.id).execute()
-    bake = Bake.get_by_id(bake.id)
-    write_bake_files(ctx, bake)
+    """Store the settings and write them into the root, for a bake that is not being
+    unbaked (Conflict otherwise: its root is going)."""
+    with writable_bake(ctx, bake_id) as bake:
+        Bake.update(agent_settings=agent_settings).where(Bake.id == bake.id).execute()
+        bake = Bake.get_by_id(bake.id)
+        write_bake_files(ctx, bake)
     return bake
 
 

@@ -48,7 +48,15 @@ class FleetContext:
     def lock(self, name: str, *, shared: bool = False) -> AbstractContextManager[None]:
         """A lock shared by every process of this host (gunicorn workers, the TFTP
         server): many ``shared`` holders at once, or one exclusive."""
-        return fsutil.locked(self.settings.path("locks", f"{name}.lock"), shared=shared)
+        return fsutil.locked(self._lock_file(name), shared=shared)
+
+    def forget_lock(self, name: str) -> None:
+        """Remove the lock file of something that is gone for good (an unbaked bake), by
+        its holder: a waiter that gets it finds the thing gone, as a newcomer would."""
+        self._lock_file(name).unlink(missing_ok=True)
+
+    def _lock_file(self, name: str) -> Path:
+        return self.settings.path("locks", f"{name}.lock")
 
     def first_in_a_while(self, what: Hashable) -> bool:
         """True at most once per ``QUIET_REPEATS`` seconds for ``what``: requests anyone

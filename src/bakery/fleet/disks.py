@@ -3,18 +3,18 @@ its Pi and listed in its root), detached, grown and deleted."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from .. import disks, identifiers
 from ..errors import Conflict, InvalidInput, NotSupported
-from ..models import Bake, Disk, Snapshot
+from ..models import Bake, Disk, Snapshot, database
 from . import events
 from .actors import new_owner
-from .bakefiles import write_bake_files
+from .bakefiles import WRITABLE_BAKE_STATES, bake_lock, writable_bake, write_bake_files
 from .context import FleetContext
 from .exports import publish_exports
 from .queries import get_disk, get_live_bake, get_snapshot
-from .states import LIVE_BAKE_STATES
 
 
 def create_disk(
@@ -32,19 +32,21 @@ def create_disk(
     disk_id = identifiers.new_id()
     disks.create_disk_image(ctx.settings, disk_id, size_mib)
     try:
-        disk = Disk.create(
-            id=disk_id,
-            size_mib=size_mib,
-            bake=bake,
-            ephemeral=ephemeral,
-            metadata=metadata or {},
-            owner=new_owner(),
-        )
+        with writable_bake(ctx, bake.id) if bake else nullcontext(), database.atomic():
+            disk = Disk.create(
+                id=disk_id,
+                size_mib=size_mib,
+                bake=bake,
+                ephemeral=ephemeral,
+                metadata=metadata or {},
+                owner=new_owner(),
+            )
+            if bake:
+                write_bake_files(ctx, bake)
     except BaseException:
         disks.delete_disk_image(ctx.settings, disk_id)
         raise
     if bake:
-        write_bake_files(ctx, bake)
         publish_exports(ctx)
     pi = bake.pi if bake else None
     events.record(pi, "disk", f"disk {disk_id} created", bake_id, size_mib=size_mib)
@@ -66,8 +68,9 @@ def attach_disk(ctx: FleetContext, disk_id: str, bake_id: str) -> Disk:
     bake = get_live_bake(bake_id)
     if disk.bake_id == bake.id:
         return disk
-    attach(disk, bake)
-    write_bake_files(ctx, bake)
+    with writable_bake(ctx, bake.id) as bake, database.atomic():
+        attach(disk, bake)
+        write_bake_files(ctx, bake)
     publish_exports(ctx)
     return Disk.get_by_id(disk.id)
 
@@ -84,10 +87,11 @@ def detach_disk(ctx: FleetContext, disk_id: str) -> Disk:
     disk = get_disk(disk_id)
     if not disk.bake_id:
         return disk
-    Disk.update(bake=None, ephemeral=False).where(Disk.id == disk.id).execute()
-    bake = Bake.get_by_id(disk.bake_id)
-    if bake.state in LIVE_BAKE_STATES:
-        write_bake_files(ctx, bake)
+    with bake_lock(ctx, disk.bake_id):
+        Disk.update(bake=None, ephemeral=False).where(Disk.id == disk.id).execute()
+        bake = Bake.get_by_id(disk.bake_id)
+        if bake.state in WRITABLE_BAKE_STATES:  # an unbaking bake's root is going
+            write_bake_files(ctx, bake)
     publish_exports(ctx)
     events.record(bake.pi, "disk", f"disk {disk.id} detached", bake.id)
     return Disk.get_by_id(disk.id)
