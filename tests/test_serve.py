@@ -14,6 +14,7 @@ import requests
 
 from bakery import serve
 from bakery.sim.wait import wait_until
+from tests.conftest import install_gated_ppi
 from tests.support.postgres import free_port
 
 
@@ -213,7 +214,7 @@ def test_after_the_master_is_killed_its_workers_go_and_a_restart_gets_the_port(l
 
 def worker_pids(master: int) -> list[str]:
     return subprocess.run(
-        ["pgrep", "-P", str(master), "-f", "bakery"], capture_output=True, text=True
+        ["pgrep", "-P", str(master), "-f", "bakery serve"], capture_output=True, text=True
     ).stdout.split()
 
 
@@ -223,3 +224,27 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_relays_that_hang_at_start_up_do_not_keep_the_api_from_listening(
+    live_server, tmp_path, ppi_dir
+):
+    server = live_server(power_timeout=120)
+    gate = tmp_path / "gate"
+    hanging = install_gated_ppi(ppi_dir, gate, "status")
+    api = server.session()
+    for serial in ("00000001", "00000002", "00000003"):
+        pi = {"serial": serial, "power_driver": "ppi", "power_settings": {"program": hanging}}
+        assert api.post(f"{server.url}/api/v1/pis", json=pi).status_code == 201
+    server.stop()
+
+    server.start(timeout=30)  # the restore asks the first relay its status, which hangs
+    wait_until(lambda: (gate / "started").exists(), what="the restore to ask a relay")
+    assert server.session().get(f"{server.url}/api/v1/pis").status_code == 200
+
+    (gate / "open").touch()
+
+    def powers() -> list[str]:
+        return [p["power_state"] for p in server.session().get(f"{server.url}/api/v1/pis").json()]
+
+    wait_until(lambda: powers() == ["off"] * 3, timeout=60, what="the restore to switch them off")

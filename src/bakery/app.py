@@ -40,8 +40,9 @@ def _init_db_per_request(app: Flask) -> None:
 
 
 def prepare_host(settings: Settings) -> dict[str, Any]:
-    """What a host does once before serving: schema, first admin token, crash
-    recovery, power restore. Runs in the gunicorn master, before workers fork."""
+    """What a host does once before serving: the data dir checked, schema, first admin
+    token, crash recovery. Runs in the gunicorn master, before workers fork; the power
+    restore runs beside the API (``serve.start_power_restore``)."""
     log = logging.getLogger(__name__)
     datadir.claim_data_dir(settings.root)
     warning = datadir.mount_warning(settings.root)
@@ -54,6 +55,5 @@ def prepare_host(settings: Settings) -> dict[str, Any]:
         token_file = auth.ensure_admin_token(settings)
         fleet = Fleet(settings)
         counts = fleet.recover()
-        fleet.restore_power()
     log.info("recovery: %s", counts)
     return {"admin_token_file": token_file, **counts}

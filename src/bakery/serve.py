@@ -152,11 +152,21 @@ def start_netboot(settings: Settings) -> subprocess.Popen[bytes] | None:
         return None
     if settings.dnsmasq_enabled:
         render_config(settings)  # a bad setting stops the start here, in one line
-    config = dump_settings(settings, settings.path("run", "settings.json"))
     return subprocess.Popen(
-        [sys.executable, "-m", "bakery.cli", "netboot", "--config", str(config), "--with-parent"],
-        stdin=subprocess.PIPE,
+        [*_child_command(settings, "netboot"), "--with-parent"], stdin=subprocess.PIPE
     )
+
+
+def start_power_restore(settings: Settings) -> subprocess.Popen[bytes]:
+    """``bakery restore-power`` as a child: relays that hang (each up to the power
+    timeout) must not keep the API from listening. gunicorn's master reaps it."""
+    return subprocess.Popen(_child_command(settings, "restore-power"), stdin=subprocess.DEVNULL)
+
+
+def _child_command(settings: Settings, command: str) -> list[str]:
+    """A ``bakery`` command run on exactly this process's settings."""
+    config = dump_settings(settings, settings.path("run", "settings.json"))
+    return [sys.executable, "-m", "bakery.cli", command, "--config", str(config)]
 
 
 def stop_netboot(process: subprocess.Popen[bytes] | None) -> None:
@@ -170,11 +180,13 @@ def stop_netboot(process: subprocess.Popen[bytes] | None) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Prepare the host, start netboot, then serve the API until gunicorn exits."""
+    """Prepare the host, start netboot and the power restore, then serve the API until
+    gunicorn exits."""
     prepared = prepare_host(settings)
     if prepared["admin_token_file"]:
         print(
             f"bakery: first start; admin token in {prepared['admin_token_file']}", file=sys.stderr
         )
     netboot = start_netboot(settings)
+    start_power_restore(settings)
     BakeryGunicorn(settings, netboot).run()

@@ -42,6 +42,7 @@ for command in (
     service.dnsmasq_config,
     service.tftp,
     service.netboot,
+    service.restore_power,
     bakeforms.bakeform,
     pis.pi,
     pis.fridge,

@@ -1,5 +1,5 @@
-"""The service commands: ``serve`` (the API under gunicorn), ``tftp``, ``netboot`` and
-``dnsmasq-config``; a bad setting stops them with one line."""
+"""The service commands: ``serve`` (the API under gunicorn), ``tftp``, ``netboot``,
+``dnsmasq-config`` and ``restore-power``; a bad setting stops them with one line."""
 
 from __future__ import annotations
 
@@ -118,3 +118,17 @@ def netboot(config_file: str | None, with_parent: bool) -> None:
         run_netboot(settings, FleetBootSource.open, parent=sys.stdin if with_parent else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@click.command("restore-power")
+@config_option
+def restore_power(config_file: str | None) -> None:
+    """Bring each Pi to the power its state implies: baked on, available off (``serve``
+    runs this at every start, in the background)."""
+    from .. import models
+    from ..fleet import Fleet
+
+    settings = service_settings(config_file)
+    models.connect(settings.database)
+    with models.database.connection_context():
+        Fleet(settings).restore_power()

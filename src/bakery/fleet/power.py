@@ -4,6 +4,7 @@ last reported, and bringing Pis back to the power their state implies after a re
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 from ..errors import PowerFailed
 from ..models import Pi, PiState
@@ -21,7 +22,17 @@ def power_target(pi: Pi) -> PowerTarget:
 
 
 def power_pi(ctx: FleetContext, pi: Pi, action: PowerAction) -> PowerResult:
-    """Run a power action and remember the Pi's power state."""
+    """Run a power action and remember the Pi's power state. Actions on one Pi run one
+    at a time, from every process of the host (the start-up restore runs beside the API)."""
+    with _power_lock(ctx, pi):
+        return _switch(ctx, pi, action)
+
+
+def _power_lock(ctx: FleetContext, pi: Pi) -> AbstractContextManager[None]:
+    return ctx.lock(f"power-{pi.serial}")
+
+
+def _switch(ctx: FleetContext, pi: Pi, action: PowerAction) -> PowerResult:
     result = ctx.power.run(pi.power_driver, power_target(pi), action)
     state = result.state if result.state in ("on", "off") else "unknown"
     Pi.update(power_state=state).where(Pi.id == pi.id).execute()
@@ -37,15 +48,29 @@ def operator_power(ctx: FleetContext, serial: str, action: PowerAction) -> Power
         raise PowerFailed(f"power {action} of Pi {pi.serial} failed: {exc.message}") from None
 
 
+#: What a Pi's state says its power should be, for the Pis whose state says anything.
+POWER_OF_STATE: dict[str, PowerAction] = {PiState.BAKED.value: "on", PiState.AVAILABLE.value: "off"}
+
+
 def restore_power(ctx: FleetContext) -> None:
-    """After a restart, bring queryable Pis back to the power state their state implies."""
-    states = [PiState.BAKED.value, PiState.AVAILABLE.value]
-    for pi in Pi.select().where(Pi.state.in_(states)):
+    """After a restart, bring queryable Pis back to the power state their state implies.
+
+    It runs beside the API (``bakery serve`` starts it in the background: a hung relay
+    must not keep the API from listening), so each Pi is read again under its power
+    lock: a Pi baked or unbaked meanwhile is the bake's to switch, not this."""
+    for pi in Pi.select().where(Pi.state.in_(list(POWER_OF_STATE))):
         if not driver_class(pi.power_driver).queryable:
             continue
-        wanted: PowerAction = "on" if pi.state == PiState.BAKED.value else "off"
         try:
-            if power_pi(ctx, pi, "status").state != wanted:
-                power_pi(ctx, pi, wanted)
+            with _power_lock(ctx, pi):
+                _restore(ctx, Pi.get_by_id(pi.id))
         except PowerError as exc:
             log.warning("restoring power of Pi %s failed: %s", pi.serial, exc.message)
+
+
+def _restore(ctx: FleetContext, pi: Pi) -> None:
+    wanted = POWER_OF_STATE.get(pi.state)
+    if wanted is None:
+        return
+    if _switch(ctx, pi, "status").state != wanted:
+        _switch(ctx, pi, wanted)
