@@ -17,6 +17,7 @@ import pytest
 from bakery.images import ImageError
 from bakery.sim.image import (
     MIB,
+    build_sd_image,
     default_boot_files,
 )
 from tests.images.support import (
@@ -115,6 +116,22 @@ def tarball() -> bytes:
     return buffer.getvalue()
 
 
+def cross_linked_fat(tmp_path: Path) -> Path:
+    """A boot partition of 64 MiB whose nine small files' entries are patched to share
+    the clusters of one 8 MiB file: 80 MiB of files listed in 64 MiB."""
+    boot = {"BIG.BIN": os.urandom(8 * MIB), **{f"A{i}.TXT": b"small\n" for i in range(9)}}
+    image = build_sd_image(tmp_path / "cross-linked.img", boot=boot)
+    data = bytearray(image.read_bytes())
+    big = data.find(b"BIG     BIN", BOOT_OFFSET)
+    cluster_and_size = (data[big + 20 : big + 22], data[big + 26 : big + 32])
+    for i in range(9):
+        entry = data.find(f"A{i}      TXT".encode(), BOOT_OFFSET)
+        assert entry > 0
+        data[entry + 20 : entry + 22], data[entry + 26 : entry + 32] = cluster_and_size
+    image.write_bytes(bytes(data))
+    return image
+
+
 def partition_type(number: int) -> int:
     return 446 + 16 * (number - 1) + 4
 
@@ -139,6 +156,15 @@ BAD_UPLOADS: dict[str, tuple[Callable[[Path, Path], Path], str]] = {
         lambda i, t: written(t, b"\x1f\x8b\x08\x00" + os.urandom(99)),
         "decompress_failed",
     ),
+    "gz_with_trailing_garbage": (
+        lambda i, t: written(t, compressed(i, "gzip", ".gz").read_bytes() + os.urandom(512)),
+        "decompress_failed",
+    ),
+    "xz_with_trailing_garbage": (
+        lambda i, t: written(t, compressed(i, "xz", ".xz").read_bytes() + os.urandom(512)),
+        "decompress_failed",
+    ),
+    "fat_cross_linked": (lambda i, t: cross_linked_fat(t), "corrupt_boot"),
     "gpt": (lambda i, t: patched(i, t, partition_type(1), b"\xee"), "bad_partition_table"),
     "root_not_linux": (lambda i, t: patched(i, t, partition_type(2), b"\x0c"), "no_ext4_root"),
     "boot_not_fat": (lambda i, t: patched(i, t, partition_type(1), b"\x83"), "no_fat_boot"),

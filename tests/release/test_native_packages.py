@@ -176,6 +176,8 @@ def test_packaged_mtools_reads_a_pi_boot_partition(mtools, sd_image_file, tmp_pa
     )  # fmt: skip
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "config.txt").read_bytes() == default_boot_files()["config.txt"]
+    usage = run_packaged(mtools / "bin" / "mdu", "-s", "-i", image, "::/", env=MTOOLS_ENV)
+    assert usage.returncode == 0 and usage.stdout.split()[0] == "::/", usage.stderr
 
 
 def test_bakeform_import_works_with_only_the_packaged_mtools(mtools, sd_image_file, tmp_path):

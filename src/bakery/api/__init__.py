@@ -6,7 +6,7 @@ from flask import Flask, Response
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from . import auth, bakeforms, bakes, disks, errors, health, metadata, pis, tokens
+from . import auth, bakeforms, bakes, blueprint, disks, errors, health, metadata, pis, tokens
 
 BLUEPRINTS = [
     health.blp,
@@ -40,7 +40,8 @@ def init_app(app: Flask) -> None:
         },
     )
     api = BakeryApi(app)
-    for blueprint in BLUEPRINTS:
-        api.register_blueprint(blueprint)
+    for resource in BLUEPRINTS:
+        api.register_blueprint(resource)
     errors.init_app(app)
     auth.init_app(app)
+    blueprint.init_app(app)

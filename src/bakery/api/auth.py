@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 
 from .. import auth
 from ..fleet import Actor, acting_as
+from .blueprint import route_handler
 from .errors import error_response
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,14 +54,11 @@ def declared_roles(endpoint: str, method: str) -> tuple[str, ...] | None:
     answers 405, or OPTIONS by itself)."""
     if endpoint in DOC_ENDPOINTS:
         return ANY_ROLE
-    view = current_app.view_functions.get(endpoint)
-    view_class = getattr(view, "view_class", None)
-    if view_class is None:
-        return None
-    handler = getattr(view_class, "get" if method == "HEAD" else method.lower(), None)
+    handler = route_handler(endpoint, method)
     if handler is None:
         return None
-    return getattr(handler, ROLES_ATTRIBUTE, ())
+    roles: tuple[str, ...] = getattr(handler, ROLES_ATTRIBUTE, ())
+    return roles
 
 
 def require_token() -> Response | None:

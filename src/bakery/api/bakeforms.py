@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from ..errors import TooLarge
 from .auth import WORK, WORK_READ, allow
+from .blueprint import Blueprint, body_limit
 from .current import current_fleet
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class BakeformResource(MethodView):
         return current_fleet().get_bakeform(name)
 
     @allow(WORK)
+    @body_limit(None)  # streamed, and held to max_upload_mib below
     @blp.arguments(UploadQuerySchema, location="query")
     @blp.response(201, BakeformSchema)
     @blp.doc(

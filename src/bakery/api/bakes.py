@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from .auth import WORK, WORK_READ, allow
+from .blueprint import AGENT_SETTINGS_LIMIT, METADATA_LIMIT, Blueprint, body_limit
 from .current import current_fleet
-from .fields import Hostname, Labels, Name, ObjectId, Serial
+from .fields import Hostname, JsonObject, Labels, Name, ObjectId, Serial
 from .pis import PowerResultSchema, PowerSchema, power_answer
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ class BakeRequestSchema(Schema):
     labels = Labels(load_default=list)
     model = fields.String(load_default=None, validate=validate.Length(1, 16))
     hostname = Hostname(load_default=None)
-    agent_settings = fields.Dict(load_default=None)
-    metadata = fields.Dict(load_default=None)
+    agent_settings = JsonObject(AGENT_SETTINGS_LIMIT, load_default=None)
+    metadata = JsonObject(METADATA_LIMIT, load_default=None)
     disk_ids = fields.List(ObjectId(), load_default=list)
     power_on = fields.Boolean(
         load_default=True, metadata={"description": "false: leave the Pi off until /power"}
@@ -121,6 +121,7 @@ class AgentSettings(MethodView):
         return current_fleet().shown_agent_settings(bake_id)
 
     @allow(WORK)
+    @body_limit(AGENT_SETTINGS_LIMIT)
     @blp.arguments(SettingsSchema)
     @blp.response(200, description="a JSON object")
     def put(self, settings: dict[str, Any], bake_id: str) -> dict[str, Any]:
@@ -132,6 +133,7 @@ class AgentSettings(MethodView):
 @blp.route("/<bake_id>/metadata")
 class Metadata(MethodView):
     @allow(WORK)
+    @body_limit(METADATA_LIMIT)
     @blp.arguments(SettingsSchema)
     @blp.response(200, BakeSchema)
     def put(self, metadata: dict[str, Any], bake_id: str) -> Bake:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from .auth import WORK, WORK_READ, allow
+from .blueprint import METADATA_LIMIT, Blueprint, body_limit
 from .current import current_fleet
-from .fields import ObjectId
+from .fields import JsonObject, ObjectId
 
 if TYPE_CHECKING:
     from ..fleet import Disk, Snapshot
@@ -41,7 +41,7 @@ class DiskCreateSchema(Schema):
     size_mib = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     bake_id = ObjectId(load_default=None)
     ephemeral = fields.Boolean(load_default=False)
-    metadata = fields.Dict(load_default=None)
+    metadata = JsonObject(METADATA_LIMIT, load_default=None)
 
 
 class AttachSchema(Schema):
@@ -131,6 +131,7 @@ class Resize(MethodView):
 @blp.route("/<disk_id>/metadata")
 class DiskMetadata(MethodView):
     @allow(WORK)
+    @body_limit(METADATA_LIMIT)
     @blp.arguments(MetadataSchema)
     @blp.response(200, DiskSchema)
     def put(self, metadata: dict[str, Any], disk_id: str) -> Disk:
@@ -146,6 +147,7 @@ class DiskSnapshots(MethodView):
         return current_fleet().list_snapshots(disk_id)
 
     @allow(WORK)
+    @body_limit(METADATA_LIMIT)
     @blp.arguments(MetadataSchema)
     @blp.response(201, SnapshotSchema)
     def post(self, metadata: dict[str, Any], disk_id: str) -> Snapshot:

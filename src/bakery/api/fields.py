@@ -4,6 +4,7 @@ field's name before any handler runs."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -48,3 +49,15 @@ def Labels(**kwargs: Any) -> fields.List[str]:  # noqa: N802
 
 def ObjectId(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.object_id), **kwargs)
+
+
+def JsonObject(max_bytes: int, **kwargs: Any) -> fields.Dict:  # noqa: N802
+    """Any JSON object of at most ``max_bytes`` as compact JSON: what is stored is
+    shown in every listing, so it is held to what its purpose needs."""
+
+    def validate(value: dict[str, Any]) -> None:
+        size = len(json.dumps(value, separators=(",", ":")).encode())
+        if size > max_bytes:
+            raise ValidationError(f"{size} bytes as JSON, over the limit of {max_bytes}")
+
+    return fields.Dict(validate=validate, **kwargs)

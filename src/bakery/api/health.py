@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from .. import __version__
+from .blueprint import Blueprint
 from .current import current_fleet
 
 blp = Blueprint("health", __name__, url_prefix="/api/v1/health", description="Liveness")

@@ -13,8 +13,8 @@ from typing import Any
 
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from .blueprint import Blueprint
 from .current import current_fleet
 
 SECRET_HEADER = "X-Bakery-Bake-Secret"

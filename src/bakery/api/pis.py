@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from ..fleet import Event, Pi, PiState, PowerResult
 from ..redaction import redacted
 from .auth import FLEET, FLEET_READ, allow
+from .blueprint import METADATA_LIMIT, Blueprint
 from .current import current_fleet
-from .fields import Ip, Labels, Mac, Serial
+from .fields import Ip, JsonObject, Labels, Mac, Serial
 
 blp = Blueprint("pis", __name__, url_prefix="/api/v1/pis", description="Raspberry Pis")
 
@@ -46,7 +46,7 @@ class PiRegisterSchema(Schema):
     mac = Mac(load_default=None)
     model = fields.String(load_default="unknown", validate=validate.OneOf(MODELS))
     power_driver = fields.String(load_default=None, validate=validate.Length(1, 32))
-    power_settings = fields.Dict(load_default=dict)
+    power_settings = JsonObject(METADATA_LIMIT, load_default=dict)
     labels = Labels(load_default=list)
     ip = Ip(load_default=None)
 
@@ -55,7 +55,7 @@ class PiUpdateSchema(Schema):
     mac = Mac()
     model = fields.String(validate=validate.OneOf(MODELS))
     power_driver = fields.String(validate=validate.Length(1, 32))
-    power_settings = fields.Dict()
+    power_settings = JsonObject(METADATA_LIMIT)
     labels = Labels()
     ip = Ip()
     state = fields.String(validate=validate.OneOf(["available", "broken"]))

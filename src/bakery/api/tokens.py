@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from .. import auth, identifiers
 from .auth import ADMIN, allow
+from .blueprint import Blueprint
 from .fields import Name
 
 if TYPE_CHECKING:

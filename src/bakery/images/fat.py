@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .errors import ImageError
-from .layout import Partition
+from .layout import SECTOR, Partition
 from .tools import run
 
 _MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
@@ -26,12 +26,42 @@ def extract_boot(raw: Path, partition: Partition, dest: Path) -> None:
     listing = run(["mdir", "-/", "-b", "-i", image, "::/"], env=_MTOOLS_ENV, code="no_fat_boot")
     for line in listing.decode(errors="replace").splitlines():
         check_fat_path(line)
+    check_fat_size(raw, partition, image)
     run(
         ["mcopy", "-s", "-n", "-p", "-m", "-i", image, "::/", f"{dest}/"],
         env=_MTOOLS_ENV,
         code="extract_failed",
     )
     os.utime(dest)  # mcopy -m stamps it with the FAT root's nonexistent date (year 2098)
+
+
+def check_fat_size(raw: Path, partition: Partition, image: str) -> None:
+    """Refuse a boot partition whose files add up to more than the partition holds.
+
+    Entries that share clusters (cross-linked, as no real FAT is) are each copied whole
+    by mcopy: a few such entries over one big file turned a 17 MB upload into a boot
+    tree of a gigabyte. ``mdu`` counts every entry's clusters, shared or not."""
+    usage = run(["mdu", "-s", "-i", image, "::/"], env=_MTOOLS_ENV, code="corrupt_boot")
+    try:
+        clusters = int(usage.split()[-1])
+    except (IndexError, ValueError):
+        raise ImageError("corrupt_boot", f"mdu gave an unreadable answer: {usage!r}") from None
+    listed = clusters * _cluster_bytes(raw, partition)
+    if listed > partition.sectors * SECTOR:
+        raise ImageError(
+            "corrupt_boot",
+            f"boot partition lists {listed} bytes of files, more than its own "
+            f"{partition.sectors * SECTOR}: its entries share clusters",
+        )
+
+
+def _cluster_bytes(raw: Path, partition: Partition) -> int:
+    """Bytes per sector times sectors per cluster, from the FAT boot sector (mdir has
+    read it, so it is a FAT's)."""
+    with raw.open("rb") as image:
+        image.seek(partition.offset + 11)
+        field = image.read(3)
+    return int.from_bytes(field[:2], "little") * field[2]
 
 
 def check_fat_path(listed: str) -> None:

@@ -215,10 +215,16 @@ def _decompression_failed(
             f"({compression} data expanding beyond the largest image allowed)"
         )
     detail = error or f"exit {returncode}"
+    if "trailing" in error:  # pigz's "trailing junk", gzip's "trailing garbage"
+        detail = "data follows the compressed stream (xz refuses the same)"
     raise ImageError("decompress_failed", f"{compression} decompression failed: {detail}")
 
 
 def _decompressor(compression: str) -> list[str]:
+    """xz refuses data after its stream; gzip warns (exit 2) and pigz only says so, and
+    exits 1, when verbose."""
     if compression == "xz":
         return ["xz", "--decompress", "--stdout", "--threads=0"]
-    return [shutil.which("pigz") or "gzip", "--decompress", "--stdout"]
+    if shutil.which("pigz"):
+        return ["pigz", "--decompress", "--stdout", "--verbose"]
+    return ["gzip", "--decompress", "--stdout"]
