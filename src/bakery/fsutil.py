@@ -5,6 +5,8 @@
 - ``write_atomically``: replace a file so a reader sees the old or the new one, whole,
   even after a power cut (fsync before and after the rename);
 - ``reflink``: ``FICLONE``, sharing one file's extents with another (btrfs, xfs);
+- ``copy_xattrs``: every extended attribute of one inode onto another (ACLs and file
+  capabilities are xattrs too);
 - ``run``: a command with an argument list, its stderr turned into the error message;
 - ``staging_name``/``trash_name``: the hidden names half-made and half-deleted trees
   carry, so listings and recovery tell them from finished ones;
@@ -86,6 +88,35 @@ def reflink(source_fd: int, target_fd: int) -> None:
     """Make ``target_fd`` share every extent of ``source_fd``; OSError where the
     filesystem cannot (EOPNOTSUPP, EXDEV, EINVAL...)."""
     fcntl.ioctl(target_fd, FICLONE, source_fd)
+
+
+def copy_xattrs(source: int | str | Path, target: int | str | Path) -> None:
+    """Every xattr of ``source`` onto ``target`` (descriptors, or paths whose symlinks are
+    not followed); one the target's filesystem cannot hold (``ENOTSUP``) is left out, as
+    ``cp -a`` does. Set after the owner: chown clears file capabilities."""
+    for name in xattr_names(source):
+        value = os.getxattr(source, name, follow_symlinks=_follows(source))
+        try:
+            os.setxattr(target, name, value, follow_symlinks=_follows(target))
+        except OSError as exc:
+            if exc.errno != errno.ENOTSUP:
+                raise
+
+
+def xattr_names(path: int | str | Path) -> list[str]:
+    """The xattrs of ``path`` itself (a symlink's own); none where the filesystem has none."""
+    try:
+        return os.listxattr(path, follow_symlinks=_follows(path))
+    except OSError as exc:
+        if exc.errno != errno.ENOTSUP:
+            raise
+        return []
+
+
+def _follows(path: int | str | Path) -> bool:
+    """``follow_symlinks`` for the ``os`` xattr calls: False for a path (a symlink's own
+    xattrs); a descriptor is its inode already, and refuses False."""
+    return isinstance(path, int)
 
 
 def run(

@@ -63,7 +63,8 @@ def compressed(image: Path, tool: str, suffix: str) -> Path:
 
 
 def describe_tree(top: Path) -> dict[str, tuple]:
-    """Everything a Pi would notice about a tree, keyed by relative path."""
+    """Everything a Pi would notice about a tree (extended attributes included), keyed by
+    relative path."""
     tree = {}
     for dirpath, dirnames, filenames in os.walk(top):
         for name in dirnames + filenames:
@@ -81,8 +82,16 @@ def describe_tree(top: Path) -> dict[str, tuple]:
             elif stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode):
                 detail = info.st_rdev
             mode = stat.S_IMODE(info.st_mode)
-            tree[relative] = (kind, mode, info.st_uid, info.st_gid, detail)
+            tree[relative] = (kind, mode, info.st_uid, info.st_gid, detail, xattrs_of(path))
     return tree
+
+
+def xattrs_of(path: Path) -> dict[str, bytes]:
+    """Every extended attribute of ``path`` itself (not a symlink's target)."""
+    return {
+        name: os.getxattr(path, name, follow_symlinks=False)
+        for name in sorted(os.listxattr(path, follow_symlinks=False))
+    }
 
 
 def assert_no_children_left():

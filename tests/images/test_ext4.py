@@ -14,6 +14,8 @@ import pytest
 
 from bakery.images import ImageError
 from bakery.sim.image import (
+    CAP_NET_RAW,
+    JOURNAL_ACL,
     MIB,
     build_sd_image,
 )
@@ -146,7 +148,8 @@ def write_at(path: Path, size: int, chunks: dict[int, bytes]) -> None:
 
 
 def awkward_files(top: Path) -> Path:
-    """Files whose data is laid out in every way an ext4 block map can express."""
+    """Files whose data is laid out in every way an ext4 block map can express, with
+    extended attributes in the inode and in a block of their own."""
     write_at(top / "holes", 12 * MIB + 100, {0: b"a" * 5000, 3 * MIB: b"b" * 10_000,
                                              9 * MIB: os.urandom(70_000)})  # fmt: skip
     write_at(top / "large", 20 * MIB + 1, {0: os.urandom(20 * MIB + 1)})
@@ -157,6 +160,11 @@ def awkward_files(top: Path) -> Path:
     (top / "long-link").symlink_to("x" * 100)
     (top / "short-link").symlink_to("tiny")
     os.link(top / "holes", top / "tail/holes-again")
+    os.setxattr(top / "tiny", "user.mime_type", b"text/plain")  # beside inline data
+    os.setxattr(top / "large", "security.capability", CAP_NET_RAW)
+    os.setxattr(top / "holes", "user.big", os.urandom(900))  # too big for the inode
+    os.setxattr(top / "tail", "system.posix_acl_default", JOURNAL_ACL)
+    os.setxattr(top / "long-link", "trusted.origin", b"\x00\x01", follow_symlinks=False)
     return top
 
 
@@ -176,6 +184,23 @@ def test_every_block_map_layout_is_extracted_faithfully(tmp_path, staging, mkfs_
     assert (root / "holes").stat().st_ino == (root / "tail/holes-again").stat().st_ino
     for sparse in ("holes", "all-hole"):
         assert (root / sparse).stat().st_blocks * 512 < MIB
+
+
+@root_and_tools
+@pytest.mark.parametrize("name", ["user.two words", "user.\x01ctl", 'user.a"b', "user.back\\slash"])
+def test_an_extended_attribute_name_that_cannot_be_carried_is_refused(tmp_path, staging, name):
+    """Names debugfs would print escaped or could not take back on its command line."""
+    tree = tmp_path / "source"
+    write_at(tree / "tiny", 3, {0: b"hi\n"})
+    os.setxattr(tree / "tiny", name, b"v")
+    part = root_fs(tmp_path, tree)
+
+    with pytest.raises(ImageError) as caught:
+        import_file(sd_image_around(tmp_path, part), staging)
+
+    assert caught.value.code == "corrupt_root"
+    assert "extended attribute" in str(caught.value)
+    assert_only_empty_root(staging)
 
 
 @root_and_tools

@@ -30,6 +30,7 @@ from tests.images.support import (
     needs_root_and_tools,
     written,
 )
+from tests.support.xattrs import XATTR_TOOLS, read_back, xattr_dump
 
 
 class TestFaithfulImport:
@@ -48,6 +49,18 @@ class TestFaithfulImport:
         assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/Etc/UTC"
         assert (root / "etc/localtime").lstat().st_uid == 1000
         assert os.readlink(root / "etc/resolv.conf") == "../run/resolvconf/resolv.conf"
+
+    @pytest.mark.tools(*XATTR_TOOLS)
+    def test_capabilities_acls_and_xattrs_read_back_as_in_the_source(
+        self, image, source_root, staging
+    ):
+        import_file(image, staging)
+        root = staging / "root"
+
+        assert read_back(["getcap", "usr/bin/ping"], root) == "usr/bin/ping cap_net_raw=ep"
+        journal_acl = read_back(["getfacl", "var/log/journal"], root)
+        assert "group:adm:r-x" in journal_acl and "default:group:adm:r-x" in journal_acl
+        assert xattr_dump(root) == xattr_dump(source_root)
 
     def test_hard_links_stay_one_inode_and_sparse_files_stay_sparse(self, image, staging):
         import_file(image, staging)

@@ -8,13 +8,22 @@ import os
 import re
 import socket
 import stat
-import struct
 import subprocess
 from pathlib import Path
 
 from bakery.roots import (
     clone_root,
     season_root,
+)
+from bakery.sim.image import (
+    ACL_GROUP_OBJ,
+    ACL_MASK,
+    ACL_NO_ID,
+    ACL_OTHER,
+    ACL_USER,
+    ACL_USER_OBJ,
+    CAP_NET_RAW,
+    posix_acl,
 )
 
 MIB = 1024 * 1024
@@ -79,26 +88,14 @@ def make_awkward_tree(root: Path) -> None:
     os.mkfifo(root / "tmp/fifo")
 
 
-#: Binary ``system.posix_acl_*`` xattrs (what setfacl writes): version 2, then entries of
-#: tag, permissions, id. Tags: user owner 1, named user 2, owning group 4, mask 16, other 32.
-ACL_VERSION = struct.pack("<I", 2)
-
-
-NO_ID = 0xFFFFFFFF
-
-
-def acl(*entries: tuple[int, int, int]) -> bytes:
-    return ACL_VERSION + b"".join(struct.pack("<HHI", *entry) for entry in entries)
-
-
 #: user::rwx user:1000:r-x group::r-x mask::r-x other::---
-ACL_WITH_NAMED_USER = acl(
-    (1, 7, NO_ID), (2, 5, 1000), (4, 5, NO_ID), (16, 5, NO_ID), (32, 0, NO_ID)
+ACL_WITH_NAMED_USER = posix_acl(
+    (ACL_USER_OBJ, 7, ACL_NO_ID),
+    (ACL_USER, 5, 1000),
+    (ACL_GROUP_OBJ, 5, ACL_NO_ID),
+    (ACL_MASK, 5, ACL_NO_ID),
+    (ACL_OTHER, 0, ACL_NO_ID),
 )
-
-
-#: cap_net_raw=ep (vfs_cap_data revision 2), what ping ships with instead of setuid.
-CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 
 
 #: Times with nanoseconds no filesystem would round to by chance.

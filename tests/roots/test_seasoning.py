@@ -17,7 +17,13 @@ from bakery.roots import (
     hosts_with_hostname,
     season_root,
 )
-from tests.roots.support import RESOLV, file_digests, key_fingerprint, seasoned_clone
+from tests.roots.support import (
+    ACL_WITH_NAMED_USER,
+    RESOLV,
+    file_digests,
+    key_fingerprint,
+    seasoned_clone,
+)
 
 
 @pytest.mark.root
@@ -199,3 +205,20 @@ def test_symlinked_files_are_replaced_inside_the_root_not_followed(pi_base, host
     assert (etc / "hostname").read_text() == "pi-01\n"
     assert "secret" not in (etc / "hosts").read_text()
     assert not (etc / "hosts").is_symlink() and not (etc / "machine-id").is_symlink()
+
+
+@pytest.mark.root
+def test_files_seasoning_rewrites_keep_their_xattrs_and_a_replaced_symlink_passes_none(pi_base):
+    etc = pi_base / "etc"
+    os.setxattr(etc / "hosts", "system.posix_acl_access", ACL_WITH_NAMED_USER)
+    os.setxattr(etc / "machine-id", "security.selinux", b"system_u:object_r:etc_t:s0\0")
+    os.setxattr(etc / "resolv.conf", "trusted.link", b"the symlink's own", follow_symlinks=False)
+
+    clone = seasoned_clone(pi_base, "pi-01")
+
+    assert "127.0.1.1\tpi-01\n" in (clone / "etc/hosts").read_text()
+    assert os.getxattr(clone / "etc/hosts", "system.posix_acl_access") == ACL_WITH_NAMED_USER
+    label = os.getxattr(clone / "etc/machine-id", "security.selinux")
+    assert label == b"system_u:object_r:etc_t:s0\0"
+    assert (clone / "etc/resolv.conf").read_text() == RESOLV
+    assert os.listxattr(clone / "etc/resolv.conf") == []

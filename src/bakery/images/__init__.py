@@ -23,9 +23,11 @@ only symlinks and inline-data files go through ``rdump``.
 
 Fidelity of the root tree (as root): contents, modes including setuid/setgid/sticky,
 owners (symlinks too), symlink targets, hard links, sparse files (holes and unwritten
-extents stay holes), fifos and device nodes, atime/mtime to the nanosecond. Gaps:
-extended attributes and ACLs (Raspberry Pi OS uses a few ``security.capability`` xattrs,
-e.g. on ``ping``, which fall back to setuid-less binaries), ctime/crtime (not settable),
+extents stay holes), fifos and device nodes, atime/mtime to the nanosecond, and extended
+attributes of every namespace a root uses: ``security.*`` (file capabilities: Raspberry Pi
+OS and Debian give ``ping`` ``cap_net_raw`` that way, not setuid), POSIX ACLs
+(``/var/log/journal``), ``trusted.*`` and ``user.*``, read with debugfs' ``ea_get`` and set
+after the owner and mode (chown clears capabilities). Gaps: ctime/crtime (not settable),
 sockets (meaningless in an image).
 
 The modules, in the order an import runs them: ``receive`` (upload, hash, decompress),

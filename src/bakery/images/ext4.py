@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -177,6 +177,8 @@ class InodeDetails:
     xattr_block: bool
     runs: tuple[Run, ...] | None  # None: debugfs listed no block map we understand
     map_blocks: int  # blocks of the extent tree or indirect blocks themselves
+    xattr_names: tuple[str, ...]  # extended attributes, by name (``stat`` lists no values)
+    xattrs: tuple[tuple[str, bytes], ...] = ()  # with their values, once ``read_xattrs`` ran
 
 
 def inode_details(device: str, cwd: Path, entries: list[TreeEntry]) -> dict[int, InodeDetails]:
@@ -218,7 +220,69 @@ def _parse_stat(text: bytes) -> InodeDetails:
         xattr_block=number(rb"File ACL: (\d+)") != 0,
         runs=runs,
         map_blocks=map_blocks,
+        xattr_names=_xattr_names(text),
     )
+
+
+#: The extended attributes a root may carry: file capabilities, SELinux/IMA labels and
+#: other ``security.*``, POSIX ACLs, ``trusted.*`` (overlayfs) and ``user.*``, with names
+#: debugfs prints as they are and takes back on its command line: printable ASCII without
+#: blanks, quotes or backslashes (debugfs escapes the rest, ambiguously).
+_XATTR_NAME = re.compile(
+    r"(?:security|trusted|user)\.[!#-\[\]-~]+|system\.posix_acl_(?:access|default)"
+)
+#: Where ext4 keeps inline data: a file's contents, not an attribute of it.
+_INLINE_DATA_XATTR = "system.data"
+#: ``  name (length)``, then `` = value`` if debugfs shows it.
+_XATTR_LINE = re.compile(rb"  (.+?) \((\d+)\)(?: = .*)?")
+
+
+def _xattr_names(text: bytes) -> tuple[str, ...]:
+    """The names under ``stat``'s "Extended attributes:" heading, one indented line each
+    (``  security.capability (20) = 01 00 ...``). A name Bakery cannot carry faithfully is
+    refused, never dropped."""
+    start = text.find(b"\nExtended attributes:\n")
+    if start < 0:
+        return ()
+    names = []
+    for line in text[start:].split(b"\n")[2:]:
+        if not line.startswith(b"  "):
+            break
+        match = _XATTR_LINE.fullmatch(line)
+        name = match.group(1).decode("ascii", errors="replace") if match else ""
+        if name == _INLINE_DATA_XATTR:
+            continue
+        if not _XATTR_NAME.fullmatch(name):
+            shown = name or line.decode("ascii", errors="replace")
+            corrupt(f"an extended attribute has a name Bakery cannot carry: {shown[:80]!r}")
+        names.append(name)
+    return tuple(names)
+
+
+def read_xattrs(
+    device: str, cwd: Path, scratch: str, details: dict[int, InodeDetails]
+) -> dict[int, InodeDetails]:
+    """``details`` with the values of every inode's extended attributes, read with
+    ``ea_get`` (one debugfs run) into files under ``scratch`` (relative to ``cwd``, empty
+    again afterwards). debugfs gives POSIX ACLs in the form ``setxattr`` takes, not
+    ext4's on-disk one."""
+    wanted = [(inode, name) for inode, info in details.items() for name in info.xattr_names]
+    if not wanted:
+        return details
+    commands = [
+        f"ea_get -f {scratch}/xattr{index} <{inode}> {name}"
+        for index, (inode, name) in enumerate(wanted)
+    ]
+    debugfs(device, cwd, commands, code="corrupt_root")
+    values: dict[int, list[tuple[str, bytes]]] = {}
+    for index, (inode, name) in enumerate(wanted):
+        value_file = cwd / scratch / f"xattr{index}"
+        values.setdefault(inode, []).append((name, value_file.read_bytes()))
+        value_file.unlink()
+    return {
+        inode: replace(info, xattrs=tuple(values[inode])) if inode in values else info
+        for inode, info in details.items()
+    }
 
 
 def _parse_block_map(line: bytes) -> tuple[tuple[Run, ...] | None, int]:

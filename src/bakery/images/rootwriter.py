@@ -1,9 +1,10 @@
 """Writing a bakeform's root from the image: directories, special files and all metadata
-from debugfs' listing and ``stat``, file data copied straight from the raw image by block
-map with ``copy_file_range`` (large in-kernel copies; ``debugfs rdump`` reads and writes
-4 KiB at a time and took most of an import), only symlinks and inline-data files through
-``rdump``. Block maps are vetted first (inside the filesystem, no block shared by two
-files), so a small image cannot expand into a huge tree."""
+(extended attributes included) from debugfs' listing, ``stat`` and ``ea_get``, file data
+copied straight from the raw image by block map with ``copy_file_range`` (large
+in-kernel copies; ``debugfs rdump`` reads and writes 4 KiB at a time and took most of an
+import), only symlinks and inline-data files through ``rdump``. Block maps are vetted
+first (inside the filesystem, no block shared by two files), so a small image cannot
+expand into a huge tree."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .ext4 import (
     corrupt,
     inode_details,
     list_root_tree,
+    read_xattrs,
 )
 from .layout import Geometry, Partition, ext4_geometry
 
@@ -47,13 +49,13 @@ def extract_root(raw: Path, partition: Partition, dest: Path) -> None:
         stat_job = pool.submit(inode_details, device, dest, entries)
         _make_directories(dest, entries)  # while debugfs runs
         details = stat_job.result()
-    with raw.open("rb") as image:
+    with raw.open("rb") as image, _scratch_dir(dest, entries) as scratch:
+        details = read_xattrs(device, dest, scratch, details)
         image.seek(partition.offset + 1024)
         geometry = ext4_geometry(image.read(1024))
         plan = _plan_root(entries, details, geometry, partition.offset)
-        with _scratch_dir(dest, entries) as scratch:
-            _write_in_parallel(image.fileno(), dest, plan, device, scratch)
-            _place_dumped(dest, scratch, plan.dumped, details)
+        _write_in_parallel(image.fileno(), dest, plan, device, scratch)
+        _place_dumped(dest, scratch, plan.dumped, details)
     for names in plan.special:
         _make_special(dest, names, details[names[0].inode])
     _finish_directories(dest, entries, details)
@@ -240,6 +242,7 @@ def _place_dumped(
         os.rename(dest / scratch / f"<{first.inode}>", path)
         if stat.S_ISLNK(first.mode):
             os.chown(path, first.uid, first.gid, follow_symlinks=False)
+            _set_xattrs(path, first, info)
             os.utime(path, ns=_times(info), follow_symlinks=False)
         else:
             os.truncate(path, first.size)  # rdump writes inline data whole, whatever the size
@@ -258,10 +261,31 @@ def _make_special(dest: Path, names: list[TreeEntry], info: InodeDetails) -> Non
 
 
 def _set_metadata(target: int | Path, entry: TreeEntry, info: InodeDetails) -> None:
-    """Owner first (chown clears setuid/setgid), then the whole mode, then the times."""
+    """Owner first (chown clears setuid/setgid and file capabilities), then the whole
+    mode, then the extended attributes (an ACL sets the group bits from its mask, as in
+    the image), then the times."""
     os.chown(target, entry.uid, entry.gid)
     os.chmod(target, stat.S_IMODE(entry.mode))
+    _set_xattrs(target, entry, info)
     os.utime(target, ns=_times(info))
+
+
+def _set_xattrs(target: int | Path, entry: TreeEntry, info: InodeDetails) -> None:
+    """Every extended attribute of the inode, on the inode itself (never a symlink's
+    target); one the data dir's filesystem refuses fails the import, naming it: a root
+    without its file capabilities or ACLs boots, but not as its image says."""
+    for name, value in info.xattrs:
+        try:
+            if isinstance(target, int):
+                os.setxattr(target, name, value)
+            else:
+                os.setxattr(target, name, value, follow_symlinks=False)
+        except OSError as exc:
+            raise ImageError(
+                "extract_failed",
+                f"the data dir cannot hold extended attribute {name} of "
+                f"{os.fsdecode(entry.path) or '/'}: {exc.strerror}",
+            ) from None
 
 
 def _times(info: InodeDetails) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .. import fsutil
 from .errors import SeasoningError
 
 MAX_READ_BYTES = 1024 * 1024
@@ -73,7 +74,9 @@ def write_in_root(
 
     The file is written under a temporary name and renamed over the old entry, so an
     old symlink at `relpath` is replaced, never followed, and no existing inode (which
-    could be hard-linked elsewhere in the tree) is modified.
+    could be hard-linked elsewhere in the tree) is modified. A regular file it replaces
+    passes its extended attributes on (an SELinux label, an ACL), as an edit in place
+    would keep them.
     """
     parts = path_parts(relpath)
     with open_in_root(root, "/".join(parts[:-1]), create=True) as dir_fd:
@@ -85,10 +88,23 @@ def write_in_root(
                 temp.write(data)
                 os.fchown(temp.fileno(), uid, gid)
                 os.fchmod(temp.fileno(), mode)
+                _pass_on_xattrs(parts[-1], dir_fd, temp.fileno())
             _rename_over(temp_name, parts[-1], dir_fd)
         except BaseException:
             os.unlink(temp_name, dir_fd=dir_fd)
             raise
+
+
+def _pass_on_xattrs(name: str, dir_fd: int, target: int) -> None:
+    """Copy the xattrs of regular file ``name`` (if there is one) onto ``target``, by a
+    path through the directory's descriptor: the old file is never opened, so a device
+    node swapped in meanwhile is not either, and its last component is not followed."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(info.st_mode):
+        fsutil.copy_xattrs(f"/proc/self/fd/{dir_fd}/{name}", target)
 
 
 def _rename_over(temp_name: str, name: str, dir_fd: int) -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypedDict
 
+from .. import fsutil
 from .errors import RootError
 
 #: Threads copying file contents. ``sendfile`` runs without the GIL, so several files are
@@ -145,7 +146,7 @@ class _TreeCopy:
 def _drop_inherited_acls(directory: str) -> None:
     """A new directory inherits its parent's default ACL (and passes it on to everything
     made in it); the copy must have the source's ACLs only, which come last."""
-    for name in _xattr_names(directory, {}):
+    for name in fsutil.xattr_names(directory):
         if name.startswith("system.posix_acl_"):
             os.removexattr(directory, name)
 
@@ -213,28 +214,7 @@ def _apply_metadata(source: str | int, target: str | int, info: os.stat_result) 
     is_symlink = stat.S_ISLNK(info.st_mode)
     nofollow: _NoFollow = {"follow_symlinks": False} if is_symlink else {}
     os.chown(target, info.st_uid, info.st_gid, **nofollow)
-    _copy_xattrs(source, target, nofollow)
+    fsutil.copy_xattrs(source, target)
     if not is_symlink:
         os.chmod(target, stat.S_IMODE(info.st_mode))
     os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns), **nofollow)
-
-
-def _copy_xattrs(source: str | int, target: str | int, nofollow: _NoFollow) -> None:
-    """Every xattr (ACLs and file capabilities are xattrs too); one a filesystem cannot
-    hold (``ENOTSUP``) is left out, as ``cp -a`` does."""
-    read_nofollow = {} if isinstance(source, int) else {"follow_symlinks": False}
-    for name in _xattr_names(source, read_nofollow):
-        try:
-            os.setxattr(target, name, os.getxattr(source, name, **read_nofollow), **nofollow)
-        except OSError as exc:
-            if exc.errno != errno.ENOTSUP:
-                raise
-
-
-def _xattr_names(path: str | int, nofollow: dict[str, bool]) -> list[str]:
-    try:
-        return os.listxattr(path, **nofollow)
-    except OSError as exc:
-        if exc.errno != errno.ENOTSUP:
-            raise
-        return []

@@ -3,7 +3,8 @@
 The demo's bakeform is one of these, and tests of the bakeform import need images
 with the same shape as the ones operators upload (MBR, FAT32 ``bootfs`` first, ext4
 ``rootfs`` second, a stock ``cmdline.txt``), and with the awkward corners of a real
-root tree (setuid files, sticky dirs, sparse files, foreign owners, dangling symlinks).
+root tree (setuid files, sticky dirs, sparse files, foreign owners, dangling symlinks,
+file capabilities, ACLs and other extended attributes).
 Everything is written in user space with sfdisk, mkfs.vfat/mtools and
 ``mkfs.ext4 -d``, so it runs anywhere the tools exist.
 """
@@ -11,6 +12,7 @@ Everything is written in user space with sfdisk, mkfs.vfat/mtools and
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -29,6 +31,31 @@ STOCK_CMDLINE = (
 #: Tools the builder runs; tests skip when one is missing.
 REQUIRED_TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4")
 _MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+#: ``cap_net_raw=ep`` as a ``security.capability`` xattr (vfs_cap_data revision 2): what
+#: Raspberry Pi OS and Debian give ``ping`` instead of setuid.
+CAP_NET_RAW = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
+#: ACL entry tags of the binary ``system.posix_acl_*`` form, and the id of the entries
+#: that have none (owner, owning group, mask, other).
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 1, 2, 4, 8, 16, 32
+ACL_NO_ID = 0xFFFFFFFF
+
+
+def posix_acl(*entries: tuple[int, int, int]) -> bytes:
+    """A ``system.posix_acl_*`` value (what setfacl writes): version 2, then (tag,
+    permissions, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+#: What systemd-journald's tmpfiles give ``/var/log/journal`` on Raspberry Pi OS, as
+#: access and default ACL: ``group:adm:r-x`` (gid 4) beside the owner's bits.
+JOURNAL_ACL = posix_acl(
+    (ACL_USER_OBJ, 7, ACL_NO_ID),
+    (ACL_GROUP_OBJ, 5, ACL_NO_ID),
+    (ACL_GROUP, 5, 4),
+    (ACL_MASK, 5, ACL_NO_ID),
+    (ACL_OTHER, 5, ACL_NO_ID),
+)
 
 
 def default_boot_files() -> dict[str, bytes]:
@@ -72,7 +99,8 @@ def populate_root(dir: Path) -> Path:
     PARTUUID lines, hostname, machine-id, SSH host keys, a resolv.conf symlink, absolute
     and relative symlinks, a sparse file, setuid/sticky/private modes, foreign owners
     (only when running as root), an empty dir, a name with spaces, a hard link, a fifo
-    and (as root) a device node.
+    and, as root, a device node and extended attributes of each namespace: a file
+    capability, access and default ACLs, ``trusted.*`` on a symlink, ``user.*``.
     """
     dir.mkdir(parents=True, exist_ok=True)
     files = {
@@ -93,6 +121,7 @@ def populate_root(dir: Path) -> Path:
         "home/pi/.bashrc": "export PS1='pi$ '\n",
         "home/pi/my notes.txt": "a file with spaces in its name\n",
         "run/resolvconf/.keep": "",
+        "usr/bin/ping": "#!/bin/sh\necho fake ping\n",
     }
     for relative, text in files.items():
         path = dir / relative
@@ -108,7 +137,19 @@ def populate_root(dir: Path) -> Path:
         _set_owners(dir)
         (dir / "dev").mkdir()
         os.mknod(dir / "dev/null", 0o20666, os.makedev(1, 3))
+        _set_xattrs(dir)
     return dir
+
+
+def _set_xattrs(dir: Path) -> None:
+    os.setxattr(dir / "usr/bin/ping", "security.capability", CAP_NET_RAW)
+    journal = dir / "var/log/journal"
+    journal.mkdir(parents=True)
+    for kind in ("access", "default"):
+        os.setxattr(journal, f"system.posix_acl_{kind}", JOURNAL_ACL)
+    os.setxattr(dir / "home/pi/my notes.txt", "user.xdg.origin.url", b"https://example.org/n")
+    os.setxattr(dir / "etc/hostname", "user.note", b"")
+    os.setxattr(dir / "bin", "trusted.overlay.origin", b"\x00\xfb" * 40, follow_symlinks=False)
 
 
 def _make_links(dir: Path) -> None:
@@ -129,6 +170,7 @@ def _make_sparse(path: Path) -> None:
 
 def _set_modes(dir: Path) -> None:
     os.chmod(dir / "usr/bin/sudo", 0o4755)
+    os.chmod(dir / "usr/bin/ping", 0o755)
     os.chmod(dir / "usr/lib/raspberrypi-sys-mods/firstboot", 0o755)
     os.chmod(dir / "tmp", 0o1777)
     os.chmod(dir / "etc/ssh/ssh_host_ed25519_key", 0o600)
