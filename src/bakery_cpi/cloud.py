@@ -40,8 +40,9 @@ from .log import CallLog
 RETRYABLE_CODES = {"no_pi_available", "power_failed", "unavailable"}
 #: Bake states in which the VM exists (Bakery's live states).
 LIVE_STATES = {"preparing", "baked", "unbaking"}
-#: Placement keys of create_vm's cloud_properties, passed to Bakery's bake request.
-PLACEMENT_KEYS = ("labels", "model", "serial")
+#: Keys of create_vm's cloud_properties passed to Bakery's bake request: placement, and
+#: cloud-init user-data only when the operator's vm_type asks for it.
+BAKE_KEYS = ("labels", "model", "serial", "user_data")
 
 
 def call(
@@ -162,7 +163,7 @@ class Cloud:
         if size:
             disk = self.client.post("/disks", {"size_mib": size, "ephemeral": True})
             undo.append(lambda: self._delete_quietly(f"/disks/{disk['id']}"))
-        request = {k: cloud_properties[k] for k in PLACEMENT_KEYS if cloud_properties.get(k)}
+        request = {k: cloud_properties[k] for k in BAKE_KEYS if cloud_properties.get(k)}
         bake = self.client.post(
             "/bakes",
             {

@@ -285,3 +285,29 @@ def test_the_api_lists_bakes_without_a_query_per_bake(client, bakeform, count_qu
         listed = client.get("/api/v1/bakes").json
     assert len(listed) == 5 and all(len(bake["disks"]) == 1 for bake in listed)
     assert len(sql) <= 4, sql  # the token check, its last use, and the two of the list
+
+
+def test_user_data_reaches_the_roots_seed_and_never_an_answer(client, bakeform, pis, settings):
+    user_data = "#cloud-config\nruncmd:\n  - [sh, -c, 'echo secret-token-123 > /run/x']\n"
+
+    made = bake(client, user_data=user_data).json
+
+    seed = settings.path("bakes", made["id"], "root", "var/lib/cloud/seed/nocloud")
+    assert (seed / "user-data").read_text() == user_data
+    assert f"instance-id: {made['id']}" in (seed / "meta-data").read_text()
+    for answer in (made, client.get(f"/api/v1/bakes/{made['id']}").json):
+        assert "secret-token-123" not in json.dumps(answer)
+    events = client.get(f"/api/v1/pis/{made['serial']}/events").json
+    assert "secret-token-123" not in json.dumps(events)
+
+
+def test_user_data_with_a_yaml_error_is_refused_with_its_line_and_bakes_nothing(
+    client, bakeform, pis
+):
+    broken = "#cloud-config\npackages:\n  - k3s\n runcmd: [\n"
+
+    error = assert_error(bake(client, user_data=broken), 422, "validation_error", "user_data")
+
+    assert "line 4" in error["message"]
+    assert client.get("/api/v1/bakes").json == []
+    assert {p["state"] for p in client.get("/api/v1/pis").json} == {"available"}

@@ -116,3 +116,23 @@ def test_service_commands_refuse_bad_settings_in_one_line(args, tmp_path, monkey
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
+
+
+def test_bake_takes_cloud_init_user_data_from_a_file(bakery, server, sd_image_file, tmp_path):
+    bakery("pi", "register", "00c1d000", "--ip", "127.0.0.41", "--label", "cloud")
+    bakery("bakeform", "upload", "cloudy", str(sd_image_file))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("#cloud-config\nruncmd: [\n")
+    user_data = tmp_path / "user-data.yaml"
+    user_data.write_text("#cloud-config\nhostname: from-user-data\n")
+
+    refused = bakery("bake", "cloudy", "--label", "cloud", "--user-data", str(broken), ok=False)
+    made = json.loads(
+        bakery("bake", "cloudy", "--label", "cloud", "--user-data", str(user_data), "--json").output
+    )
+
+    assert len(refused.output.strip().splitlines()) == 1
+    assert "user_data" in refused.output and "line 3" in refused.output
+    seed = server.root / "bakes" / made["id"] / "root/var/lib/cloud/seed/nocloud/user-data"
+    assert seed.read_text() == user_data.read_text()
+    bakery("unbake", made["id"])

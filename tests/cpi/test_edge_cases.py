@@ -88,6 +88,18 @@ def test_create_vm_without_a_free_pi_may_be_retried_and_leaves_nothing(cpi, api,
     assert api.get(f"{api.base}/pis").json()[0]["state"] == "available"
 
 
+def test_create_vm_seeds_cloud_init_only_when_the_vm_type_asks(cpi, api, bakery, stemcell):
+    register_pis(api, 2)
+    seed = "var/lib/cloud/seed/nocloud/user-data"
+    user_data = "#cloud-config\nntp: {enabled: true}\n"
+
+    plain, _ = ok(create_vm(cpi, stemcell))
+    seeded, _ = ok(create_vm(cpi, stemcell, {"user_data": user_data}))
+
+    assert not root_file(bakery, plain, seed).exists()
+    assert root_file(bakery, seeded, seed).read_text() == user_data
+
+
 def test_create_vm_places_by_serial_and_sizes_the_ephemeral_disk(cpi, api, bakery, stemcell):
     pis = register_pis(api, 3)
     wanted = pis[1]["serial"]

@@ -8,7 +8,13 @@ from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
 from .auth import WORK, WORK_READ, allow
-from .blueprint import AGENT_SETTINGS_LIMIT, METADATA_LIMIT, Blueprint, body_limit
+from .blueprint import (
+    AGENT_SETTINGS_LIMIT,
+    METADATA_LIMIT,
+    USER_DATA_LIMIT,
+    Blueprint,
+    body_limit,
+)
 from .current import current_fleet
 from .fields import Hostname, JsonObject, Labels, Name, ObjectId, Serial
 from .pis import PowerResultSchema, PowerSchema, power_answer
@@ -52,6 +58,15 @@ class BakeRequestSchema(Schema):
     disk_ids = fields.List(ObjectId(), load_default=list)
     power_on = fields.Boolean(
         load_default=True, metadata={"description": "false: leave the Pi off until /power"}
+    )
+    user_data = fields.String(
+        load_default=None,
+        load_only=True,
+        validate=validate.Length(max=USER_DATA_LIMIT),
+        metadata={
+            "description": "cloud-init user-data (#cloud-config YAML or a #! script) for the "
+            "root's NoCloud seed; write-only"
+        },
     )
 
 

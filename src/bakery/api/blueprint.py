@@ -29,6 +29,8 @@ JSON_BODY_LIMIT = 1024 * KIB
 METADATA_LIMIT = 64 * KIB
 #: BOSH agent settings: certificates and credentials, a few KiB in practice.
 AGENT_SETTINGS_LIMIT = 256 * KIB
+#: cloud-init user-data (EC2 allows 16 KiB; scripts with files inline need more).
+USER_DATA_LIMIT = 256 * KIB
 MAX_JSON_DEPTH = 32
 
 LIMIT_ATTRIBUTE = "_bakery_body_limit"

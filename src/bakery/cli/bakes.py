@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TextIO
+
 import click
 
 from .output import Context, api_command, emit
@@ -15,6 +17,11 @@ BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_
 @click.option("--label", "labels", multiple=True, help="Bake a Pi with this label (repeatable).")
 @click.option("--model", help="Bake a Pi of this model.")
 @click.option("--hostname", help="Hostname (default pi-<serial>).")
+@click.option(
+    "--user-data",
+    type=click.File("r"),
+    help="cloud-init user-data for the bake (#cloud-config YAML or a #! script).",
+)
 def bake(
     ctx: Context,
     bakeform_name: str,
@@ -22,6 +29,7 @@ def bake(
     labels: tuple[str, ...],
     model: str | None,
     hostname: str | None,
+    user_data: TextIO | None,
 ) -> None:
     """Bake BAKEFORM onto a free Pi and power it on."""
     body = {
@@ -30,6 +38,7 @@ def bake(
         "labels": list(labels),
         "model": model,
         "hostname": hostname,
+        "user_data": user_data.read() if user_data else None,
     }
     emit(ctx, ctx.api.post("/bakes", {k: v for k, v in body.items() if v is not None}))
 

@@ -46,13 +46,16 @@ def bake(
     metadata: dict[str, Any] | None = None,
     disk_ids: Sequence[str] = (),
     power_on: bool = True,
+    user_data: str | None = None,
 ) -> Bake:
     """Put a bakeform on a free Pi and power it on; undo everything on failure.
 
     ``disk_ids`` are detached disks to attach before the Pi powers on (a BOSH ephemeral
     disk made beforehand, so its id can go into the agent settings). With
     ``power_on=False`` the bake is complete but the Pi stays off until ``power_bake``: a
-    client can first write settings that name the bake or the Pi."""
+    client can first write settings that name the bake or the Pi. ``user_data`` (cloud-init)
+    goes into the root's seed and nowhere else: it may hold secrets."""
+    _check_user_data(user_data)
     bakeform = get_bakeform(bakeform_name)
     if hostname is not None:
         try:
@@ -73,14 +76,31 @@ def bake(
         metadata=metadata,
     )
     try:
-        return _prepare(ctx, claimed, bakeform, disk_ids, power_on)
+        return _prepare(ctx, claimed, bakeform, disk_ids, power_on, user_data)
     except BaseException as exc:
         roll_back(ctx, claimed, f"{type(exc).__name__}: {exc}")
         raise _as_user_error(exc) from None
 
 
+def _check_user_data(user_data: str | None) -> None:
+    if user_data is None:
+        return
+    try:
+        roots.check_user_data(user_data)
+    except ValueError as exc:
+        problem = f"user-data {exc}"
+        raise InvalidInput(
+            f"invalid input: user_data: {problem}", details={"json": {"user_data": [problem]}}
+        ) from None
+
+
 def _prepare(
-    ctx: FleetContext, bake: Bake, bakeform: Bakeform, disk_ids: Sequence[str], power_on: bool
+    ctx: FleetContext,
+    bake: Bake,
+    bakeform: Bakeform,
+    disk_ids: Sequence[str],
+    power_on: bool,
+    user_data: str | None,
 ) -> Bake:
     pi = bake.pi
     root = ctx.bake_root(bake.id)
@@ -94,7 +114,10 @@ def _prepare(
     roots.season_root(root, hostname=bake.hostname, resolv_conf=ctx.settings.resolv_conf)
     stemcell.install_disk_agent(root, ctx.settings.disks_list_path)
     give_secret(ctx, bake)
-    _step(bake, "seasoned", "root seasoned", hostname=bake.hostname)
+    seeded = roots.seed_cloud_init(
+        root, instance_id=bake.id, hostname=bake.hostname, user_data=user_data
+    )
+    _step(bake, "seasoned", "root seasoned", hostname=bake.hostname, cloud_init_seed=seeded)
     for disk_id in disk_ids:
         attach(Disk.get_by_id(disk_id), bake)
     write_bake_files(ctx, bake)

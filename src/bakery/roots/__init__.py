@@ -9,7 +9,8 @@ seasoning walks the tree one component at a time with ``O_NOFOLLOW`` (see `write
 so that a symlink planted in the image can never redirect a write onto the host.
 
 The modules: ``clone`` (snapshot, reflink, copy; delete), ``copier`` (the parallel copy),
-``confined`` (symlink-safe IO inside a root), ``seasoning`` (a root's own identity).
+``confined`` (symlink-safe IO inside a root), ``seasoning`` (a root's own identity),
+``cloudinit`` (a bake's cloud-init seed).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .clone import (
     create_base,
     delete_tree,
 )
+from .cloudinit import check_user_data, seed_cloud_init
 from .confined import open_in_root, read_in_root, symlink_in_root, write_in_root
 from .errors import RootError, SeasoningError
 from .seasoning import fstab_without_sd_card, hosts_with_hostname, season_root
@@ -32,6 +34,7 @@ __all__ = [
     "CloneMethod",
     "RootError",
     "SeasoningError",
+    "check_user_data",
     "clone_boot",
     "clone_method_for",
     "clone_root",
@@ -42,6 +45,7 @@ __all__ = [
     "open_in_root",
     "read_in_root",
     "season_root",
+    "seed_cloud_init",
     "symlink_in_root",
     "write_in_root",
 ]
