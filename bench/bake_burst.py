@@ -14,7 +14,6 @@ them all untimed; then the same bakes one request at a time. Prints the medians 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -26,34 +25,12 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench.served, tests.support
 
-from tests.support.loopfs import loop_filesystem, missing_tools  # noqa: E402
+from bench.served import data_dir, start_bakery  # noqa: E402
 
 from bakery.sim.image import build_sd_image  # noqa: E402
 from bakery.sim.server import BakeryProcess  # noqa: E402
-
-
-def data_dir(stack: ExitStack, workdir: Path) -> tuple[Path, str]:
-    if os.geteuid() == 0 and not missing_tools("btrfs"):
-        return stack.enter_context(loop_filesystem("btrfs", 2048, workdir)) / "data", "btrfs"
-    return workdir / "data", "temp dir (copies; run as root for btrfs)"
-
-
-def start_bakery(stack: ExitStack, workdir: Path, root: Path) -> BakeryProcess:
-    config = {
-        "root": str(root),
-        "database_url": f"sqlite:///{workdir / 'bakery.db'}",
-        "workers": 2,
-        "power_on_gap": 0,
-        "tftp_enabled": False,
-        "nfs_backend": "ganesha",
-        "exports_file": str(workdir / "exports.conf"),
-        "log_level": "WARNING",
-    }
-    server = BakeryProcess(config, workdir)
-    stack.callback(server.stop)
-    return server.start()
 
 
 def timed_bakes(server: BakeryProcess, pis: int, clients: int) -> float:
@@ -91,7 +68,7 @@ def main() -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=args.workdir)))
         root, kind = data_dir(stack, workdir)
-        server = start_bakery(stack, workdir, root)
+        server = start_bakery(stack, workdir, root, tftp_enabled=False)
         api = server.session()
         with build_sd_image(workdir / "pi.img").open("rb") as image:
             api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).raise_for_status()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -29,12 +28,12 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench.served, tests.support
 
-from tests.support.loopfs import loop_filesystem, missing_tools  # noqa: E402
+from bench.served import data_dir, start_bakery  # noqa: E402
 
 from bakery.sim.image import build_sd_image  # noqa: E402
-from bakery.sim.server import BakeryProcess as LiveServer  # noqa: E402
+from bakery.sim.server import BakeryProcess  # noqa: E402
 
 CPI = Path(sys.executable).with_name("bakery-cpi")
 DIRECTOR_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -69,29 +68,7 @@ def stemcell_root(top: Path, files: int) -> Path:
     return top
 
 
-def data_dir(stack: ExitStack, workdir: Path) -> tuple[Path, str]:
-    """btrfs as root (snapshots), else a directory of the temp filesystem (copies)."""
-    if os.geteuid() == 0 and not missing_tools("btrfs"):
-        return stack.enter_context(loop_filesystem("btrfs", 2048, workdir)) / "data", "btrfs"
-    return workdir / "data", "temp dir (copy; run as root for btrfs)"
-
-
-def start_bakery(stack: ExitStack, workdir: Path, root: Path) -> LiveServer:
-    config = {
-        "root": str(root),
-        "database_url": f"sqlite:///{workdir / 'bakery.db'}",
-        "workers": 2,
-        "power_on_gap": 0,
-        "nfs_backend": "ganesha",
-        "exports_file": str(workdir / "exports.conf"),
-        "log_level": "WARNING",
-    }
-    server = LiveServer(config, workdir)
-    stack.callback(server.stop)
-    return server.start()
-
-
-def write_cpi_config(workdir: Path, server: LiveServer) -> Path:
+def write_cpi_config(workdir: Path, server: BakeryProcess) -> Path:
     config = {
         "bakery": {"url": server.url, "token": server.token},
         "agent": {"mbus": "nats://nats:nats@10.0.0.6:4222"},
@@ -102,7 +79,7 @@ def write_cpi_config(workdir: Path, server: LiveServer) -> Path:
     return path
 
 
-def register_pis(server: LiveServer, count: int) -> None:
+def register_pis(server: BakeryProcess, count: int) -> None:
     api = server.session()
     for n in range(1, count + 1):
         body = {"serial": f"{n:08x}", "ip": f"127.0.3.{n}", "mac": f"dc:a6:32:00:01:{n:02x}"}

@@ -213,8 +213,12 @@ def test_after_the_master_is_killed_its_workers_go_and_a_restart_gets_the_port(l
 
 
 def worker_pids(master: int) -> list[str]:
+    return child_pids(master, "bakery serve")
+
+
+def child_pids(parent: int, command: str) -> list[str]:
     return subprocess.run(
-        ["pgrep", "-P", str(master), "-f", "bakery serve"], capture_output=True, text=True
+        ["pgrep", "-P", str(parent), "-f", command], capture_output=True, text=True
     ).stdout.split()
 
 
@@ -248,3 +252,23 @@ def test_relays_that_hang_at_start_up_do_not_keep_the_api_from_listening(
         return [p["power_state"] for p in server.session().get(f"{server.url}/api/v1/pis").json()]
 
     wait_until(lambda: powers() == ["off"] * 3, timeout=60, what="the restore to switch them off")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_start_up_restore_stops_when_the_master_is_killed(live_server, tmp_path, ppi_dir):
+    server = live_server(power_timeout=120)
+    gate = tmp_path / "gate"
+    hanging = install_gated_ppi(ppi_dir, gate, "status")
+    pi = {"serial": "00000001", "power_driver": "ppi", "power_settings": {"program": hanging}}
+    assert server.session().post(f"{server.url}/api/v1/pis", json=pi).status_code == 201
+    server.stop()
+    server.start(timeout=30)
+    wait_until(lambda: (gate / "started").exists(), what="the restore to ask the relay")
+    restore = [int(pid) for pid in child_pids(server.process.pid, "restore-power")]
+    assert len(restore) == 1
+
+    os.kill(server.process.pid, signal.SIGKILL)
+
+    wait_until(lambda: not alive(restore[0]), timeout=10, what="the restore to stop")
+    server.process.wait(timeout=10)
+    (gate / "open").touch()

@@ -32,6 +32,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from .api.errors import HTTP_CODES
 from .app import create_app, prepare_host
 from .config import Settings, dump_settings
+from .models import utcnow
 from .netboot.dnsmasq import render_config
 from .supervisor import die_with
 
@@ -159,8 +160,11 @@ def start_netboot(settings: Settings) -> subprocess.Popen[bytes] | None:
 
 def start_power_restore(settings: Settings) -> subprocess.Popen[bytes]:
     """``bakery restore-power`` as a child: relays that hang (each up to the power
-    timeout) must not keep the API from listening. gunicorn's master reaps it."""
-    return subprocess.Popen(_child_command(settings, "restore-power"), stdin=subprocess.DEVNULL)
+    timeout) must not keep the API from listening. It restores the Pis there were at
+    this start, and stops with this process; gunicorn's master reaps it."""
+    started = utcnow().strftime("%Y-%m-%dT%H:%M:%S.%f")
+    command = [*_child_command(settings, "restore-power"), "--registered-before", started]
+    return subprocess.Popen([*command, "--with-parent"], stdin=subprocess.DEVNULL)
 
 
 def _child_command(settings: Settings, command: str) -> list[str]:

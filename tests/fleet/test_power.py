@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bakery.models import Bake, Pi
+from bakery.models import Bake, Pi, utcnow
 from tests.conftest import install_ppi
 
 STATEFUL_PPI = """\
@@ -38,3 +38,22 @@ def test_restore_power_brings_pis_back_to_what_their_state_implies(
     assert relays["00000002"].read_text() == "off"
     assert Pi.get(Pi.serial == "00000001").power_state == "on"
     assert Bake.get_by_id(bake.id).state == "baked"
+
+
+def test_a_restore_leaves_alone_the_pis_registered_since_the_start(fleet, tmp_path, ppi_dir):
+    ppi = install_ppi(ppi_dir, "relay.py", STATEFUL_PPI)
+    relays = {serial: tmp_path / f"relay-{serial}" for serial in ("00000001", "00000002")}
+
+    def register(serial: str) -> None:
+        settings = {"program": ppi, "params": {"relay": str(relays[serial])}}
+        fleet.register_pi(serial, power_driver="ppi", power_settings=settings)
+        relays[serial].write_text("on")
+
+    register("00000001")
+    started = utcnow()
+    register("00000002")
+
+    fleet.restore_power(registered_before=started)
+
+    assert relays["00000001"].read_text() == "off"
+    assert relays["00000002"].read_text() == "on"  # its operator's to switch

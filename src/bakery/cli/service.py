@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,13 +124,24 @@ def netboot(config_file: str | None, with_parent: bool) -> None:
 
 @click.command("restore-power")
 @config_option
-def restore_power(config_file: str | None) -> None:
+@click.option(
+    "--registered-before",
+    type=click.DateTime(["%Y-%m-%dT%H:%M:%S.%f"]),
+    help="Only Pis registered before this UTC time (serve passes its start).",
+)
+@click.option("--with-parent", is_flag=True, help="Stop when the process that started it does.")
+def restore_power(
+    config_file: str | None, registered_before: datetime | None, with_parent: bool
+) -> None:
     """Bring each Pi to the power its state implies: baked on, available off (``serve``
     runs this at every start, in the background)."""
     from .. import models
     from ..fleet import Fleet
+    from ..supervisor import die_with
 
+    if with_parent:
+        die_with(os.getppid())
     settings = service_settings(config_file)
     models.connect(settings.database)
     with models.database.connection_context():
-        Fleet(settings).restore_power()
+        Fleet(settings).restore_power(registered_before)

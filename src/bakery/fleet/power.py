@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager
+from datetime import datetime
 
 from ..errors import PowerFailed
 from ..models import Pi, PiState
@@ -52,13 +53,18 @@ def operator_power(ctx: FleetContext, serial: str, action: PowerAction) -> Power
 POWER_OF_STATE: dict[str, PowerAction] = {PiState.BAKED.value: "on", PiState.AVAILABLE.value: "off"}
 
 
-def restore_power(ctx: FleetContext) -> None:
+def restore_power(ctx: FleetContext, registered_before: datetime | None = None) -> None:
     """After a restart, bring queryable Pis back to the power state their state implies.
 
     It runs beside the API (``bakery serve`` starts it in the background: a hung relay
     must not keep the API from listening), so each Pi is read again under its power
-    lock: a Pi baked or unbaked meanwhile is the bake's to switch, not this."""
-    for pi in Pi.select().where(Pi.state.in_(list(POWER_OF_STATE))):
+    lock: a Pi baked or unbaked meanwhile is the bake's to switch, not this. Only Pis
+    registered before ``registered_before`` (the start) are restored: one registered
+    since is its operator's, and not this restart's to switch."""
+    pis = Pi.select().where(Pi.state.in_(list(POWER_OF_STATE)))
+    if registered_before is not None:
+        pis = pis.where(Pi.created_at < registered_before)
+    for pi in pis:
         if not driver_class(pi.power_driver).queryable:
             continue
         try:
