@@ -30,6 +30,10 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+#: A Pi's model before anyone (operator, bootloader, the files it asks for) said it.
+UNKNOWN_MODEL = "unknown"
+
+
 class PiState(enum.StrEnum):
     DISCOVERED = "discovered"
     AVAILABLE = "available"
@@ -75,7 +79,7 @@ class Pi(BaseModel):
     id = pw.AutoField()
     serial = pw.CharField(max_length=8, unique=True)
     mac = pw.CharField(max_length=17, null=True, unique=True)
-    model = pw.CharField(max_length=16, default="unknown")
+    model = pw.CharField(max_length=16, default=UNKNOWN_MODEL)
     state = pw.CharField(max_length=16, default=PiState.AVAILABLE.value, index=True)
     broken_reason = pw.TextField(default="")
     power_driver = pw.CharField(max_length=32, default="manual")

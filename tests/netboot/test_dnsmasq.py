@@ -16,7 +16,12 @@ from bakery import models
 from bakery.cli import main
 from bakery.config import load_settings
 from bakery.fleet import Fleet
-from bakery.netboot.dnsmasq import DnsmasqSupervisor, parse_dhcp_line, render_config
+from bakery.netboot.dnsmasq import (
+    DnsmasqSupervisor,
+    parse_dhcp_line,
+    parse_model_line,
+    render_config,
+)
 from bakery.sim import dhcp_client
 from bakery.sim.dhcp_client import PiIdentity
 from bakery.sim.wait import wait_until
@@ -24,6 +29,7 @@ from tests.netboot.conftest import SERVER_IP
 
 PI4 = PiIdentity("4", "dc:a6:32:01:02:03", serial="bd989ae1")
 PI3B = PiIdentity("3b", "b8:27:eb:85:c0:f2", serial="7285c0f2")
+PI5 = PiIdentity("5", "2c:cf:67:0d:0e:0f", serial="0c8f7e5c", revision=0xD04170)
 NOT_A_PI = PiIdentity("4", "00:1b:21:0a:0b:0c")
 #: How long a client listens before concluding nobody will answer.
 SILENCE = 3.0
@@ -176,6 +182,28 @@ def test_a_dhcp_log_line_with_an_address_keeps_the_address():
 
 
 @pytest.mark.parametrize(
+    ("line", "seen"),
+    [
+        ("dnsmasq-dhcp[7]: 2346026701 tags: pi4, rpi, eth1", (2346026701, "4B")),
+        ("dnsmasq-dhcp[7]: 19 tags: rpi, pi5, eth1\n", (19, "5")),
+        ("dnsmasq-dhcp[7]: 653460281 tags: rpi, eth1", None),
+        ("dnsmasq-dhcp[7]: 653460281 tags: pi4, pi5, rpi", None),
+        ("dnsmasq-dhcp[7]: 653460281 PXE(eth1) b8:27:eb:85:c0:f2 proxy", None),
+    ],
+    ids=["pi4", "pi5", "no-model", "two-models", "not-a-tags-line"],
+)
+def test_a_tags_line_names_the_model_of_its_transaction(line, seen):
+    assert parse_model_line(line) == seen
+
+
+def test_each_model_that_names_itself_in_option_97_gets_a_tag(netboot_settings):
+    config = lines(render_config(netboot_settings))
+
+    assert "dhcp-match=set:pi4,97,00:52:50:69:34" in config
+    assert "dhcp-match=set:pi5,97,00:52:50:69:35" in config
+
+
+@pytest.mark.parametrize(
     "line",
     [
         "dnsmasq-dhcp[812]: 653460281 available DHCP subnet: 10.99.0.0/255.255.255.0",
@@ -320,3 +348,22 @@ def test_a_proxy_offer_becomes_a_dhcp_event_on_the_pi_with_that_mac(fleet, super
         "interface": "bk-srv",
         "xid": dhcp_client.PI3_XID,
     }
+
+
+@pytest.mark.root
+@needs_netns
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("pi", "model"), [(PI3B, None), (PI4, "4B"), (PI5, "5")], ids=["pi3b", "pi4", "pi5"]
+)
+def test_the_model_a_bootloader_names_in_option_97_reaches_its_event_and_its_pi(
+    fleet, supervised, pi_socket, pi, model
+):
+    registered = fleet.register_pi(pi.serial, mac=pi.mac)
+    supervised()
+
+    assert dhcp_client.offers(pi_socket, pi, timeout=5)
+
+    events = wait_until(lambda: dhcp_events(registered), timeout=10, what="a dhcp event on the Pi")
+    assert events[0].data.get("model") == model
+    assert models.Pi.get_by_id(registered.id).model == (model or models.UNKNOWN_MODEL)

@@ -17,7 +17,16 @@ import peewee as pw
 
 from .. import identifiers, images, neighbours
 from ..config import Settings
-from ..models import Bake, Pi, PiState, connect, create_schema, database, utcnow
+from ..models import (
+    UNKNOWN_MODEL,
+    Bake,
+    Pi,
+    PiState,
+    connect,
+    create_schema,
+    database,
+    utcnow,
+)
 from ..netboot import bootfiles
 from ..power import PowerError
 from . import events
@@ -123,7 +132,7 @@ def discover_pi(ctx: FleetContext, serial: str, ip: str, model: str | None = Non
             pi = Pi.create(
                 serial=serial,
                 last_ip=None if taken else ip,
-                model=model or "unknown",
+                model=model or UNKNOWN_MODEL,
                 state=state.value,
                 power_driver="manual",
             )
@@ -198,7 +207,11 @@ def record_boot(serial: str, message: str, data: dict[str, Any]) -> None:
 
 
 def record_dhcp(mac: str, message: str, data: dict[str, Any]) -> None:
-    """A DHCP event for the Pi with this MAC (dnsmasq's log)."""
+    """A DHCP event for the Pi with this MAC (dnsmasq's log); the model its bootloader
+    named becomes the model of a Pi registered without one."""
     pi = Pi.get_or_none(Pi.mac == identifiers.mac(mac))
-    if pi is not None:
-        events.record(pi, "dhcp", message, pi.bake_id, mac=pi.mac, **data)
+    if pi is None:
+        return
+    events.record(pi, "dhcp", message, pi.bake_id, mac=pi.mac, **data)
+    if data.get("model") and pi.model == UNKNOWN_MODEL:
+        Pi.update(model=data["model"]).where(Pi.id == pi.id, Pi.model == UNKNOWN_MODEL).execute()

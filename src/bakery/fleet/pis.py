@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import identifiers
 from ..errors import Conflict, InvalidInput
-from ..models import Pi, PiState, database, utcnow
+from ..models import UNKNOWN_MODEL, Pi, PiState, database, utcnow
 from ..power import driver_class
 from . import events
 from .context import FleetContext
@@ -24,7 +24,7 @@ def register_pi(
     serial: str,
     *,
     mac: str | None = None,
-    model: str = "unknown",
+    model: str = UNKNOWN_MODEL,
     power_driver: str | None = None,
     power_settings: dict[str, Any] | None = None,
     labels: Sequence[str] = (),

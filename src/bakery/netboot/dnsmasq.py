@@ -16,6 +16,11 @@ Facts checked with dnsmasq 2.90 (network namespaces, see the tests):
   same segment to their own boot servers.
 - ``dhcp-no-override`` only matters for ``dhcp-boot`` file/server fields, which a
   Pi proxy reply does not use, so it is not rendered.
+- Pi 4 and Pi 5 bootloaders say their model in option 97: a type byte 0, then the
+  FourCC "RPi4"/"RPi5" (pi-netboot §1.1). ``dhcp-match`` with hex bytes compares the
+  option's start, so each model gets a tag, and ``log-dhcp`` logs a transaction's tags
+  on the line after its reply's: the reply's event waits for it, and so the model reaches
+  the Pi's ``dhcp`` event (and a Pi registered without one). Pi 3 ROMs send no model.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import fsutil
 from ..config import Settings, interface_rule, ipv4_rule, oui_rule, reply_delay_rule
@@ -50,6 +55,11 @@ DHCP_LINE_RE = re.compile(
 )
 #: dnsmasq logs this once its sockets are bound and it answers.
 STARTED_RE = re.compile(r"^dnsmasq\[\d+\]: started, version ")
+#: ``log-dhcp``'s list of a request's tags: ``dnsmasq-dhcp[7]: 2346026701 tags: pi4, rpi, eth1``.
+TAGS_LINE_RE = re.compile(r"^dnsmasq-dhcp\[\d+\]: (?P<xid>\d+) tags: (?P<tags>.*)$")
+#: Option 97's first bytes from each model's bootloader, as the dnsmasq tag that marks
+#: it and the model Bakery records (the names ``guess_model`` gives too).
+MODEL_TAGS = {"pi4": ("00:52:50:69:34", "4B"), "pi5": ("00:52:50:69:35", "5")}
 
 
 def render_config(
@@ -81,6 +91,7 @@ def render_config(
         f"dhcp-range={subnet},proxy",
         "leasefile-ro",
         *(f"dhcp-mac=set:rpi,{oui}:*:*:*" for oui in ouis),
+        *(f"dhcp-match=set:{tag},97,{prefix}" for tag, (prefix, _) in MODEL_TAGS.items()),
         "dhcp-ignore=tag:!rpi",
         f'pxe-service=tag:rpi,0,"{menu}"',
         *([f"dhcp-reply-delay=tag:rpi,{delay}"] if delay else []),
@@ -119,12 +130,14 @@ class DhcpLogEntry:
     interface: str
     address: str | None = None
     xid: int | None = None
+    #: The model the bootloader named in option 97 (``MODEL_TAGS``), if it did.
+    model: str | None = None
 
     @property
     def data(self) -> dict[str, str | int]:
         """What goes into the ``dhcp`` event beside the message."""
         fields = {"packet": self.packet, "interface": self.interface}
-        optional = {"address": self.address, "xid": self.xid}
+        optional = {"address": self.address, "xid": self.xid, "model": self.model}
         return fields | {key: value for key, value in optional.items() if value is not None}
 
 
@@ -141,6 +154,16 @@ def parse_dhcp_line(line: str) -> DhcpLogEntry | None:
         address=match["address"],
         xid=int(match["xid"]) if match["xid"] else None,
     )
+
+
+def parse_model_line(line: str) -> tuple[int, str] | None:
+    """(transaction id, model) from a ``tags:`` line naming a model's tag, else None."""
+    match = TAGS_LINE_RE.match(line.rstrip("\n"))
+    if match is None:
+        return None
+    tags = {tag.strip() for tag in match["tags"].split(",")}
+    models = [model for tag, (_, model) in MODEL_TAGS.items() if tag in tags]
+    return (int(match["xid"]), models[0]) if len(models) == 1 else None
 
 
 class DnsmasqSupervisor:
@@ -164,6 +187,8 @@ class DnsmasqSupervisor:
         self.tftp_address = tftp_address
         self.config_file = settings.path("dnsmasq", "dnsmasq.conf")
         self._serving_pid: int | None = None
+        #: A transaction's reply line, held for the tags line that follows it.
+        self._pending: DhcpLogEntry | None = None
         self.child = ChildSupervisor("dnsmasq", self.command, self._handle)
 
     @property
@@ -192,16 +217,32 @@ class DnsmasqSupervisor:
 
     def stop(self, timeout: float = 10.0) -> None:
         self.child.stop(timeout)
+        self._flush_pending(None)
 
     def _handle(self, pid: int, line: str) -> None:
         if STARTED_RE.match(line):
             self._serving_pid = pid
+        self._flush_pending(parse_model_line(line))
         entry = parse_dhcp_line(line)
         # log-dhcp's option dump is ten lines per offer: kept for debugging only.
         detail = entry is None and line.startswith("dnsmasq-dhcp[")
         log.log(logging.DEBUG if detail else logging.INFO, "%s", line)
-        if entry is not None:
+        if entry is None:
+            return
+        if entry.xid is None:
             self._record(entry)
+        else:
+            self._pending = entry
+
+    def _flush_pending(self, seen: tuple[int, str] | None) -> None:
+        """Record the held reply, with the model of the tags line that came next if that
+        line is its transaction's."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if seen is not None and seen[0] == pending.xid:
+            pending = replace(pending, model=seen[1])
+        self._record(pending)
 
     def _record(self, entry: DhcpLogEntry) -> None:
         """A ``dhcp`` event on the Pi with this MAC; a database error must not stop DHCP."""
