@@ -189,6 +189,23 @@ def _directory_entry(directory: Path, name: str) -> Path | None:
     return None
 
 
+#: Files bootloaders ask for to find out whether they exist (pi-netboot §2, pi-http-boot):
+#: self-update images, the signed-boot marker, recovery, Pi 5's overlay map and armstub,
+#: kernels tried in turn. "Not found" is their normal answer, not a fault to look into.
+NORMAL_PROBES = frozenset(
+    {
+        "pieeprom.sig", "pieeprom.upd", "vl805.sig", "vl805.bin", "bootsig.bin",
+        "recovery.elf", "autoboot.txt", "overlay_map.dtb", "armstub8-2712.bin",
+        "kernel_2712.img", "kernel8_rt.img", "initramfs_2712", "initramfs8",
+    }
+)  # fmt: skip
+
+
+def is_normal_probe(name: str) -> bool:
+    """Whether a not-found for ``name`` (a path under the serial) is a bootloader's probe."""
+    return name.rsplit("/", 1)[-1].lower() in NORMAL_PROBES
+
+
 def guess_model(requested: list[str]) -> str | None:
     """The board family a Pi's requested file names point to (pi-netboot §2): the Pi 4
     loads start4.elf, the Pi 3 bootcode.bin/start.elf, the Pi 5 no start*.elf at all

@@ -152,6 +152,18 @@ def test_missing_file_is_error_1(pi, server):
     assert error_code(server, f"{SERIAL}/recovery.elf") == tp.ErrorCode.FILE_NOT_FOUND
 
 
+def test_a_not_found_is_on_the_timeline_and_a_pi5_probe_is_told_from_a_fault(pi, server, fleet):
+    for name in ("pieeprom.sig", "overlay_map.dtb", "armstub8-2712.bin", "missing.dtb"):
+        assert error_code(server, f"{SERIAL}/{name}") == tp.ErrorCode.FILE_NOT_FOUND
+
+    wait_for(lambda: "no such file: missing.dtb" in boot_messages(fleet))
+    not_found = {e.data["file"]: e.data["probe"] for e in events(fleet) if "file" in e.data
+                 and e.message.startswith("no such file")}  # fmt: skip
+    assert not_found == {"pieeprom.sig": True, "overlay_map.dtb": True,
+                         "armstub8-2712.bin": True, "missing.dtb": False}  # fmt: skip
+    assert "transfer failed" not in boot_messages(fleet)
+
+
 def test_served_config_txt_drops_auto_initramfs(server, fleet, tmp_path):
     config = b"[all]\nauto_initramfs=1\ndtoverlay=vc4-kms-v3d\n"
     image = build_sd_image(tmp_path / "initramfs.img", boot={**BOOT_FILES, "config.txt": config})

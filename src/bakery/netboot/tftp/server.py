@@ -221,6 +221,11 @@ class TftpServer:
             image = PacketImage(target.cmdline.encode(), blksize)
         else:
             image = await self._load(target.boot_dir, path.relative, blksize)
+        if image is NOT_FOUND:
+            probe = bootfiles.is_normal_probe(path.relative)
+            self._record(
+                path.serial, f"no such file: {path.relative}", file=path.relative, probe=probe
+            )
         return image if isinstance(image, Outcome) else (path.serial, path.relative, image)
 
     async def _load(self, tree: Path, relative: str, blksize: int) -> PacketImage | Outcome:
