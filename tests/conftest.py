@@ -103,6 +103,13 @@ print("ok")
 """
 
 
+def upload_raspios(server: LiveServer, image_file: Path) -> None:
+    """Import the test SD image as bakeform ``raspios`` through a live server's API."""
+    with open(image_file, "rb") as image:
+        answer = server.session().put(f"{server.url}/api/v1/bakeforms/raspios", data=image)
+    assert answer.status_code == 201, answer.text
+
+
 def install_gated_ppi(ppi_dir: Path, gate: Path, action: str) -> str:
     """A PPI that, asked for ``action`` (``poweron``, ``poweroff``), touches
     ``gate/started`` and hangs until the test touches ``gate/open``; every other action

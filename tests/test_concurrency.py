@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.conftest import upload_raspios
+
 PIS = 10
 REQUESTS = 40
 
@@ -18,8 +20,7 @@ def server(live_server):
 
 def test_forty_bakes_at_once_on_ten_pis_never_share_a_pi(server, sd_image_file):
     api = server.session()
-    with open(sd_image_file, "rb") as image:
-        assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201
+    upload_raspios(server, sd_image_file)
     for i in range(PIS):
         body = {"serial": f"{i + 1:08x}", "ip": f"127.0.1.{i + 1}"}
         assert api.post(f"{server.url}/api/v1/pis", json=body).status_code == 201

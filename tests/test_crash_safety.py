@@ -9,7 +9,7 @@ import json
 import pytest
 
 from bakery.sim.wait import wait_until
-from tests.conftest import install_gated_ppi
+from tests.conftest import install_gated_ppi, upload_raspios
 
 
 @pytest.fixture
@@ -25,8 +25,7 @@ def test_sigkill_in_the_middle_of_a_bake(server, sd_image_file, tmp_path, ppi_di
     gate = tmp_path / "gate"
     ppi = install_gated_ppi(ppi_dir, gate, "poweron")
     api = server.session()
-    with open(sd_image_file, "rb") as image:
-        assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201
+    upload_raspios(server, sd_image_file)
     pi = {
         "serial": "00000001",
         "ip": "127.0.0.11",

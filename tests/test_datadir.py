@@ -16,6 +16,7 @@ import pytest
 
 from bakery.datadir import mount_warning
 from bakery.sim.image import build_sd_image, populate_root
+from tests.conftest import upload_raspios
 
 NOBODY = 65534
 pytestmark = [pytest.mark.root, pytest.mark.tools("setpriv", "mkfs.ext4", "mkfs.vfat", "debugfs")]
@@ -78,8 +79,7 @@ def test_what_the_service_makes_is_private_and_a_pis_root_keeps_its_modes(
     server = live_server()
     api = server.session()
     url = f"{server.url}/api/v1"
-    with open(sd_image_file, "rb") as image:
-        assert api.put(f"{url}/bakeforms/raspios", data=image).status_code == 201
+    upload_raspios(server, sd_image_file)
     api.post(f"{url}/pis", json={"serial": "0000beef", "ip": "127.0.0.1"})
     disk = api.post(f"{url}/disks", json={"size_mib": 4}).json()
     bake = api.post(f"{url}/bakes", json={"bakeform": "raspios", "disk_ids": [disk["id"]]}).json()

@@ -8,6 +8,7 @@ import pytest
 
 from bakery.sim.image import REQUIRED_TOOLS
 from bakery.sim.wait import wait_until
+from tests.conftest import upload_raspios
 from tests.support.deep import deep_root_image
 
 pytestmark = [pytest.mark.root, pytest.mark.tools(*REQUIRED_TOOLS, "debugfs")]
@@ -49,8 +50,7 @@ def test_a_pi_that_writes_a_2000_deep_tree_into_its_root_is_still_unbaked(
     server = live_server()
     api = server.session()
     url = f"{server.url}/api/v1"
-    with open(sd_image_file, "rb") as image:
-        assert api.put(f"{url}/bakeforms/raspios", data=image).status_code == 201
+    upload_raspios(server, sd_image_file)
     api.post(f"{url}/pis", json={"serial": "0000beef", "ip": "127.0.0.1"})
     bake = api.post(f"{url}/bakes", json={"bakeform": "raspios"}).json()
     deep_chain(server.root / "bakes" / bake["id"] / "root/home/pi/deep", 2000)  # as over NFS

@@ -14,7 +14,7 @@ import requests
 
 from bakery import serve
 from bakery.sim.wait import wait_until
-from tests.conftest import install_gated_ppi
+from tests.conftest import install_gated_ppi, upload_raspios
 from tests.support.postgres import free_port
 
 
@@ -50,8 +50,7 @@ def test_serve_runs_the_tftp_server_and_restarts_it(live_server, sd_image_file):
     port = free_port()
     server = live_server(tftp_enabled=True, tftp_bind=f"127.0.0.1:{port}")
     api = server.session()
-    with open(sd_image_file, "rb") as image:
-        assert api.put(f"{server.url}/api/v1/bakeforms/raspios", data=image).status_code == 201
+    upload_raspios(server, sd_image_file)
     api.post(f"{server.url}/api/v1/pis", json={"serial": "0000c0de", "ip": "127.0.0.1"})
     assert api.post(f"{server.url}/api/v1/bakes", json={"bakeform": "raspios"}).status_code == 201
 

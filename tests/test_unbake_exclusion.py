@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from bakery.sim.wait import wait_until
-from tests.conftest import install_gated_ppi
+from tests.conftest import install_gated_ppi, upload_raspios
 
 SETTINGS = {"agent_id": "a-1", "mbus": "nats://u:password-1@10.0.0.6:4222", "disks": {}}
 
@@ -41,8 +41,7 @@ def unbaking(live_server, sd_image_file, tmp_path, ppi_dir):
     ppi = install_gated_ppi(ppi_dir, gate, "poweroff")
     api = server.session()
     url = f"{server.url}/api/v1"
-    with open(sd_image_file, "rb") as image:
-        assert api.put(f"{url}/bakeforms/raspios", data=image).status_code == 201
+    upload_raspios(server, sd_image_file)
     pi = {"serial": "00000001", "ip": "127.0.0.11", "power_driver": "ppi",
           "power_settings": {"program": ppi}}  # fmt: skip
     assert api.post(f"{url}/pis", json=pi).status_code == 201
