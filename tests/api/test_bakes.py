@@ -311,3 +311,10 @@ def test_user_data_with_a_yaml_error_is_refused_with_its_line_and_bakes_nothing(
     assert "line 4" in error["message"]
     assert client.get("/api/v1/bakes").json == []
     assert {p["state"] for p in client.get("/api/v1/pis").json} == {"available"}
+
+
+def test_user_data_over_its_limit_is_refused_naming_the_field(client, bakeform, pis):
+    huge = "#!/bin/sh\n" + "# padding\n" * 30_000
+
+    assert_error(bake(client, user_data=huge), 422, "validation_error", "user_data")
+    assert client.get("/api/v1/bakes").json == []

@@ -108,6 +108,7 @@ def test_tokens(bakery):
         ["tftp", "--bind", "not-an-address"],
         ["netboot", "--config", "/nonexistent/bakery.json"],
         ["dnsmasq-config", "--config", "/nonexistent/bakery.json"],
+        ["restore-power", "--config", "/nonexistent/bakery.json"],
     ],
 )
 def test_service_commands_refuse_bad_settings_in_one_line(args, tmp_path, monkeypatch):
@@ -116,6 +117,13 @@ def test_service_commands_refuse_bad_settings_in_one_line(args, tmp_path, monkey
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
+
+
+def test_restore_power_refuses_a_start_time_that_is_not_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("BAKERY_ROOT", str(tmp_path))
+    result = CliRunner().invoke(main, ["restore-power", "--registered-before", "yesterday"])
+    assert result.exit_code == 2
+    assert "--registered-before" in result.output and "yesterday" in result.output
 
 
 def test_bake_takes_cloud_init_user_data_from_a_file(bakery, server, sd_image_file, tmp_path):
