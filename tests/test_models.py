@@ -6,23 +6,44 @@ import peewee as pw
 from playhouse import migrate
 
 from bakery import models
-from bakery.models import ApiToken, Bake, SchemaVersion
+from bakery.models import ApiToken, Bake, Disk, SchemaVersion
+
+LATEST = 1 + len(models.MIGRATIONS)
 
 
-def test_a_version_1_database_gains_owners_actors_and_bake_secrets(tmp_path):
+def as_version_2(migrator: migrate.SchemaMigrator) -> list:
+    """What version 3 added, taken away again."""
+    return [
+        migrator.drop_column("disk", "filesystem"),
+        migrator.drop_column("disk", "mount_point"),
+    ]
+
+
+def as_version_1(migrator: migrate.SchemaMigrator) -> list:
+    return [
+        *as_version_2(migrator),
+        *(migrator.drop_index(table, f"{table}_owner") for table in models.INDEXED_OWNERS),
+        *(migrator.drop_column(table, "owner") for table in models.OWNED_TABLES),
+        migrator.drop_column("event", "actor"),
+        migrator.drop_column("bake", "secret_hash"),
+        migrator.drop_column("apitoken", "configured"),
+    ]
+
+
+def open_old_database(tmp_path, version: int, downgrade) -> None:
+    """A database as Bakery at schema ``version`` left it: today's, with the columns of
+    later versions dropped and the version row put back."""
     models.connect(f"sqlite:///{tmp_path / 'old.db'}")
     models.create_schema()
     with models.database.connection_context():
-        migrator = migrate.SchemaMigrator.from_database(models.database.obj)
-        migrate.migrate(
-            *(migrator.drop_index(table, f"{table}_owner") for table in models.INDEXED_OWNERS),
-            *(migrator.drop_column(table, "owner") for table in models.OWNED_TABLES),
-            migrator.drop_column("event", "actor"),
-            migrator.drop_column("bake", "secret_hash"),
-            migrator.drop_column("apitoken", "configured"),
-        )
+        migrate.migrate(*downgrade(migrate.SchemaMigrator.from_database(models.database.obj)))
         SchemaVersion.delete().execute()
-        SchemaVersion.create(version=1)
+        SchemaVersion.create(version=version)
+
+
+def test_a_version_1_database_gains_owners_actors_and_bake_secrets(tmp_path):
+    open_old_database(tmp_path, 1, as_version_1)
+    with models.database.connection_context():
         models.database.execute_sql(
             "INSERT INTO apitoken (name, token_hash, prefix, role, created_at) "
             "VALUES ('director', 'h1', 'p', 'configured', '2026-01-01'), "
@@ -35,9 +56,27 @@ def test_a_version_1_database_gains_owners_actors_and_bake_secrets(tmp_path):
         columns = {c.name for c in models.database.get_columns("bake")}
         assert {"owner", "secret_hash"} <= columns
         assert "bake_owner" in {i.name for i in models.database.get_indexes("bake")}
-        assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == 2
+        assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == LATEST
         director, alice = ApiToken.get(name="director"), ApiToken.get(name="alice")
         assert (director.role, director.configured, director.owner) == ("cpi", True, "director")
         assert (alice.role, alice.configured, alice.owner) == ("admin", False, "alice")
         assert Bake.select().count() == 0
+    models.database.close()
+
+
+def test_a_version_2_database_keeps_its_disks_and_gains_filesystems_and_mount_points(tmp_path):
+    open_old_database(tmp_path, 2, as_version_2)
+    with models.database.connection_context():
+        models.database.execute_sql(
+            "INSERT INTO disk (id, size_mib, ephemeral, metadata, owner, created_at) "
+            "VALUES ('d1', 64, 0, '{}', 'alice', '2026-01-01')"
+        )
+
+    models.create_schema()
+
+    with models.database.connection_context():
+        disk = Disk.get_by_id("d1")
+        assert (disk.size_mib, disk.owner) == (64, "alice")
+        assert (disk.filesystem, disk.mount_point) == (None, None)
+        assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == LATEST
     models.database.close()

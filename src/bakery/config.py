@@ -20,6 +20,8 @@ from typing import Any
 from . import fsutil, identifiers
 
 NFS_BACKENDS = ("kernel", "ganesha", "none")
+#: The settings that name a file Bakery writes into each bake's root.
+ROOT_FILE_SETTINGS = ("agent_settings_path", "disks_list_path", "bake_secret_path")
 #: A host name, an IPv4/IPv6 address, or a network in CIDR notation.
 WEBHOOK_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]{0,252}(/\d{1,3})?")
 
@@ -146,6 +148,10 @@ class Settings:
         """A path inside the data directory."""
         return self.root.joinpath(*parts)
 
+    def root_file_paths(self) -> list[str]:
+        """The files Bakery writes into every bake's root, relative to it."""
+        return [getattr(self, name) for name in ROOT_FILE_SETTINGS]
+
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     """Turn a JSON or environment value into the field's type, or say why not."""
@@ -213,7 +219,7 @@ def _validate(s: Settings) -> None:
     for name in ("tls_cert_file", "tls_key_file"):
         if getattr(s, name) and not Path(getattr(s, name)).is_file():
             raise ConfigError(f"setting {name!r}: no such file {getattr(s, name)}")
-    for name in ("agent_settings_path", "disks_list_path", "bake_secret_path"):
+    for name in ROOT_FILE_SETTINGS:
         parts = getattr(s, name).split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
             raise ConfigError(f"setting {name!r}: must be a relative path inside the Pi's root")

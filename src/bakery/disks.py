@@ -2,6 +2,11 @@
 
 A disk is made in a hidden staging directory and renamed into place, so a crash
 never leaves a half-made disk where the listing or the exports would see it.
+
+A disk may be formatted here, in user space, when it is made: the disk agent then mounts
+it on the Pi as a local filesystem on a loop device. That is what containerd and k3s need,
+since overlayfs refuses an NFS directory as its upper layer. Formatting a sparse file
+with a lazily made journal writes a few MiB, whatever the disk's size.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from . import fsutil, identifiers
 from .config import Settings
 
 DISK_FILE = "disk.img"
+#: The filesystems Bakery can make on a disk. ext4 is the one every Pi kernel mounts and
+#: the one containerd's overlayfs snapshotter is tested on.
+FILESYSTEMS = ("ext4",)
 
 
 def disks_dir(settings: Settings) -> Path:
@@ -24,14 +32,19 @@ def disk_dir(settings: Settings, disk_id: str) -> Path:
     return disks_dir(settings) / identifiers.object_id(disk_id, "disk id")
 
 
-def create_disk_image(settings: Settings, disk_id: str, size_mib: int) -> Path:
-    """Create ``disks/<id>/disk.img`` of ``size_mib`` MiB taking no space until written."""
+def create_disk_image(
+    settings: Settings, disk_id: str, size_mib: int, filesystem: str | None = None
+) -> Path:
+    """Create ``disks/<id>/disk.img`` of ``size_mib`` MiB taking no space until written,
+    formatted with ``filesystem`` (one of FILESYSTEMS) if given."""
     final = disk_dir(settings, disk_id)
     staging = disks_dir(settings) / fsutil.staging_name()
     staging.mkdir(parents=True)
     try:
         with open(staging / DISK_FILE, "xb") as image:
             image.truncate(size_mib * 1024 * 1024)
+        if filesystem:
+            format_disk_image(staging / DISK_FILE, disk_id, filesystem)
         os.rename(staging, final)
     except BaseException:
         fsutil.remove(staging)
@@ -39,10 +52,32 @@ def create_disk_image(settings: Settings, disk_id: str, size_mib: int) -> Path:
     return final / DISK_FILE
 
 
-def resize_disk_image(settings: Settings, disk_id: str, size_mib: int) -> None:
-    """Grow a disk image in place (sparse); shrinking is the caller's to refuse."""
-    with open(disk_dir(settings, disk_id) / DISK_FILE, "r+b") as image:
+def format_disk_image(image: Path, disk_id: str, filesystem: str) -> None:
+    """Make ``filesystem`` on the image file, its UUID the disk's id (so the Pi also finds
+    it under /dev/disk/by-uuid) and its top directory root's.
+
+    The file is all holes, so the journal need not be zeroed (``lazy_journal_init``) and
+    mke2fs knows the inode tables read as zeroes: nothing is left for the Pi's kernel to
+    initialise over NFS after the first mount."""
+    if filesystem not in FILESYSTEMS:
+        raise ValueError(f"cannot make a {filesystem!r} filesystem")
+    uuid = "-".join((disk_id[:8], disk_id[8:12], disk_id[12:16], disk_id[16:20], disk_id[20:]))
+    options = "root_owner=0:0,lazy_journal_init=1"
+    fsutil.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-E", options, str(image)])
+
+
+def resize_disk_image(
+    settings: Settings, disk_id: str, size_mib: int, filesystem: str | None = None
+) -> None:
+    """Grow a disk image in place (sparse), and its filesystem with it if Bakery made one;
+    shrinking, and growing a filesystem some Pi has mounted, are the caller's to refuse."""
+    path = disk_dir(settings, disk_id) / DISK_FILE
+    with open(path, "r+b") as image:
         image.truncate(size_mib * 1024 * 1024)
+    if filesystem:
+        # resize2fs insists on a freshly checked filesystem; -p repairs only what is safe.
+        fsutil.run(["e2fsck", "-f", "-p", str(path)])
+        fsutil.run(["resize2fs", str(path)])
 
 
 def delete_disk_image(settings: Settings, disk_id: str) -> None:

@@ -24,6 +24,12 @@ class InvalidInput(BakeryError):
     status = 422
     code = "validation_error"
 
+    @classmethod
+    def of_field(cls, field: str, problem: str) -> InvalidInput:
+        """The error for one field of a JSON body, shaped as the schema validation's own
+        errors are, for rules that need the fleet's state or settings to check."""
+        return cls(f"invalid input: {field}: {problem}", details={"json": {field: [problem]}})
+
 
 class NotFound(BakeryError):
     """``code`` names what is missing (``bake_not_found``, ``disk_not_found``...), so a

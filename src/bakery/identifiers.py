@@ -16,6 +16,10 @@ HOSTNAME_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 ID_RE = re.compile(r"^[0-9a-f]{32}$")
+MOUNT_POINT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+#: Where a disk may not be mounted on its Pi: the root's own system trees, which a disk
+#: would hide (and /run, where the disk agent keeps its own mounts).
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr")
 
 
 class InvalidIdentifier(ValueError):
@@ -96,6 +100,25 @@ def object_id(value: str, what: str = "id") -> str:
     """A bake or disk id: 32 lower-case hex digits (a UUID4 without dashes)."""
     if not isinstance(value, str) or not ID_RE.fullmatch(value):
         raise InvalidIdentifier(f"{what} {value!r} is not a valid id")
+    return value
+
+
+def mount_point(value: str) -> str:
+    """Where a disk is mounted on its Pi: an absolute path of plain components (no '.',
+    '..', blanks or doubled slashes), at most 255 bytes, outside the system trees.
+
+    The disk agent reads it from a space-separated list and mounts over it as root, so
+    the shape is the whole defence; the shell script checks the same shape again."""
+    if not isinstance(value, str) or len(value) > 255 or not MOUNT_POINT_RE.fullmatch(value):
+        raise InvalidIdentifier(
+            f"mount point {value!r} must be an absolute path of letters, digits, '.', '_' "
+            "and '-' components"
+        )
+    if any(part in (".", "..") for part in value.split("/")):
+        raise InvalidIdentifier(f"mount point {value!r} must not have '.' or '..' components")
+    for tree in SYSTEM_TREES:
+        if value == tree or value.startswith(tree + "/"):
+            raise InvalidIdentifier(f"mount point {value!r} is inside the system tree {tree}")
     return value
 
 

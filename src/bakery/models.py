@@ -149,6 +149,11 @@ class Disk(BaseModel):
     metadata = JSONField(default=dict)
     owner = pw.CharField(max_length=64, default="", index=True)
     created_at = pw.DateTimeField(default=utcnow)
+    #: The filesystem Bakery made on it at creation (``ext4``), or None for a raw disk that
+    #: its user (the BOSH agent) partitions and formats.
+    filesystem = pw.CharField(max_length=16, null=True)
+    #: Where the disk agent mounts it on its Pi at boot, or None to leave it a device.
+    mount_point = pw.CharField(max_length=255, null=True)
 
 
 class Snapshot(BaseModel):
@@ -199,6 +204,9 @@ class SchemaVersion(BaseModel):
 MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ApiToken, SchemaVersion]
 
 
+run_migration: Callable[..., None] = migrate.migrate  # playhouse.migrate ships no types
+
+
 def _owners_actors_and_bake_secrets(migrator: migrate.SchemaMigrator) -> None:
     """Version 2: who owns bakes, disks, bakeforms and snapshots, what a token may do
     and for whom, which token each event came from, and the secret a baked Pi shows."""
@@ -212,11 +220,18 @@ def _owners_actors_and_bake_secrets(migrator: migrate.SchemaMigrator) -> None:
         migrator.add_column("bake", "secret_hash", pw.CharField(max_length=64, default="")),
         migrator.add_column("apitoken", "configured", pw.BooleanField(default=False)),
     ]
-    run: Callable[..., None] = migrate.migrate  # playhouse.migrate ships no types
-    run(*steps)
+    run_migration(*steps)
     # Tokens from before roles were all admins, and settings tokens said so by role.
     ApiToken.update(configured=True, role="cpi").where(ApiToken.role == "configured").execute()
     ApiToken.update(owner=ApiToken.name).where(ApiToken.owner == "").execute()
+
+
+def _disk_filesystems(migrator: migrate.SchemaMigrator) -> None:
+    """Version 3: disks formatted by Bakery and mounted by the disk agent."""
+    run_migration(
+        migrator.add_column("disk", "filesystem", pw.CharField(max_length=16, null=True)),
+        migrator.add_column("disk", "mount_point", pw.CharField(max_length=255, null=True)),
+    )
 
 
 OWNED_TABLES = ("apitoken", "bakeform", "bake", "disk", "snapshot")
@@ -225,7 +240,10 @@ INDEXED_OWNERS = ("bake", "disk", "snapshot")
 
 #: Schema changes after version 1, in order: each takes a playhouse migrator.
 #: Append a function here (never edit an old one) when a model gains a column.
-MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [_owners_actors_and_bake_secrets]
+MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [
+    _owners_actors_and_bake_secrets,
+    _disk_filesystems,
+]
 
 
 def _keep_private(path: str) -> None:

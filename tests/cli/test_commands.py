@@ -144,3 +144,35 @@ def test_bake_takes_cloud_init_user_data_from_a_file(bakery, server, sd_image_fi
     seed = server.root / "bakes" / made["id"] / "root/var/lib/cloud/seed/nocloud/user-data"
     assert seed.read_text() == user_data.read_text()
     bakery("unbake", made["id"])
+
+
+@pytest.mark.tools("mkfs.ext4")
+def test_a_k3s_disk_made_mounted_and_baked_with_the_pi(bakery, server, sd_image_file):
+    bakery("pi", "register", "00c1d001", "--ip", "127.0.0.42", "--label", "k3s")
+    bakery("bakeform", "upload", "k3s-node", str(sd_image_file))
+    disk = json.loads(
+        bakery(
+            "disk",
+            "create",
+            "2048",
+            "--filesystem",
+            "ext4",
+            "--mount-point",
+            "/var/lib/rancher",
+            "--json",
+        ).output
+    )
+    refused = bakery("disk", "create", "64", "--mount-point", "/etc", ok=False)
+
+    made = json.loads(
+        bakery("bake", "k3s-node", "--label", "k3s", "--disk", disk["id"], "--json").output
+    )
+
+    assert len(refused.output.strip().splitlines()) == 1 and "mount_point" in refused.output
+    assert made["disks"] == [disk["id"]]
+    listing = server.root / "bakes" / made["id"] / "root/var/lib/bakery/disks"
+    assert listing.read_text().split()[2:] == ["ext4", "/var/lib/rancher"]
+    table = bakery("disk", "list").output
+    assert "/var/lib/rancher" in table and "ext4" in table
+    bakery("unbake", made["id"])
+    bakery("disk", "delete", disk["id"])

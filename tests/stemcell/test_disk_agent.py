@@ -70,8 +70,13 @@ class Pi:
         self.disks_list.parent.mkdir(parents=True, exist_ok=True)
         self.disks_list.write_text("".join(f"{line}\n" for line in lines))
 
-    def line(self, disk_id: str) -> str:
-        return f"{disk_id} {SERVER}:{self.exports / disk_id}"
+    def line(self, disk_id: str, mount_point: Path | None = None) -> str:
+        line = f"{disk_id} {SERVER}:{self.exports / disk_id}"
+        return f"{line} ext4 {mount_point}" if mount_point else line
+
+    def mount_point(self, path: str) -> Path:
+        """A mount point in the Pi's root (absolute on the host, as the agent sees it)."""
+        return self.base / "root" / path
 
     def run_agent(self) -> subprocess.CompletedProcess:
         env = {
@@ -81,6 +86,7 @@ class Pi:
             "BAKERY_DISK_BY_ID_DIR": str(self.by_id),
             "BAKERY_DISK_LOCK_FILE": str(self.base / "run/bakery-disk-agent.lock"),
             "BAKERY_DISK_MOUNT_CMD": str(self.base / "bind-mount"),
+            "BAKERY_DISK_STATE_DIR": str(self.base / "run/bakery/mounted"),
         }
         return subprocess.run(
             ["sh", str(self.base / "bakery-disk-agent")], env=env, capture_output=True, text=True
@@ -212,6 +218,12 @@ def test_only_the_disk_gone_from_the_list_is_detached(pi: Pi):
         f"{DISK_A} 10.0.0.1:/srv/../etc",
         f"{DISK_A} 10.0.0.1:/srv/$(reboot)",
         f"{DISK_A} 10.0.0.1:/srv/disks/x trailing-field",
+        f"{DISK_A} 10.0.0.1:/srv/disks/x ext4",
+        f"{DISK_A} 10.0.0.1:/srv/disks/x xfs /var/lib/containerd",
+        f"{DISK_A} 10.0.0.1:/srv/disks/x ext4 var/lib/containerd",
+        f"{DISK_A} 10.0.0.1:/srv/disks/x ext4 /var/../etc",
+        f"{DISK_A} 10.0.0.1:/srv/disks/x ext4 /var/lib/$(reboot)",
+        f"{DISK_A} 10.0.0.1:/srv/disks/x ext4 /var/lib/containerd extra",
     ],
 )
 def test_a_corrupt_line_is_logged_and_skipped_while_the_others_are_attached(pi: Pi, corrupt):
@@ -278,3 +290,105 @@ def test_overlapping_runs_attach_each_disk_once(pi: Pi):
     assert [r.returncode for r in results] == [0, 0, 0, 0]
     loops, mounts, links = pi.state()
     assert len(loops) == 2 and len(mounts) == 2 and len(links) == 2
+
+
+def device_on(point: Path) -> str | None:
+    """The device mounted on ``point`` (the top mount), as /proc/mounts says."""
+    with open("/proc/self/mounts") as mounts:
+        devices = [line.split()[0] for line in mounts if line.split()[1] == str(point)]
+    return devices[-1] if devices else None
+
+
+def test_a_disk_with_a_mount_point_is_mounted_there_on_its_loop_device(pi: Pi):
+    image = pi.make_disk(DISK_A)
+    containerd = pi.mount_point("var/lib/containerd")
+    pi.list_disks(pi.line(DISK_A, containerd))
+
+    result = pi.run_agent()
+    (containerd / "written-on-the-pi").write_text("kept on the disk\n")
+
+    assert result.returncode == 0, result.stderr
+    loop = os.readlink(pi.link(DISK_A))
+    assert device_on(containerd) == loop
+    assert backing_file(loop) == str(pi.mount_base / DISK_A / "disk.img")
+    pi.list_disks()
+    assert pi.run_agent().returncode == 0
+    assert device_on(containerd) is None
+    assert pi.state() == ([], [], {})
+    assert run(["debugfs", "-R", "cat /written-on-the-pi", str(image)]) == "kept on the disk\n"
+
+
+def test_a_mounted_disk_is_mounted_once_and_a_second_run_is_quiet(pi: Pi):
+    pi.make_disk(DISK_A)
+    pi.list_disks(pi.line(DISK_A, pi.mount_point("var/lib/rancher")))
+    assert pi.run_agent().returncode == 0
+    before = pi.state()
+
+    again = pi.run_agent()
+
+    assert (again.returncode, again.stderr) == (0, "")
+    assert pi.state() == before
+    assert mounts_below(pi.base).count(str(pi.mount_point("var/lib/rancher"))) == 1
+
+
+def test_disks_mounted_inside_one_another_mount_in_list_order(pi: Pi):
+    pi.make_disk(DISK_A)
+    pi.make_disk(DISK_B)
+    rancher = pi.mount_point("var/lib/rancher")
+    pi.list_disks(pi.line(DISK_A, rancher), pi.line(DISK_B, rancher / "k3s"))
+
+    result = pi.run_agent()
+
+    assert result.returncode == 0, result.stderr
+    assert device_on(rancher) == os.readlink(pi.link(DISK_A))
+    assert device_on(rancher / "k3s") == os.readlink(pi.link(DISK_B))
+
+
+def test_a_busy_mounted_disk_stays_until_its_last_user_leaves(pi: Pi):
+    pi.make_disk(DISK_A)
+    containerd = pi.mount_point("var/lib/containerd")
+    pi.list_disks(pi.line(DISK_A, containerd))
+    assert pi.run_agent().returncode == 0
+    user = subprocess.Popen(["sleep", "600"], cwd=containerd)
+    try:
+        pi.list_disks()
+        refused = pi.run_agent()
+        still_mounted = device_on(containerd)
+    finally:
+        user.kill()
+        user.wait()
+    finished = pi.run_agent()
+
+    assert refused.returncode == 1 and "cannot unmount" in refused.stderr
+    assert still_mounted is not None and still_mounted.startswith("/dev/loop")
+    assert finished.returncode == 0, finished.stderr
+    assert pi.state() == ([], [], {})
+
+
+def test_a_new_mount_point_moves_the_mounted_disk(pi: Pi):
+    pi.make_disk(DISK_A)
+    old, new = pi.mount_point("var/lib/docker"), pi.mount_point("var/lib/containerd")
+    pi.list_disks(pi.line(DISK_A, old))
+    assert pi.run_agent().returncode == 0
+
+    pi.list_disks(pi.line(DISK_A, new))
+    result = pi.run_agent()
+
+    assert result.returncode == 0, result.stderr
+    assert device_on(old) is None
+    assert device_on(new) == os.readlink(pi.link(DISK_A))
+
+
+def test_another_filesystem_on_the_mount_point_is_left_alone(pi: Pi):
+    pi.make_disk(DISK_A)
+    containerd = pi.mount_point("var/lib/containerd")
+    containerd.mkdir(parents=True)
+    run(["mount", "-t", "tmpfs", "users-own", str(containerd)])
+    pi.list_disks(pi.line(DISK_A, containerd))
+
+    result = pi.run_agent()
+
+    assert result.returncode == 1
+    assert "has another filesystem mounted on it" in result.stderr
+    assert device_on(containerd) == "users-own"
+    assert pi.link(DISK_A).is_symlink(), "the disk is still attached as a device"

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
+from ..fleet import DISK_FILESYSTEMS
 from .auth import WORK, WORK_READ, allow
 from .blueprint import METADATA_LIMIT, Blueprint, body_limit
 from .current import current_fleet
-from .fields import JsonObject, ObjectId
+from .fields import JsonObject, MountPoint, ObjectId
 
 if TYPE_CHECKING:
     from ..fleet import Disk, Snapshot
@@ -23,6 +24,8 @@ class DiskSchema(Schema):
     size_mib = fields.Integer()
     bake_id = fields.String(allow_none=True)
     ephemeral = fields.Boolean()
+    filesystem = fields.String(allow_none=True)
+    mount_point = fields.String(allow_none=True)
     metadata = fields.Dict()
     export = fields.Method("_export")
     device = fields.Method(
@@ -37,15 +40,28 @@ class DiskSchema(Schema):
         return current_fleet().disk_device(disk.id)
 
 
+MOUNT_POINT_HELP = (
+    "where the disk agent mounts the disk on its Pi at boot, before containerd or k3s start; "
+    "needs a filesystem"
+)
+
+
 class DiskCreateSchema(Schema):
     size_mib = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     bake_id = ObjectId(load_default=None)
     ephemeral = fields.Boolean(load_default=False)
     metadata = JsonObject(METADATA_LIMIT, load_default=None)
+    filesystem = fields.String(
+        load_default=None,
+        validate=validate.OneOf(DISK_FILESYSTEMS),
+        metadata={"description": "made on the disk by Bakery at creation; none leaves it raw"},
+    )
+    mount_point = MountPoint(load_default=None, metadata={"description": MOUNT_POINT_HELP})
 
 
 class AttachSchema(Schema):
     bake_id = ObjectId(required=True)
+    mount_point = MountPoint(load_default=None, metadata={"description": MOUNT_POINT_HELP})
 
 
 class ResizeSchema(Schema):
@@ -107,7 +123,8 @@ class Attach(MethodView):
     @blp.arguments(AttachSchema)
     @blp.response(200, DiskSchema)
     def post(self, args: dict[str, Any], disk_id: str) -> Disk:
-        return current_fleet().attach_disk(disk_id, args["bake_id"])
+        """Attach a detached disk to a bake (or give an attached one a new mount point)."""
+        return current_fleet().attach_disk(disk_id, **args)
 
 
 @blp.route("/<disk_id>/detach")

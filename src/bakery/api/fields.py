@@ -51,6 +51,10 @@ def ObjectId(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.object_id), **kwargs)
 
 
+def MountPoint(**kwargs: Any) -> fields.String:  # noqa: N802
+    return fields.String(validate=_check(identifiers.mount_point), **kwargs)
+
+
 def JsonObject(max_bytes: int, **kwargs: Any) -> fields.Dict:  # noqa: N802
     """Any JSON object of at most ``max_bytes`` as compact JSON: what is stored is
     shown in every listing, so it is held to what its purpose needs."""

@@ -6,7 +6,7 @@ from typing import TextIO
 
 import click
 
-from .output import Context, api_command, emit
+from .output import Context, api_command, emit, without_none
 
 BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_at")
 
@@ -17,6 +17,12 @@ BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_
 @click.option("--label", "labels", multiple=True, help="Bake a Pi with this label (repeatable).")
 @click.option("--model", help="Bake a Pi of this model.")
 @click.option("--hostname", help="Hostname (default pi-<serial>).")
+@click.option(
+    "--disk",
+    "disk_ids",
+    multiple=True,
+    help="Attach this detached disk before the Pi powers on (repeatable).",
+)
 @click.option(
     "--user-data",
     type=click.File("r"),
@@ -29,6 +35,7 @@ def bake(
     labels: tuple[str, ...],
     model: str | None,
     hostname: str | None,
+    disk_ids: tuple[str, ...],
     user_data: TextIO | None,
 ) -> None:
     """Bake BAKEFORM onto a free Pi and power it on."""
@@ -38,9 +45,10 @@ def bake(
         "labels": list(labels),
         "model": model,
         "hostname": hostname,
+        "disk_ids": list(disk_ids) or None,
         "user_data": user_data.read() if user_data else None,
     }
-    emit(ctx, ctx.api.post("/bakes", {k: v for k, v in body.items() if v is not None}))
+    emit(ctx, ctx.api.post("/bakes", without_none(body)))
 
 
 @api_command(None, "unbake")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .output import Context, api_command, emit, resource_commands
+from .output import Context, api_command, emit, resource_commands, without_none
 
 
 @click.group()
@@ -12,16 +12,34 @@ def disk() -> None:
     """Sparse disks for bakes."""
 
 
-DISK_COLUMNS = ("id", "size_mib", "bake_id", "ephemeral", "created_at")
+DISK_COLUMNS = ("id", "size_mib", "bake_id", "filesystem", "mount_point", "created_at")
+
+MOUNT_POINT_OPTION = click.option(
+    "--mount-point",
+    help="Where the Pi mounts the disk at boot, before containerd/k3s (needs --filesystem).",
+)
 
 
 @api_command(disk, "create")
 @click.argument("size_mib", type=click.IntRange(min=1))
 @click.option("--bake", "bake_id", help="Attach to this bake at once.")
-def disk_create(ctx: Context, size_mib: int, bake_id: str | None) -> None:
+@click.option("--filesystem", help="Format it (ext4) now; without, the disk is left raw.")
+@MOUNT_POINT_OPTION
+def disk_create(
+    ctx: Context,
+    size_mib: int,
+    bake_id: str | None,
+    filesystem: str | None,
+    mount_point: str | None,
+) -> None:
     """Create a disk of SIZE_MIB MiB."""
-    body = {"size_mib": size_mib, **({"bake_id": bake_id} if bake_id else {})}
-    emit(ctx, ctx.api.post("/disks", body))
+    body = {
+        "size_mib": size_mib,
+        "bake_id": bake_id,
+        "filesystem": filesystem,
+        "mount_point": mount_point,
+    }
+    emit(ctx, ctx.api.post("/disks", without_none(body)))
 
 
 resource_commands(disk, "/disks", "disk_id", DISK_COLUMNS)
@@ -30,8 +48,11 @@ resource_commands(disk, "/disks", "disk_id", DISK_COLUMNS)
 @api_command(disk, "attach")
 @click.argument("disk_id")
 @click.argument("bake_id")
-def disk_attach(ctx: Context, disk_id: str, bake_id: str) -> None:
-    emit(ctx, ctx.api.post(f"/disks/{disk_id}/attach", {"bake_id": bake_id}))
+@MOUNT_POINT_OPTION
+def disk_attach(ctx: Context, disk_id: str, bake_id: str, mount_point: str | None) -> None:
+    """Attach DISK_ID to BAKE_ID."""
+    body = without_none({"bake_id": bake_id, "mount_point": mount_point})
+    emit(ctx, ctx.api.post(f"/disks/{disk_id}/attach", body))
 
 
 @api_command(disk, "detach")

@@ -31,6 +31,12 @@ class Context:
         return ApiClient(self.url, self.token)
 
 
+def without_none(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body with the options the user did not give left out, so the server's
+    defaults apply."""
+    return {key: value for key, value in body.items() if value is not None}
+
+
 def default_token() -> str | None:
     """The admin token the first start wrote, when this user can read it."""
     path = Path(os.environ.get("BAKERY_ROOT", "data")) / "admin-token"

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .output import Context, api_command, emit
+from .output import Context, api_command, emit, without_none
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,7 +91,7 @@ def pi_body(
         "power_driver": power_driver,
         "power_settings": parse_settings(power_pairs, power_json),
     }
-    return {k: v for k, v in body.items() if v is not None}
+    return without_none(body)
 
 
 @api_command(pi, "register")

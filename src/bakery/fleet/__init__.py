@@ -29,7 +29,11 @@ from .context import FleetContext
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
 
+#: What ``create_disk`` can format a disk with.
+DISK_FILESYSTEMS = disk_images.FILESYSTEMS
+
 __all__ = [
+    "DISK_FILESYSTEMS",
     "Actor",
     "Bake",
     "Bakeform",

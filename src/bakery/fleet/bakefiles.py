@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from .. import disks, roots, stemcell
+from ..config import Settings
 from ..errors import Conflict
 from ..models import Bake, BakeState, Disk
 from .context import FleetContext
@@ -58,11 +59,20 @@ def write_bake_files(ctx: FleetContext, bake: Bake) -> None:
     if agent is not None:
         text = json.dumps(agent, indent=2, sort_keys=True) + "\n"
         roots.write_in_root(root, settings.agent_settings_path, text.encode(), mode=0o600)
-    lines = [
-        f"{disk.id} {settings.nfs_server}:{disks.disk_dir(settings, disk.id)}\n"
-        for disk in attached
-    ]
-    roots.write_in_root(root, settings.disks_list_path, "".join(lines).encode())
+    roots.write_in_root(root, settings.disks_list_path, disks_list(settings, attached).encode())
+
+
+def disks_list(settings: Settings, attached: list[Disk]) -> str:
+    """The disk agent's list: ``<disk-id> <server>:<export-dir>``, then ``<filesystem>
+    <mount-point>`` for a disk it mounts. Mounted disks come last, sorted by mount point,
+    so that a disk mounted inside another's mount point is mounted after it."""
+    lines = []
+    for disk in sorted(attached, key=lambda disk: disk.mount_point or ""):
+        line = f"{disk.id} {settings.nfs_server}:{disks.disk_dir(settings, disk.id)}"
+        if disk.mount_point:
+            line += f" {disk.filesystem} {disk.mount_point}"
+        lines.append(line + "\n")
+    return "".join(lines)
 
 
 def agent_settings(bake: Bake, attached: list[Disk] | None = None) -> dict[str, Any] | None:

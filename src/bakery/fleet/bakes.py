@@ -88,10 +88,7 @@ def _check_user_data(user_data: str | None) -> None:
     try:
         roots.check_user_data(user_data)
     except ValueError as exc:
-        problem = f"user-data {exc}"
-        raise InvalidInput(
-            f"invalid input: user_data: {problem}", details={"json": {"user_data": [problem]}}
-        ) from None
+        raise InvalidInput.of_field("user_data", f"user-data {exc}") from None
 
 
 def _prepare(

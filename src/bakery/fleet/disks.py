@@ -1,14 +1,20 @@
 """Disks and their snapshots: sparse images created, attached to one bake (exported to
-its Pi and listed in its root), detached, grown and deleted."""
+its Pi and listed in its root), detached, grown and deleted.
+
+A disk is either raw (a block device its user partitions and formats: what BOSH wants)
+or formatted by Bakery at creation, optionally with a mount point where the disk agent
+mounts it at boot (the container-ready disk: containerd and k3s state on local ext4)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from .. import disks, identifiers
-from ..errors import Conflict, InvalidInput, NotSupported
+from .. import disks, fsutil, identifiers
+from ..errors import Conflict, InvalidInput, NotSupported, StorageFailed
 from ..models import Bake, Disk, Snapshot, database
+from ..roots.cloudinit import SEED_DIR
 from . import events
 from .actors import new_owner
 from .bakefiles import WRITABLE_BAKE_STATES, bake_lock, writable_bake, write_bake_files
@@ -24,13 +30,20 @@ def create_disk(
     bake_id: str | None = None,
     ephemeral: bool = False,
     metadata: dict[str, Any] | None = None,
+    filesystem: str | None = None,
+    mount_point: str | None = None,
 ) -> Disk:
-    """A new sparse disk, attached to ``bake_id`` at once if given."""
+    """A new sparse disk, formatted with ``filesystem`` if given, attached to ``bake_id``
+    at once if given."""
     if not 1 <= size_mib <= ctx.settings.max_disk_mib:
         raise InvalidInput(f"size_mib must be between 1 and {ctx.settings.max_disk_mib}")
+    if filesystem is not None and filesystem not in disks.FILESYSTEMS:
+        raise InvalidInput(f"filesystem must be one of {', '.join(disks.FILESYSTEMS)}")
+    _check_mount_point(ctx, mount_point, filesystem)
     bake = get_live_bake(bake_id) if bake_id else None
     disk_id = identifiers.new_id()
-    disks.create_disk_image(ctx.settings, disk_id, size_mib)
+    with storage_errors():
+        disks.create_disk_image(ctx.settings, disk_id, size_mib, filesystem)
     try:
         with writable_bake(ctx, bake.id) if bake else nullcontext(), database.atomic():
             disk = Disk.create(
@@ -40,8 +53,11 @@ def create_disk(
                 ephemeral=ephemeral,
                 metadata=metadata or {},
                 owner=new_owner(),
+                filesystem=filesystem,
+                mount_point=mount_point,
             )
             if bake:
+                _check_mount_point_free(disk, bake)
                 write_bake_files(ctx, bake)
     except BaseException:
         disks.delete_disk_image(ctx.settings, disk_id)
@@ -63,24 +79,71 @@ def delete_disk(ctx: FleetContext, disk_id: str) -> None:
     disks.delete_disk_image(ctx.settings, disk.id)
 
 
-def attach_disk(ctx: FleetContext, disk_id: str, bake_id: str) -> Disk:
+def attach_disk(
+    ctx: FleetContext, disk_id: str, bake_id: str, mount_point: str | None = None
+) -> Disk:
+    """Attach a detached disk to a live bake; ``mount_point`` (a formatted disk's) replaces
+    the one the disk had. Attaching it again to the same bake with no new mount point is a
+    no-op, so a retried request is safe."""
     disk = get_disk(disk_id)
     bake = get_live_bake(bake_id)
-    if disk.bake_id == bake.id:
+    if disk.bake_id == bake.id and mount_point in (None, disk.mount_point):
         return disk
+    if mount_point is not None:
+        _check_mount_point(ctx, mount_point, disk.filesystem)
     with writable_bake(ctx, bake.id) as bake, database.atomic():
-        attach(disk, bake)
+        if mount_point is not None:
+            Disk.update(mount_point=mount_point).where(Disk.id == disk.id).execute()
+        attach(Disk.get_by_id(disk.id), bake)
         write_bake_files(ctx, bake)
     publish_exports(ctx)
     return Disk.get_by_id(disk.id)
 
 
 def attach(disk: Disk, bake: Bake) -> None:
-    """Attach a detached disk; Conflict if another bake got it first."""
-    attached = Disk.update(bake=bake.id).where(Disk.id == disk.id, Disk.bake.is_null()).execute()
-    if not attached:
-        raise Conflict(f"disk {disk.id} is attached to another bake")
-    events.record(bake.pi, "disk", f"disk {disk.id} attached", bake.id)
+    """Attach a detached disk (or check one attached already); Conflict if another bake
+    got it first, or if another disk of the bake has its mount point."""
+    if disk.bake_id != bake.id:
+        query = Disk.update(bake=bake.id).where(Disk.id == disk.id, Disk.bake.is_null())
+        if not query.execute():
+            raise Conflict(f"disk {disk.id} is attached to another bake")
+        events.record(bake.pi, "disk", f"disk {disk.id} attached", bake.id)
+    _check_mount_point_free(disk, bake)
+
+
+def _check_mount_point(ctx: FleetContext, mount_point: str | None, filesystem: str | None) -> None:
+    """A mount point needs a filesystem Bakery made, and must not hide the files Bakery
+    writes into the root: the disks list itself, the agent settings, the bake secret and
+    the cloud-init seed, which the Pi reads after the disk agent's first run."""
+    if mount_point is None:
+        return
+    if filesystem is None:
+        raise InvalidInput.of_field("mount_point", "a disk needs a filesystem to have one")
+    for path in [*ctx.settings.root_file_paths(), SEED_DIR]:
+        if f"/{path}".startswith(mount_point + "/"):
+            problem = f"it would hide /{path}, which Bakery writes"
+            raise InvalidInput.of_field("mount_point", problem)
+
+
+def _check_mount_point_free(disk: Disk, bake: Bake) -> None:
+    """Conflict when another disk of the bake is mounted at the same place."""
+    if disk.mount_point is None:
+        return
+    taken = Disk.select().where(
+        Disk.bake == bake.id, Disk.mount_point == disk.mount_point, Disk.id != disk.id
+    )
+    other = taken.first()
+    if other is not None:
+        raise Conflict(f"disk {other.id} of bake {bake.id} is mounted at {disk.mount_point}")
+
+
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """A failed mkfs, e2fsck or resize2fs as the API's storage_failed, with what it said."""
+    try:
+        yield
+    except fsutil.CommandFailed as exc:
+        raise StorageFailed(str(exc)) from None
 
 
 def detach_disk(ctx: FleetContext, disk_id: str) -> Disk:
@@ -119,7 +182,13 @@ def resize_disk(ctx: FleetContext, disk_id: str, size_mib: int) -> Disk:
         raise Conflict("disks can grow but not shrink", code="shrink_not_supported")
     if size_mib > ctx.settings.max_disk_mib:
         raise InvalidInput(f"size_mib must be at most {ctx.settings.max_disk_mib}")
-    disks.resize_disk_image(ctx.settings, disk.id, size_mib)
+    if disk.filesystem and disk.bake_id:
+        raise Conflict(
+            f"disk {disk.id} is attached to bake {disk.bake_id}; detach it first, so that "
+            "its filesystem is grown while no Pi has it mounted"
+        )
+    with storage_errors():
+        disks.resize_disk_image(ctx.settings, disk.id, size_mib, disk.filesystem)
     Disk.update(size_mib=size_mib).where(Disk.id == disk.id).execute()
     return Disk.get_by_id(disk.id)
 

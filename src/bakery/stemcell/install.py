@@ -61,10 +61,12 @@ def unit_entries(unit: str, target: str) -> list[RootEntry]:
 
 
 def disk_agent_entries() -> list[RootEntry]:
-    """The disk agent script, its oneshot service and the enabled timer that runs it."""
+    """The disk agent script, its oneshot service (enabled: it runs at boot, before the
+    services that keep their state on its disks) and the enabled timer that runs it again
+    for disks attached later."""
     return [
         RootFile(f"usr/local/sbin/{DISK_AGENT}", packaged_file(DISK_AGENT), mode=0o755),
-        RootFile(f"{UNIT_DIR}/{DISK_AGENT}.service", packaged_file(f"{DISK_AGENT}.service")),
+        *unit_entries(f"{DISK_AGENT}.service", "multi-user.target"),
         *unit_entries(f"{DISK_AGENT}.timer", "timers.target"),
     ]
 
