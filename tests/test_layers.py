@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bakery.api",
             "bakery.netboot.service",
             "bakery.netboot.tftp",
+            "bakery.netboot.httpboot",
             "bakery.netboot.dnsmasq",
         ),
     ),

@@ -16,6 +16,8 @@ def as_version_2(migrator: migrate.SchemaMigrator) -> list:
     return [
         migrator.drop_column("disk", "filesystem"),
         migrator.drop_column("disk", "mount_point"),
+        migrator.drop_column("pi", "boot_protocol"),
+        migrator.drop_column("bake", "boot_protocol"),
     ]
 
 

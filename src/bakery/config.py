@@ -92,6 +92,12 @@ class Settings:
     #: Seconds before a TFTP block is sent again, and how many times.
     tftp_timeout: float = 1.0
     tftp_retries: int = 5
+    #: Where the HTTP boot server listens (``<ip>:<port>``, the EEPROM's HTTP_HOST and
+    #: HTTP_PORT); empty: no HTTP boot, and bakes over HTTP are refused.
+    http_boot_bind: str = ""
+    #: The operator's RSA-2048 key that signs each bake's boot.img (PEM); empty =
+    #: ``<root>/http-boot-key.pem``, made on first use. Its public half goes in the EEPROMs.
+    http_boot_key_file: str = ""
     #: Files served to requests without a serial prefix (the Pi 3 ROM's bootcode.bin);
     #: empty = ``<root>/firmware``.
     firmware_dir: str = ""
@@ -135,6 +141,19 @@ class Settings:
     def tftp_address(self) -> tuple[str, int]:
         host, _, port = (self.tftp_bind or f"{self.nfs_server}:69").rpartition(":")
         return host, int(port)
+
+    @property
+    def http_boot_address(self) -> tuple[str, int] | None:
+        if not self.http_boot_bind:
+            return None
+        host, _, port = self.http_boot_bind.rpartition(":")
+        return host, int(port)
+
+    @property
+    def http_boot_key_path(self) -> Path:
+        if self.http_boot_key_file:
+            return Path(self.http_boot_key_file)
+        return self.root / "http-boot-key.pem"
 
     @property
     def firmware_path(self) -> Path:
@@ -328,14 +347,23 @@ def reply_delay_rule(value: object) -> int:
     return value
 
 
-def _validate_netboot(s: Settings) -> None:
-    host, _, port = (s.tftp_bind or f"{s.nfs_server}:69").rpartition(":")
+def address_rule(name: str, value: str) -> None:
+    """``<ip>:<port>``, an address a server binds."""
+    host, _, port = value.rpartition(":")
     try:
         ipaddress.ip_address(host)
         if not 0 < int(port) < 65536:
             raise ValueError
     except ValueError:
-        raise ConfigError(f"setting 'tftp_bind': {s.tftp_bind!r} is not <ip>:<port>") from None
+        raise ConfigError(f"setting {name!r}: {value!r} is not <ip>:<port>") from None
+
+
+def _validate_netboot(s: Settings) -> None:
+    address_rule("tftp_bind", s.tftp_bind or f"{s.nfs_server}:69")
+    if s.http_boot_bind:
+        address_rule("http_boot_bind", s.http_boot_bind)
+    if s.http_boot_key_file and not Path(s.http_boot_key_file).is_absolute():
+        raise ConfigError("setting 'http_boot_key_file': must be an absolute path")
     if not 512 <= s.tftp_max_blksize <= 65464:
         raise ConfigError("setting 'tftp_max_blksize': must be between 512 and 65464")
     if s.tftp_timeout <= 0 or s.tftp_retries < 1:

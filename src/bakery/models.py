@@ -32,6 +32,9 @@ def utcnow() -> dt.datetime:
 
 #: A Pi's model before anyone (operator, bootloader, the files it asks for) said it.
 UNKNOWN_MODEL = "unknown"
+#: How a Pi fetches its boot files: file by file over TFTP (every model), or one signed
+#: boot.img over HTTP (Pi 4 and Pi 5 bootloaders, EEPROM boot mode 7).
+BOOT_PROTOCOLS = ("tftp", "http")
 
 
 class PiState(enum.StrEnum):
@@ -88,6 +91,8 @@ class Pi(BaseModel):
     power_state = pw.CharField(max_length=8, default="unknown")
     last_ip = pw.CharField(max_length=45, null=True)
     labels = JSONField(default=list)
+    #: What its EEPROM is set to boot over (one of BOOT_PROTOCOLS): its bakes' default.
+    boot_protocol = pw.CharField(max_length=8, default="tftp")
     #: The live bake on this Pi, if any (a plain id, not a foreign key, to avoid a cycle).
     bake_id = pw.CharField(max_length=32, null=True)
     created_at = pw.DateTimeField(default=utcnow)
@@ -135,6 +140,8 @@ class Bake(BaseModel):
     #: sha256 of the secret written into the bake's root: what the Pi shows to ask
     #: Bakery about itself, which no other host on the Pi LAN can read.
     secret_hash = pw.CharField(max_length=64, default="")
+    #: Whether Bakery serves this bake's Pi a signed boot.img over HTTP besides TFTP.
+    boot_protocol = pw.CharField(max_length=8, default="tftp")
     created_at = pw.DateTimeField(default=utcnow)
     finished_at = pw.DateTimeField(null=True)
 
@@ -226,11 +233,18 @@ def _owners_actors_and_bake_secrets(migrator: migrate.SchemaMigrator) -> None:
     ApiToken.update(owner=ApiToken.name).where(ApiToken.owner == "").execute()
 
 
-def _disk_filesystems(migrator: migrate.SchemaMigrator) -> None:
-    """Version 3: disks formatted by Bakery and mounted by the disk agent."""
+def _disk_filesystems_and_boot_protocols(migrator: migrate.SchemaMigrator) -> None:
+    """Version 3: disks formatted by Bakery and mounted by the disk agent; Pis and bakes
+    that boot over HTTP."""
+
+    def protocol() -> pw.CharField:
+        return pw.CharField(max_length=8, default="tftp")
+
     run_migration(
         migrator.add_column("disk", "filesystem", pw.CharField(max_length=16, null=True)),
         migrator.add_column("disk", "mount_point", pw.CharField(max_length=255, null=True)),
+        migrator.add_column("pi", "boot_protocol", protocol()),
+        migrator.add_column("bake", "boot_protocol", protocol()),
     )
 
 
@@ -242,7 +256,7 @@ INDEXED_OWNERS = ("bake", "disk", "snapshot")
 #: Append a function here (never edit an old one) when a model gains a column.
 MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [
     _owners_actors_and_bake_secrets,
-    _disk_filesystems,
+    _disk_filesystems_and_boot_protocols,
 ]
 
 

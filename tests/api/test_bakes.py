@@ -318,3 +318,33 @@ def test_user_data_over_its_limit_is_refused_naming_the_field(client, bakeform, 
 
     assert_error(bake(client, user_data=huge), 422, "validation_error", "user_data")
     assert client.get("/api/v1/bakes").json == []
+
+
+def test_a_bake_over_http_needs_the_http_boot_server_and_leaves_nothing(client, bakeform, pis):
+    """The test server has no ``http_boot_bind``: a bake over HTTP is refused whole,
+    whether asked for or the Pi's own setting."""
+    serial = pis[0]["serial"]
+    asked = client.post("/api/v1/bakes", json={"bakeform": "raspios", "boot_protocol": "http"})
+    assert client.patch(f"/api/v1/pis/{serial}", json={"boot_protocol": "http"}).status_code == 200
+    by_pi = client.post("/api/v1/bakes", json={"bakeform": "raspios", "serial": serial})
+
+    for response in (asked, by_pi):
+        assert_error(response, 422, "validation_error", "boot_protocol", "http_boot_bind")
+    assert {pi["state"] for pi in client.get("/api/v1/pis").json} == {"available"}
+    assert client.get("/api/v1/bakes").json == []
+    assert client.get(f"/api/v1/pis/{serial}").json["boot_protocol"] == "http"
+
+
+def test_boot_protocols_are_tftp_or_http(client, bakeform, pis):
+    serial = pis[0]["serial"]
+    for bad in ["pxe", "HTTP", "", 7, None]:
+        registered = client.post("/api/v1/pis", json={"serial": "0000abcd", "boot_protocol": bad})
+        changed = client.patch(f"/api/v1/pis/{serial}", json={"boot_protocol": bad})
+        baked = client.post("/api/v1/bakes", json={"bakeform": "raspios", "boot_protocol": bad})
+        for response in (registered, changed):
+            assert_error(response, 422, "validation_error", "boot_protocol")
+        if bad is not None:  # a bake's null is "the Pi's own"
+            assert_error(baked, 422, "validation_error", "boot_protocol")
+    assert client.get(f"/api/v1/pis/{serial}").json["boot_protocol"] == "tftp"
+    made = client.post("/api/v1/bakes", json={"bakeform": "raspios", "boot_protocol": "tftp"})
+    assert made.json["boot_protocol"] == "tftp"

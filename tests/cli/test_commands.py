@@ -176,3 +176,30 @@ def test_a_k3s_disk_made_mounted_and_baked_with_the_pi(bakery, server, sd_image_
     assert "/var/lib/rancher" in table and "ext4" in table
     bakery("unbake", made["id"])
     bakery("disk", "delete", disk["id"])
+
+
+@pytest.mark.tools("openssl")
+def test_http_boot_key_prints_the_public_key_for_the_eeproms(tmp_path, monkeypatch):
+    monkeypatch.delenv("BAKERY_CONFIG", raising=False)
+    runner = CliRunner()
+
+    first = runner.invoke(main, ["http-boot-key", "--root", str(tmp_path / "data")])
+    again = runner.invoke(main, ["http-boot-key", "--root", str(tmp_path / "data")])
+
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("-----BEGIN PUBLIC KEY-----")
+    assert again.output == first.output, "the key is made once and kept"
+    key = tmp_path / "data/http-boot-key.pem"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert "PRIVATE" not in first.output
+
+
+def test_a_pi_is_registered_to_boot_over_http(bakery):
+    shown = json.loads(
+        bakery("pi", "register", "00c1d002", "--boot-protocol", "http", "--json").output
+    )
+    refused = bakery("pi", "register", "00c1d003", "--boot-protocol", "pxe", ok=False)
+
+    assert shown["boot_protocol"] == "http"
+    assert "pxe" in refused.output
+    bakery("pi", "delete", "00c1d002")

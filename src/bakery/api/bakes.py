@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
+from ..fleet import BOOT_PROTOCOLS
 from .auth import WORK, WORK_READ, allow
 from .blueprint import (
     AGENT_SETTINGS_LIMIT,
@@ -37,6 +38,7 @@ class BakeSchema(Schema):
     error = fields.String()
     root_export = fields.Method("_root_export")
     disks = fields.Method("_disks")
+    boot_protocol = fields.String()
     created_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
 
@@ -56,6 +58,11 @@ class BakeRequestSchema(Schema):
     agent_settings = JsonObject(AGENT_SETTINGS_LIMIT, load_default=None)
     metadata = JsonObject(METADATA_LIMIT, load_default=None)
     disk_ids = fields.List(ObjectId(), load_default=list)
+    boot_protocol = fields.String(
+        load_default=None,
+        validate=validate.OneOf(BOOT_PROTOCOLS),
+        metadata={"description": "tftp, or http for a signed boot.img; default the Pi's"},
+    )
     power_on = fields.Boolean(
         load_default=True, metadata={"description": "false: leave the Pi off until /power"}
     )

@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from ..fleet import Event, Pi, PiState, PowerResult
+from ..fleet import BOOT_PROTOCOLS, Event, Pi, PiState, PowerResult
 from ..redaction import redacted
 from .auth import FLEET, FLEET_READ, allow
 from .blueprint import METADATA_LIMIT, Blueprint
@@ -17,6 +17,9 @@ from .fields import Ip, JsonObject, Labels, Mac, Serial
 blp = Blueprint("pis", __name__, url_prefix="/api/v1/pis", description="Raspberry Pis")
 
 STATES = [s.value for s in PiState]
+BOOT_PROTOCOL_HELP = {
+    "description": "what its EEPROM boots over: tftp, or http (a signed boot.img; Pi 4 and 5)"
+}
 MODELS = ["unknown", "3B", "3B+", "4B", "400", "CM4", "5", "CM5", "500"]
 
 
@@ -31,6 +34,7 @@ class PiSchema(Schema):
     power_state = fields.String()
     ip = fields.String(attribute="last_ip", allow_none=True)
     labels = fields.List(fields.String())
+    boot_protocol = fields.String()
     bake_id = fields.String(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -49,6 +53,9 @@ class PiRegisterSchema(Schema):
     power_settings = JsonObject(METADATA_LIMIT, load_default=dict)
     labels = Labels(load_default=list)
     ip = Ip(load_default=None)
+    boot_protocol = fields.String(
+        load_default="tftp", validate=validate.OneOf(BOOT_PROTOCOLS), metadata=BOOT_PROTOCOL_HELP
+    )
 
 
 class PiUpdateSchema(Schema):
@@ -58,6 +65,9 @@ class PiUpdateSchema(Schema):
     power_settings = JsonObject(METADATA_LIMIT)
     labels = Labels()
     ip = Ip()
+    boot_protocol = fields.String(
+        validate=validate.OneOf(BOOT_PROTOCOLS), metadata=BOOT_PROTOCOL_HELP
+    )
     state = fields.String(validate=validate.OneOf(["available", "broken"]))
     reason = fields.String(validate=validate.Length(max=500), load_default="")
 

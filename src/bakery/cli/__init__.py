@@ -41,6 +41,8 @@ for command in (
     service.serve,
     service.dnsmasq_config,
     service.tftp,
+    service.http_boot,
+    service.http_boot_key,
     service.netboot,
     service.restore_power,
     bakeforms.bakeform,

@@ -6,6 +6,7 @@ from typing import TextIO
 
 import click
 
+from ..models import BOOT_PROTOCOLS
 from .output import Context, api_command, emit, without_none
 
 BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_at")
@@ -24,6 +25,11 @@ BAKE_COLUMNS = ("id", "serial", "ip", "bakeform", "state", "hostname", "created_
     help="Attach this detached disk before the Pi powers on (repeatable).",
 )
 @click.option(
+    "--boot-protocol",
+    type=click.Choice(BOOT_PROTOCOLS),
+    help="Boot over tftp, or http (a signed boot.img); default the Pi's setting.",
+)
+@click.option(
     "--user-data",
     type=click.File("r"),
     help="cloud-init user-data for the bake (#cloud-config YAML or a #! script).",
@@ -36,6 +42,7 @@ def bake(
     model: str | None,
     hostname: str | None,
     disk_ids: tuple[str, ...],
+    boot_protocol: str | None,
     user_data: TextIO | None,
 ) -> None:
     """Bake BAKEFORM onto a free Pi and power it on."""
@@ -46,6 +53,7 @@ def bake(
         "model": model,
         "hostname": hostname,
         "disk_ids": list(disk_ids) or None,
+        "boot_protocol": boot_protocol,
         "user_data": user_data.read() if user_data else None,
     }
     emit(ctx, ctx.api.post("/bakes", without_none(body)))

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..models import BOOT_PROTOCOLS
 from .output import Context, api_command, emit, without_none
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +55,11 @@ def pi_options(func: F) -> F:
             click.option("--model", help="3B, 3B+, 4B, 400, CM4, 5, CM5, 500."),
             click.option("--ip", help="Address the Pi boots from (learned from TFTP otherwise)."),
             click.option("--label", "labels", multiple=True, help="A label (repeatable)."),
+            click.option(
+                "--boot-protocol",
+                type=click.Choice(BOOT_PROTOCOLS),
+                help="What its EEPROM boots over (http: a signed boot.img, Pi 4 and 5).",
+            ),
             click.option("--power-driver", help="manual, ppi or webhook."),
             click.option(
                 "--power-setting",
@@ -79,6 +85,7 @@ def pi_body(
     model: str | None,
     ip: str | None,
     labels: Sequence[str],
+    boot_protocol: str | None,
     power_driver: str | None,
     power_pairs: Sequence[str],
     power_json: str | None,
@@ -88,6 +95,7 @@ def pi_body(
         "model": model,
         "ip": ip,
         "labels": list(labels) or None,
+        "boot_protocol": boot_protocol,
         "power_driver": power_driver,
         "power_settings": parse_settings(power_pairs, power_json),
     }

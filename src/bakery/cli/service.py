@@ -1,5 +1,6 @@
-"""The service commands: ``serve`` (the API under gunicorn), ``tftp``, ``netboot``,
-``dnsmasq-config`` and ``restore-power``; a bad setting stops them with one line."""
+"""The service commands: ``serve`` (the API under gunicorn), ``tftp``, ``http-boot``,
+``netboot``, ``dnsmasq-config``, ``http-boot-key`` and ``restore-power``; a bad setting
+stops them with one line."""
 
 from __future__ import annotations
 
@@ -107,11 +108,48 @@ def tftp(config_file: str | None, bind: str | None, workers: int | None, root: s
         raise click.ClickException(f"TFTP on {host}:{port}: {exc.strerror}") from None
 
 
+@click.command("http-boot")
+@config_option
+@click.option("--bind", help="ip:port to serve HTTP boot on (default: setting http_boot_bind).")
+@root_option
+def http_boot(config_file: str | None, bind: str | None, root: str | None) -> None:
+    """Serve each HTTP-booting Pi its bake's signed boot.img (``serve`` runs it too)."""
+    from ..fleet import FleetBootSource
+    from ..netboot.bootimage import BootImageError
+    from ..netboot.httpboot import run_http_boot
+
+    settings = service_settings(config_file, http_boot_bind=bind, root=root)
+    try:
+        run_http_boot(settings, FleetBootSource.open)
+    except (ValueError, BootImageError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"HTTP boot on {settings.http_boot_bind}: {exc.strerror}"
+        ) from None
+
+
+@click.command("http-boot-key")
+@config_option
+@root_option
+def http_boot_key(config_file: str | None, root: str | None) -> None:
+    """Print the public key that verifies boot.img signatures, making the signing key
+    first if there is none: give it to ``rpi-eeprom-config --pubkey`` for each Pi."""
+    from ..netboot.bootimage import BootImageError, ensure_key, public_key_pem
+
+    settings = service_settings(config_file, root=root)
+    try:
+        ensure_key(settings.http_boot_key_path)
+        click.echo(public_key_pem(settings.http_boot_key_path), nl=False)
+    except BootImageError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.command()
 @config_option
 @click.option("--with-parent", is_flag=True, help="Stop when standard input closes.")
 def netboot(config_file: str | None, with_parent: bool) -> None:
-    """Run the TFTP server and dnsmasq, supervised (``serve`` runs this too)."""
+    """Run the TFTP and HTTP boot servers and dnsmasq, supervised (``serve`` runs this too)."""
     from ..fleet import FleetBootSource
     from ..netboot.service import run_netboot
 

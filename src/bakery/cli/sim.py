@@ -35,13 +35,20 @@ def sim_group() -> None:
     default="",
     help="Loopback mode's TFTP address (default 127.0.0.1:69 as root, else :6969).",
 )
-def sim_run(count: int, mode: str, root: str, port: int, power_port: int, tftp_bind: str) -> None:
+@click.option(
+    "--http-boot",
+    is_flag=True,
+    help="Pi 4s and 5s boot a signed boot.img over HTTP (Bakery's key in their EEPROMs).",
+)
+def sim_run(
+    count: int, mode: str, root: str, port: int, power_port: int, tftp_bind: str, http_boot: bool
+) -> None:
     """Bakery on embedded defaults with COUNT simulated Pis enrolled and bakeform
     ``demo``, until Ctrl-C."""
     from ..sim.demo import run_demo
 
     try:
-        run_demo(count, mode, Path(root), port, power_port, tftp_bind)
+        run_demo(count, mode, Path(root), port, power_port, tftp_bind, http_boot)
     except (OSError, RuntimeError, ValueError, ApiError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -21,7 +21,7 @@ from typing import Concatenate, Generic, ParamSpec, TypeVar, overload
 from .. import disks as disk_images
 from .. import stemcell
 from ..config import Settings
-from ..models import Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
+from ..models import BOOT_PROTOCOLS, Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
 from ..power import PowerController, PowerResult
 from . import bakeforms, bakes, disks, exports, netboot, pis, queries, recovery
 from .actors import Actor, acting_as
@@ -33,6 +33,7 @@ from .power import operator_power, restore_power
 DISK_FILESYSTEMS = disk_images.FILESYSTEMS
 
 __all__ = [
+    "BOOT_PROTOCOLS",
     "DISK_FILESYSTEMS",
     "Actor",
     "Bake",

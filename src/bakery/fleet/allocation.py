@@ -25,9 +25,11 @@ def claim(
     hostname: str | None,
     agent_settings: dict[str, Any] | None,
     metadata: dict[str, Any] | None,
+    boot_protocol: str | None = None,
 ) -> Bake:
     """A new ``preparing`` bake on a Pi that was available: the Pi's move and the bake's
-    row in one transaction. NoPiAvailable when every candidate is taken."""
+    row in one transaction. NoPiAvailable when every candidate is taken. The bake boots
+    over ``boot_protocol``, by default the one its Pi is set to."""
     if serial:
         get_pi(serial)
     bake_id = identifiers.new_id()
@@ -51,6 +53,7 @@ def claim(
                     agent_settings=agent_settings,
                     metadata=metadata or {},
                     owner=new_owner(),
+                    boot_protocol=boot_protocol or pi.boot_protocol,
                 )
         except Conflict:  # another bake took this Pi first
             continue

@@ -27,6 +27,7 @@ from .bakefiles import (
 from .context import FleetContext
 from .disks import attach, release_disks
 from .exports import publish_exports
+from .pis import check_boot_protocol
 from .power import operator_power, power_pi
 from .queries import get_bakeform, get_disk, get_live_bake
 from .states import LIVE_BAKE_STATES, move_bake, move_pi, pi_move_allowed
@@ -47,6 +48,7 @@ def bake(
     disk_ids: Sequence[str] = (),
     power_on: bool = True,
     user_data: str | None = None,
+    boot_protocol: str | None = None,
 ) -> Bake:
     """Put a bakeform on a free Pi and power it on; undo everything on failure.
 
@@ -54,8 +56,11 @@ def bake(
     disk made beforehand, so its id can go into the agent settings). With
     ``power_on=False`` the bake is complete but the Pi stays off until ``power_bake``: a
     client can first write settings that name the bake or the Pi. ``user_data`` (cloud-init)
-    goes into the root's seed and nowhere else: it may hold secrets."""
+    goes into the root's seed and nowhere else: it may hold secrets. ``boot_protocol``
+    (default: the Pi's) ``http`` has the Pi served a signed boot.img over HTTP too."""
     _check_user_data(user_data)
+    if boot_protocol is not None:
+        _check_boot_protocol(ctx, check_boot_protocol(boot_protocol))
     bakeform = get_bakeform(bakeform_name)
     if hostname is not None:
         try:
@@ -74,12 +79,19 @@ def bake(
         hostname=hostname,
         agent_settings=agent_settings,
         metadata=metadata,
+        boot_protocol=boot_protocol,
     )
     try:
         return _prepare(ctx, claimed, bakeform, disk_ids, power_on, user_data)
     except BaseException as exc:
         roll_back(ctx, claimed, f"{type(exc).__name__}: {exc}")
         raise _as_user_error(exc) from None
+
+
+def _check_boot_protocol(ctx: FleetContext, protocol: str) -> None:
+    if protocol == "http" and ctx.settings.http_boot_address is None:
+        problem = "HTTP boot is off on this server (set http_boot_bind)"
+        raise InvalidInput.of_field("boot_protocol", problem)
 
 
 def _check_user_data(user_data: str | None) -> None:
@@ -100,6 +112,7 @@ def _prepare(
     user_data: str | None,
 ) -> Bake:
     pi = bake.pi
+    _check_boot_protocol(ctx, bake.boot_protocol)  # the Pi's own, when not asked for
     root = ctx.bake_root(bake.id)
     root.parent.mkdir(parents=True, exist_ok=True)
     source = ctx.bakeform_dir(bakeform.name)

@@ -113,8 +113,9 @@ def boot_target(
     cmdline = bootfiles.render_cmdline(
         images.read_cmdline(boot_dir), ctx.settings.nfs_server, ctx.bake_root(bake.id)
     )
+    http_dir = ctx.bake_dir(bake.id) / "http" if bake.boot_protocol == "http" else None
     return bootfiles.BootTarget(
-        serial=pi.serial, bake_id=bake.id, boot_dir=boot_dir, cmdline=cmdline
+        serial=pi.serial, bake_id=bake.id, boot_dir=boot_dir, cmdline=cmdline, http_dir=http_dir
     )
 
 

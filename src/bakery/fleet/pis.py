@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import identifiers
 from ..errors import Conflict, InvalidInput
-from ..models import UNKNOWN_MODEL, Pi, PiState, database, utcnow
+from ..models import BOOT_PROTOCOLS, UNKNOWN_MODEL, Pi, PiState, database, utcnow
 from ..power import driver_class
 from . import events
 from .context import FleetContext
@@ -29,12 +29,19 @@ def register_pi(
     power_settings: dict[str, Any] | None = None,
     labels: Sequence[str] = (),
     ip: str | None = None,
+    boot_protocol: str = "tftp",
 ) -> Pi:
     """A new Pi, available for bakes at once."""
     serial = identifiers.serial(serial)
     driver = power_driver or ctx.settings.default_power_driver
     fields = checked_pi_fields(
-        ctx, mac=mac, power_driver=driver, power_settings=power_settings or {}, labels=labels, ip=ip
+        ctx,
+        mac=mac,
+        power_driver=driver,
+        power_settings=power_settings or {},
+        labels=labels,
+        ip=ip,
+        boot_protocol=boot_protocol,
     )
     if Pi.select().where(Pi.serial == serial).exists():
         raise Conflict(f"a Pi with serial {serial} is already registered")
@@ -103,6 +110,8 @@ def checked_pi_fields(ctx: FleetContext, **changes: Any) -> dict[str, Any]:
             fields["labels"] = sorted({identifiers.label(x) for x in changes["labels"]})
         if changes.get("model") is not None:
             fields["model"] = changes["model"]
+        if changes.get("boot_protocol") is not None:
+            fields["boot_protocol"] = check_boot_protocol(changes["boot_protocol"])
     except identifiers.InvalidIdentifier as exc:
         raise InvalidInput(str(exc)) from None
     if changes.get("power_driver") is not None:
@@ -114,6 +123,12 @@ def checked_pi_fields(ctx: FleetContext, **changes: Any) -> dict[str, Any]:
             raise InvalidInput(f"power settings: {exc}") from None
         fields["power_driver"] = changes["power_driver"]
     return fields
+
+
+def check_boot_protocol(protocol: str) -> str:
+    if protocol not in BOOT_PROTOCOLS:
+        raise InvalidInput.of_field("boot_protocol", f"must be one of {', '.join(BOOT_PROTOCOLS)}")
+    return protocol
 
 
 def _check_mac_free(mac: str | None, serial: str) -> None:

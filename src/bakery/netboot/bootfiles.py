@@ -40,7 +40,7 @@ EXPORT_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]+$")
 
 @dataclass(frozen=True)
 class BootTarget:
-    """Everything the TFTP server needs to boot one Pi into its bake."""
+    """Everything the TFTP and HTTP boot servers need to boot one Pi into its bake."""
 
     serial: str
     bake_id: str
@@ -48,6 +48,8 @@ class BootTarget:
     boot_dir: Path
     #: cmdline.txt as this Pi must see it.
     cmdline: str
+    #: Where its boot.img and boot.sig are kept if the bake boots over HTTP, else None.
+    http_dir: Path | None = None
 
 
 class BootSource(Protocol):

@@ -1,4 +1,5 @@
-"""``bakery netboot``: the TFTP server and dnsmasq, supervised, in one process.
+"""``bakery netboot``: the TFTP server, the HTTP boot server and dnsmasq, supervised, in
+one process.
 
 ``bakery serve`` starts this process before gunicorn forks its workers (so no worker
 ever inherits a supervisor's pipe) and stops it on exit; it also stops by itself
@@ -24,13 +25,18 @@ log = logging.getLogger(__name__)
 def netboot_children(
     settings: Settings, open_source: SourceFactory
 ) -> list[ChildSupervisor | DnsmasqSupervisor]:
-    """The TFTP server (a ``bakery tftp`` process on the same settings) and, when
-    enabled, dnsmasq for proxy DHCP, its DHCP lines recorded through ``open_source``."""
+    """The TFTP server and, when its address is set, the HTTP boot server (``bakery tftp``
+    and ``bakery http-boot`` processes on the same settings) and, when enabled, dnsmasq
+    for proxy DHCP, its DHCP lines recorded through ``open_source``."""
     children: list[ChildSupervisor | DnsmasqSupervisor] = []
-    if settings.tftp_enabled:
+    servers = ["tftp"] if settings.tftp_enabled else []
+    if settings.http_boot_bind:
+        servers.append("http-boot")
+    if servers:
         config = dump_settings(settings, settings.path("run", "settings.json"))
-        command = [sys.executable, "-m", "bakery.cli", "tftp", "--config", str(config)]
-        children.append(ChildSupervisor("tftp", command))
+    for name in servers:
+        command = [sys.executable, "-m", "bakery.cli", name, "--config", str(config)]
+        children.append(ChildSupervisor(name, command))
     if settings.dnsmasq_enabled:
         render_config(settings)  # a bad setting stops the start here, in one line
         children.append(DnsmasqSupervisor(settings, open_source(settings)))

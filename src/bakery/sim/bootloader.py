@@ -11,6 +11,10 @@
    ``start*.elf``: it asks for ``<serial>/config.txt`` then ``<serial>//config.txt``
    (and acts on the second), then probes ``kernel_2712.img``. Files are probed first
    (tsize, then "Early terminate") and then downloaded, as the bootloaders do.
+   A Pi 4 or 5 whose EEPROM is set to HTTP boot (``SimPi.http_boot``) fetches
+   ``boot.img`` and ``boot.sig`` over HTTP instead, refuses an image whose signature its
+   key does not verify, and takes config.txt, the device tree, cmdline.txt and the
+   kernel from the FAT image (``sim.http_boot``).
 3. The kernel reads ``nfsroot=<server>:<path>`` from cmdline.txt and mounts it; the
    simulated kernel reads ``<path>/etc/hostname``, retrying as nfsroot does while the
    server is not ready.
@@ -29,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import dhcp_client, nfs
+from . import dhcp_client, http_boot, nfs
 from .models import SimPi
 from .network import Link
 from .tftp_client import Download, run
@@ -40,6 +44,12 @@ TFTP_PORT = 69
 #: Seconds between two NFS mount attempts (the kernel's nfsroot retries, too).
 NFS_RETRY = 0.5
 NFSROOT_RE = re.compile(r"(?:^|\s)nfsroot=(?P<server>[^:\s,]+):(?P<path>/[^,\s]*)")
+#: What each HTTP-booting model's firmware reads from boot.img: its device tree, and the
+#: kernels it tries when config.txt names none.
+HTTP_BOOT_FILES = {
+    "4B": ("bcm2711-rpi-4-b.dtb", ("kernel8.img",)),
+    "5": ("bcm2712-rpi-5-b.dtb", ("kernel_2712.img", "kernel8.img")),
+}
 #: The DHCP model each of Bakery's model names speaks with.
 DHCP_MODELS = {"3B": "3b", "3B+": "3b+", "4B": "4", "5": "5"}
 
@@ -163,9 +173,12 @@ class Bootloader:
 
     def boot(self) -> None:
         server = self.dhcp()
-        self.report("tftp", "tftp", f"TFTP server {server[0]}:{server[1]}")
-        tftp = Tftp(server, self.pi, self.timeouts.tftp_file, self.cancelled, self.report)
-        cmdline = self.load(tftp).decode("latin-1")
+        if self.pi.http_boot is not None:
+            cmdline = self.load_over_http(self.pi.http_boot).decode("latin-1")
+        else:
+            self.report("tftp", "tftp", f"TFTP server {server[0]}:{server[1]}")
+            tftp = Tftp(server, self.pi, self.timeouts.tftp_file, self.cancelled, self.report)
+            cmdline = self.load(tftp).decode("latin-1")
         nfs_server, root = parse_nfsroot(cmdline)
         self.mount(nfs_server, root)
 
@@ -258,6 +271,40 @@ class Bootloader:
             if tftp.fetch(f"{prefix}{kernel}", required=False) is not None:
                 return cmdline
         raise BootFailure(f"TFTP: no kernel ({', '.join(kernels)}) found")
+
+    # -- HTTP boot -------------------------------------------------------------------------
+
+    def load_over_http(self, settings: http_boot.HttpBootSettings) -> bytes:
+        """boot.img and boot.sig, the signature checked, then what the model's firmware
+        reads from the image; returns cmdline.txt."""
+        url = f"http://{settings.host}:{settings.port}/{settings.path}/"
+        self.report("http", "http", f"GET {url}boot.img")
+        try:
+            image = http_boot.fetch(settings, "boot.img", self.pi.address, self.timeouts.tftp_file)
+            signature = http_boot.fetch(
+                settings, "boot.sig", self.pi.address, self.timeouts.tftp_file
+            )
+        except OSError as exc:
+            raise BootFailure(f"HTTP boot: {exc}") from None
+        if self.cancelled():
+            raise BootCancelled
+        try:
+            http_boot.verify(image, signature.decode("latin-1"), settings.key)
+        except http_boot.SignatureRefused as exc:
+            raise BootFailure(f"HTTP boot: boot.img refused: {exc}") from None
+        self.pi.http_bytes += len(image) + len(signature)
+        self.report("http", "http", f"boot.img ({len(image)} bytes) signature verified")
+        dtb, kernels = HTTP_BOOT_FILES[self.pi.model]
+        config = http_boot.read_files(image, ["config.txt"])["config.txt"]
+        kernel = BootConfig.parse(config).kernel
+        candidates = [kernel] if kernel else list(kernels)
+        files = http_boot.read_files(image, [dtb, "cmdline.txt", *candidates])
+        missing = [name for name in (dtb, "cmdline.txt") if files[name] is None]
+        if all(files[name] is None for name in candidates):
+            missing.append(" or ".join(candidates))
+        if missing:
+            raise BootFailure(f"HTTP boot: boot.img has no {', '.join(missing)}")
+        return files["cmdline.txt"] or b""
 
     # -- NFS root --------------------------------------------------------------------------
 

@@ -33,7 +33,13 @@ LOOPBACK_NOTE = ": no DHCP, NFS step skipped; run as root for netns mode"
 
 
 def run_demo(
-    count: int, mode: str, root: Path, port: int, power_port: int, tftp_bind: str = ""
+    count: int,
+    mode: str,
+    root: Path,
+    port: int,
+    power_port: int,
+    tftp_bind: str = "",
+    http_boot: bool = False,
 ) -> None:
     """Start the site, print how to use it, and run until SIGINT or SIGTERM."""
     mode = default_mode() if mode == "auto" else mode
@@ -49,6 +55,7 @@ def run_demo(
         api_port=port,
         power_port=power_port,
         tftp_port=_tftp_port(tftp_bind),
+        http_boot=http_boot,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

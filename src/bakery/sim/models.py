@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import identifiers
+from .http_boot import HttpBootSettings
 
-BOOT_STATES = ("off", "dhcp", "tftp", "nfs", "booted", "failed")
+BOOT_STATES = ("off", "dhcp", "tftp", "http", "nfs", "booted", "failed")
+#: The models whose bootloader can boot over HTTP (EEPROM boot mode 7).
+HTTP_BOOT_MODELS = ("4B", "5")
 #: Bakery's model names for the boards the simulator knows the bootloader of.
 MODELS = ("3B", "3B+", "4B", "5")
 #: Each model's MAC prefix (pi-netboot §4): Raspberry Pi Foundation, then Trading.
@@ -51,6 +54,10 @@ class SimPi:
     timeline: list[TimelineEntry] = field(default_factory=list)
     #: TFTP payload bytes received, over every boot.
     tftp_bytes: int = 0
+    #: The EEPROM's HTTP boot settings; None: it boots over TFTP.
+    http_boot: HttpBootSettings | None = None
+    #: boot.img and boot.sig bytes received over HTTP, over every boot.
+    http_bytes: int = 0
     #: Bumped by each power change, so a boot cut short cannot write over a newer one.
     generation: int = 0
 
@@ -60,6 +67,8 @@ class SimPi:
         self.address = identifiers.ip(self.address)
         if self.model not in MODELS:
             raise ValueError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
+        if self.http_boot is not None and self.model not in HTTP_BOOT_MODELS:
+            raise ValueError(f"a Pi {self.model} bootloader cannot boot over HTTP")
 
     def note(self, step: str, detail: str) -> None:
         self.timeline.append(TimelineEntry(time.time(), step, detail))
@@ -78,6 +87,8 @@ class SimPi:
             "hostname": self.hostname,
             "power_ons": len(self.power_ons),
             "tftp_bytes": self.tftp_bytes,
+            "boot_protocol": "tftp" if self.http_boot is None else "http",
+            "http_bytes": self.http_bytes,
         }
 
 

@@ -18,14 +18,17 @@ from typing import Any
 
 from ..client import ApiClient, ApiError
 from ..datadir import claim_data_dir
+from ..netboot import bootimage
 from .bootloader import Timeouts
 from .ganesha import Ganesha
+from .http_boot import EepromKey, HttpBootSettings
 from .image import build_sd_image, firmware_files, fleet_boot_files
-from .models import MODELS, SimPi, make_pis
+from .models import HTTP_BOOT_MODELS, MODELS, SimPi, make_pis
 from .network import LoopbackNetwork, NetnsNetwork, Network, free_subnet
 from .power_api import PowerApi, power_settings
-from .server import BakeryProcess, free_udp_port
+from .server import BakeryProcess, accepts_connections, free_port, free_udp_port
 from .simulator import Simulator
+from .wait import wait_until
 
 #: Serials of simulated Pis count up from here (any 8 hex digits would do).
 FIRST_SERIAL = 0x5EED0000
@@ -56,6 +59,10 @@ class SiteOptions:
     #: ...with these boot files (default ``fleet_boot_files()``: every model boots).
     boot_files: dict[str, bytes] | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
+    #: Set every Pi 4 and Pi 5 to HTTP boot: their EEPROMs get the URL and the public
+    #: key of Bakery's signing key, Bakery's HTTP boot server runs and they are
+    #: registered to boot over HTTP. Pi 3s keep booting over TFTP.
+    http_boot: bool = False
     #: More Bakery settings (they win over the site's).
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +88,8 @@ class SimulatedSite:
         self.power: PowerApi | None = None
         self.server: BakeryProcess | None = None
         self.api: ApiClient | None = None
+        #: Where the HTTP boot server listens, when ``http_boot`` is set.
+        self.http_boot_address: tuple[str, int] | None = None
         self._cleanup = ExitStack()
 
     @property
@@ -109,6 +118,8 @@ class SimulatedSite:
         )
         for pi in pis:
             self.network.attach(pi)
+        if options.http_boot:
+            self._set_http_boot(pis)
         self.simulator = Simulator(pis, self.network, options.timeouts)
         self._cleanup.callback(self.simulator.stop)
         self.power = PowerApi(self.simulator, port=options.power_port).start()
@@ -119,10 +130,28 @@ class SimulatedSite:
         self.server = BakeryProcess(self.bakery_config(), options.workdir, options.api_port)
         self._cleanup.callback(self.server.stop)
         self.server.start()
+        if self.http_boot_address is not None:  # a netboot child, started after the API
+            address = self.http_boot_address
+            wait_until(lambda: accepts_connections(address), 30, what="the HTTP boot server")
         self.api = ApiClient(self.server.url, self.server.token)
         enrol(self.api, pis, self.power.url)
         if options.bakeform:
             ensure_bakeform(self.api, options.bakeform, options.workdir, options.boot_files)
+
+    def _set_http_boot(self, pis: list[SimPi]) -> None:
+        """Write each Pi 4 and 5 EEPROM's HTTP boot lines, with the public half of the
+        key Bakery will sign with (made here, where Bakery looks for it)."""
+        key_file = self.options.root / "http-boot-key.pem"
+        bootimage.ensure_key(key_file)
+        key = EepromKey.from_pem(bootimage.public_key_pem(key_file))
+        if isinstance(self.network, NetnsNetwork):
+            self.http_boot_address = (self.network.server_ip, 80)
+        else:
+            self.http_boot_address = ("127.0.0.1", free_port())
+        host, port = self.http_boot_address
+        for pi in pis:
+            if pi.model in HTTP_BOOT_MODELS:
+                pi.http_boot = HttpBootSettings(host, port, pi.serial, key)
 
     def _start_network(self) -> Network:
         if self.options.mode == "loopback":
@@ -176,6 +205,8 @@ class SimulatedSite:
                 "exports_file": str(self.ganesha.exports_file),
                 "ganesha_pid_file": str(self.ganesha.pid_file),
             }
+        if self.http_boot_address is not None:
+            config["http_boot_bind"] = "{}:{}".format(*self.http_boot_address)
         return config | options.settings
 
 
@@ -198,6 +229,7 @@ def enrol(api: ApiClient, pis: list[SimPi], power_url: str) -> None:
             "labels": ["sim"],
             "power_driver": "webhook",
             "power_settings": power_settings(power_url, pi.serial),
+            "boot_protocol": "tftp" if pi.http_boot is None else "http",
         }
         try:
             api.post("/pis", {"serial": pi.serial, **body})

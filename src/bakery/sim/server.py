@@ -31,6 +31,15 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return cast(int, probe.getsockname()[1])
 
 
+def accepts_connections(address: tuple[str, int]) -> bool:
+    """Whether a TCP server listens at ``address`` yet."""
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 class BakeryProcess:
     """Start, SIGKILL and restart ``bakery serve`` on one config file.
 

@@ -1,0 +1,136 @@
+"""The HTTP boot server in this process on loopback, over a real fleet: each HTTP-booting
+Pi gets its own bake's signed boot.img from its own address, and nobody else does."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import threading
+
+import pytest
+
+from bakery.netboot import bootimage
+from bakery.netboot.httpboot import HttpBootServer
+from bakery.sim import http_boot
+from bakery.sim.http_boot import EepromKey
+from bakery.sim.server import free_port
+
+pytestmark = pytest.mark.tools("mkfs.fat", "mcopy", "mtype", "openssl")
+
+PI, PI_IP = "00000001", "127.0.0.11"
+OTHER, OTHER_IP = "00000002", "127.0.0.12"
+
+
+@pytest.fixture
+def settings(settings):
+    return dataclasses.replace(settings, http_boot_bind=f"127.0.0.1:{free_port()}")
+
+
+@pytest.fixture
+def server(settings, fleet):
+    running = HttpBootServer(settings, fleet.boot_source())
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    yield running
+    running.shutdown()
+    running.server_close()
+    thread.join(10)
+
+
+def get(server, path: str, source: str, method: str = "GET") -> tuple[int, bytes, dict]:
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=10,
+                                            source_address=(source, 0))  # fmt: skip
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def messages(fleet, serial: str) -> list[str]:
+    return [event.message for event in fleet.timeline(serial)]
+
+
+def test_a_pi_gets_its_bakes_signed_image_and_the_download_is_on_its_timeline(
+    server, fleet, bake_pi, settings
+):
+    bake = bake_pi(PI, PI_IP, boot_protocol="http")
+
+    status, image, _ = get(server, f"/{PI}/boot.img", PI_IP)
+    sig_status, signature, _ = get(server, f"/{PI}/boot.sig", PI_IP)
+
+    assert (status, sig_status) == (200, 200)
+    key = EepromKey.from_pem(bootimage.public_key_pem(settings.http_boot_key_path))
+    http_boot.verify(image, signature.decode(), key)
+    cmdline = http_boot.read_files(image, ["cmdline.txt"])["cmdline.txt"]
+    assert cmdline is not None and str(fleet.bake_root(bake.id)).encode() in cmdline
+    served = [e for e in fleet.timeline(PI) if e.message == "boot.img served over HTTP"]
+    assert served and served[-1].data["size"] == len(image)
+    assert served[-1].bake_id == bake.id
+
+
+def test_head_says_the_size_without_sending_the_image(server, bake_pi):
+    bake_pi(PI, PI_IP, boot_protocol="http")
+    _, image, _ = get(server, f"/{PI}/boot.img", PI_IP)
+
+    status, body, headers = get(server, f"/{PI}/boot.img", PI_IP, method="HEAD")
+
+    assert (status, body) == (200, b"")
+    assert int(headers["Content-Length"]) == len(image)
+
+
+def test_another_hosts_request_for_a_pis_image_gets_nothing(server, fleet, bake_pi):
+    bake_pi(OTHER, OTHER_IP, boot_protocol="http", mac="dc:a6:32:00:00:02")
+    bake_pi(PI, PI_IP, boot_protocol="http")
+
+    status, body, _ = get(server, f"/{OTHER}/boot.img", PI_IP)
+    sig_status, _, _ = get(server, f"/{OTHER}/boot.sig", PI_IP)
+
+    assert (status, sig_status) == (404, 404)
+    assert b"rsa2048" not in body
+    assert fleet.get_pi(OTHER).last_ip == OTHER_IP, "the Pi's exports stay where they were"
+    assert any("not taken" in message for message in messages(fleet, OTHER))
+    assert "boot.img served over HTTP" not in messages(fleet, OTHER)
+
+
+def test_a_bake_that_boots_over_tftp_is_not_served_over_http(server, fleet, bake_pi):
+    bake = bake_pi(PI, PI_IP)
+
+    status, _, _ = get(server, f"/{PI}/boot.img", PI_IP)
+
+    assert status == 404
+    assert "no such file: boot.img (the bake boots over TFTP)" in messages(fleet, PI)
+    assert not (fleet.bake_dir(bake.id) / "http").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/boot.img",
+        f"/{PI}/config.txt",
+        f"/{PI}/../{OTHER}/boot.img",
+        f"/{PI}/boot.img/..",
+        f"/{PI}/%2e%2e/boot.img",
+        "/net_install/boot.img",
+        f"/{PI}/BOOT.IMG",
+        "/" + "a" * 5000,
+    ],
+)
+def test_a_path_that_is_not_a_serials_boot_file_is_404(server, fleet, bake_pi, path):
+    bake = bake_pi(PI, PI_IP, boot_protocol="http")
+
+    status, _, _ = get(server, path, PI_IP)
+
+    assert status in (400, 404, 414)
+    assert not (fleet.bake_dir(bake.id) / "http").exists()
+
+
+def test_unbaking_removes_the_bakes_image(server, fleet, bake_pi):
+    bake = bake_pi(PI, PI_IP, boot_protocol="http")
+    assert get(server, f"/{PI}/boot.img", PI_IP)[0] == 200
+
+    fleet.unbake(bake.id)
+
+    assert not fleet.bake_dir(bake.id).exists()
+    assert get(server, f"/{PI}/boot.img", PI_IP)[0] == 404
