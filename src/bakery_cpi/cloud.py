@@ -40,9 +40,9 @@ from .log import CallLog
 RETRYABLE_CODES = {"no_pi_available", "power_failed", "unavailable"}
 #: Bake states in which the VM exists (Bakery's live states).
 LIVE_STATES = {"preparing", "baked", "unbaking"}
-#: Keys of create_vm's cloud_properties passed to Bakery's bake request: placement, and
-#: cloud-init user-data only when the operator's vm_type asks for it.
-BAKE_KEYS = ("labels", "model", "serial", "user_data")
+#: Keys of create_vm's cloud_properties passed to Bakery's bake request: placement,
+#: cloud-init user-data and the boot protocol, each only when the vm_type gives it.
+BAKE_KEYS = ("labels", "model", "serial", "user_data", "boot_protocol")
 
 
 def call(

@@ -100,6 +100,19 @@ def test_create_vm_seeds_cloud_init_only_when_the_vm_type_asks(cpi, api, bakery,
     assert root_file(bakery, seeded, seed).read_text() == user_data
 
 
+def test_create_vm_passes_the_vm_types_boot_protocol(cpi, api, stemcell):
+    """The test Bakery runs no HTTP boot server: a vm_type asking for HTTP boot fails
+    with Bakery's own words, and leaves nothing behind."""
+    register_pis(api, 2)
+
+    over_tftp, _ = ok(create_vm(cpi, stemcell, {"boot_protocol": "tftp"}))
+    error = failed(create_vm(cpi, stemcell, {"boot_protocol": "http"}), "VMCreationFailed")
+
+    assert api.get(f"{api.base}/bakes/{over_tftp}").json()["boot_protocol"] == "tftp"
+    assert "boot_protocol" in error["message"] and "http_boot_bind" in error["message"]
+    assert len(live_bakes(api)) == 1
+
+
 def test_create_vm_places_by_serial_and_sizes_the_ephemeral_disk(cpi, api, bakery, stemcell):
     pis = register_pis(api, 3)
     wanted = pis[1]["serial"]
