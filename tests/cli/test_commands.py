@@ -203,3 +203,26 @@ def test_a_pi_is_registered_to_boot_over_http(bakery):
     assert shown["boot_protocol"] == "http"
     assert "pxe" in refused.output
     bakery("pi", "delete", "00c1d002")
+
+
+def test_without_a_token_the_error_says_where_one_comes_from(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("BAKERY_TOKEN", raising=False)
+    monkeypatch.setenv("BAKERY_ROOT", str(tmp_path / "not-the-data-dir"))
+
+    result = CliRunner().invoke(main, ["--url", server.url, "pi", "list"])
+
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    for where in ("--token", "BAKERY_TOKEN", "BAKERY_ROOT", "admin-token"):
+        assert where in result.output
+
+
+def test_an_upload_over_an_existing_name_says_to_add_replace(bakery, sd_image_file):
+    bakery("bakeform", "upload", "clash", str(sd_image_file))
+
+    refused = bakery("bakeform", "upload", "clash", str(sd_image_file), ok=False)
+    replaced = bakery("bakeform", "upload", "clash", str(sd_image_file), "--replace")
+
+    assert "exists" in refused.output and "--replace" in refused.output
+    assert f"uploaded {sd_image_file.name}; the server is extracting it" in replaced.stderr
+    bakery("bakeform", "delete", "clash")

@@ -73,10 +73,11 @@ def api_command(
     def decorate(func: Callable[..., Any]) -> click.Command:
         @functools.wraps(func)
         def run(*a: Any, **kw: Any) -> Any:
+            ctx = click.get_current_context().find_object(Context)
             try:
-                return func(click.get_current_context().find_object(Context), *a, **kw)
+                return func(ctx, *a, **kw)
             except ApiError as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(explained(exc, ctx)) from None
 
         make: Callable[..., Callable[[Callable[..., Any]], click.Command]] = (
             click.command if group is None else group.command
@@ -84,6 +85,21 @@ def api_command(
         return make(*args, **kwargs)(json_option(run))
 
     return decorate
+
+
+#: Where a CLI user gets a token from, for the error of a request made without one.
+TOKEN_SOURCES = (
+    "pass --token or set BAKERY_TOKEN (`bakery token create` makes one); on the Bakery host, "
+    "run from the checkout or set BAKERY_ROOT to the data dir, whose admin-token is read"
+)
+
+
+def explained(error: ApiError, ctx: Context | None) -> str:
+    """The API's error, with what the CLI user can do about it where the API cannot say
+    (it knows nothing of the CLI's options)."""
+    if error.status == 401 and (ctx is None or ctx.token is None):
+        return f"{error}: no token given: {TOKEN_SOURCES}"
+    return str(error)
 
 
 def emit(ctx: Context, data: Any, columns: Sequence[str] = (), *, title: str = "") -> None:

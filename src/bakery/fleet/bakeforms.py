@@ -18,6 +18,11 @@ from .queries import get_bakeform
 from .states import LIVE_BAKE_STATES
 
 
+def name_taken(name: str) -> Conflict:
+    """A new bakeform's name is in use: replacing it is for the caller to ask for."""
+    return Conflict(f"a bakeform named {name!r} exists; upload it with replace=true to replace it")
+
+
 def import_bakeform(
     ctx: FleetContext,
     name: str,
@@ -36,7 +41,7 @@ def import_bakeform(
         raise InvalidInput(str(exc)) from None
     existing = Bakeform.get_or_none(Bakeform.name == name)
     if existing and not replace:
-        raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
+        raise name_taken(name)
     if existing:
         _check_owner(existing)  # before the upload is read, and again when swapping in
     staging = ctx.settings.path("bakeforms", fsutil.staging_name())
@@ -80,7 +85,7 @@ def _install(
     with ctx.lock("bakeforms"), write_transaction():
         existing = Bakeform.get_or_none(Bakeform.name == name)
         if existing and not replace:
-            raise Conflict(f"a bakeform named {name!r} exists; ask to replace it")
+            raise name_taken(name)
         if existing:
             _check_owner(existing)
         if final.exists():
