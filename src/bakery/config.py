@@ -20,6 +20,8 @@ from typing import Any
 from . import fsutil, identifiers
 
 NFS_BACKENDS = ("kernel", "ganesha", "none")
+#: The signing key's file in the data dir, unless ``http_boot_key_file`` says otherwise.
+HTTP_BOOT_KEY_NAME = "http-boot-key.pem"
 #: The settings that name a file Bakery writes into each bake's root.
 ROOT_FILE_SETTINGS = ("agent_settings_path", "disks_list_path", "bake_secret_path")
 #: A host name, an IPv4/IPv6 address, or a network in CIDR notation.
@@ -153,7 +155,7 @@ class Settings:
     def http_boot_key_path(self) -> Path:
         if self.http_boot_key_file:
             return Path(self.http_boot_key_file)
-        return self.root / "http-boot-key.pem"
+        return self.root / HTTP_BOOT_KEY_NAME
 
     @property
     def firmware_path(self) -> Path:

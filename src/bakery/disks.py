@@ -66,18 +66,13 @@ def format_disk_image(image: Path, disk_id: str, filesystem: str) -> None:
     fsutil.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-E", options, str(image)])
 
 
-def resize_disk_image(
-    settings: Settings, disk_id: str, size_mib: int, filesystem: str | None = None
-) -> None:
-    """Grow a disk image in place (sparse), and its filesystem with it if Bakery made one;
-    shrinking, and growing a filesystem some Pi has mounted, are the caller's to refuse."""
-    path = disk_dir(settings, disk_id) / DISK_FILE
-    with open(path, "r+b") as image:
+def resize_disk_image(settings: Settings, disk_id: str, size_mib: int) -> None:
+    """Grow a disk image in place (sparse); shrinking is the caller's to refuse.
+
+    A filesystem Bakery made on it is grown by the disk agent on the Pi, online, once it
+    has it mounted: the server never parses a filesystem a Pi has written."""
+    with open(disk_dir(settings, disk_id) / DISK_FILE, "r+b") as image:
         image.truncate(size_mib * 1024 * 1024)
-    if filesystem:
-        # resize2fs insists on a freshly checked filesystem; -p repairs only what is safe.
-        fsutil.run(["e2fsck", "-f", "-p", str(path)])
-        fsutil.run(["resize2fs", str(path)])
 
 
 def delete_disk_image(settings: Settings, disk_id: str) -> None:

@@ -19,7 +19,10 @@ ID_RE = re.compile(r"^[0-9a-f]{32}$")
 MOUNT_POINT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
 #: Where a disk may not be mounted on its Pi: the root's own system trees, which a disk
 #: would hide (and /run, where the disk agent keeps its own mounts).
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr")
+SYSTEM_TREES = (
+    *("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr"),
+    *("/var/run", "/var/lock"),  # links to /run on Debian and Raspberry Pi OS
+)
 
 
 class InvalidIdentifier(ValueError):

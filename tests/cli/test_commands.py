@@ -10,12 +10,18 @@ from click.testing import CliRunner
 
 from bakery.cli import main
 from bakery.sim.server import BakeryProcess as LiveServer
+from bakery.sim.server import free_port
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    config = {"root": str(tmp / "data"), "power_on_gap": 0, "log_level": "WARNING"}
+    config = {
+        "root": str(tmp / "data"),
+        "power_on_gap": 0,
+        "log_level": "WARNING",
+        "http_boot_bind": f"127.0.0.1:{free_port()}",
+    }
     live = LiveServer(config, tmp).start()
     yield live
     live.stop()

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from bakery.errors import InvalidInput
 from bakery.netboot import bootimage
 from bakery.netboot.httpboot import HttpBootServer
 from bakery.sim import http_boot
@@ -134,3 +135,23 @@ def test_unbaking_removes_the_bakes_image(server, fleet, bake_pi):
 
     assert not fleet.bake_dir(bake.id).exists()
     assert get(server, f"/{PI}/boot.img", PI_IP)[0] == 404
+
+
+def test_a_free_pi_asking_again_and_again_is_powered_off_once(server, fleet):
+    fleet.register_pi(PI, ip=PI_IP, boot_protocol="http")
+
+    answers = [get(server, f"/{PI}/boot.img", PI_IP)[0] for _ in range(5)]
+
+    assert answers == [404] * 5
+    turned_away = [m for m in messages(fleet, PI) if m == "booting without a bake: powering off"]
+    assert len(turned_away) == 1
+
+
+def test_a_pi_3_cannot_be_set_to_boot_over_http(fleet, settings):
+    with pytest.raises(InvalidInput, match="Pi 3B bootloader cannot boot over HTTP"):
+        fleet.register_pi(PI, ip=PI_IP, model="3B", boot_protocol="http")
+    fleet.register_pi(OTHER, ip=OTHER_IP, model="3B+")
+    with pytest.raises(InvalidInput, match="boot_protocol"):
+        fleet.update_pi(OTHER, boot_protocol="http")
+
+    assert fleet.get_pi(OTHER).boot_protocol == "tftp"

@@ -17,7 +17,10 @@ import pytest
 
 from bakery.stemcell.install import packaged_file
 
-AGENT_TOOLS = ("losetup", "mount", "umount", "mkfs.ext4", "awk", "flock")
+AGENT_TOOLS = (
+    *("losetup", "mount", "umount", "mkfs.ext4", "awk", "flock"),
+    *("blockdev", "resize2fs", "dumpe2fs", "readlink", "stat"),
+)
 DISK_A = "3f2a9c0d1e2f3a4b5c6d7e8f9a0b1ce1"
 DISK_B = "0123456789abcdef0123456789abcdef"
 SERVER = "10.0.0.1"
@@ -392,3 +395,100 @@ def test_another_filesystem_on_the_mount_point_is_left_alone(pi: Pi):
     assert "has another filesystem mounted on it" in result.stderr
     assert device_on(containerd) == "users-own"
     assert pi.link(DISK_A).is_symlink(), "the disk is still attached as a device"
+
+
+def filesystem_bytes(device: str) -> int:
+    """What the ext4 filesystem on ``device`` spans, as its superblock says."""
+    lines = run(["dumpe2fs", "-h", device]).splitlines()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return int(fields["Block count"]) * int(fields["Block size"])
+
+
+def grow(image: Path, mib: int) -> None:
+    """What Bakery's resize does on the server: the file grows, nothing else."""
+    with image.open("r+b") as disk:
+        disk.truncate(mib << 20)
+
+
+def may_resize_online() -> bool:
+    """ext4's online resize needs CAP_SYS_RESOURCE, which a Pi's root has and some
+    containers (this test machine's, for one) do not."""
+    with open("/proc/self/status") as status:
+        effective = next(line for line in status if line.startswith("CapEff:")).split()[1]
+    return bool(int(effective, 16) & (1 << 24))
+
+
+def test_a_mounted_disk_grown_on_the_server_grows_and_keeps_its_files(pi: Pi):
+    image = pi.make_disk(DISK_A)
+    rancher = pi.mount_point("var/lib/rancher")
+    pi.list_disks(pi.line(DISK_A, rancher))
+    assert pi.run_agent().returncode == 0
+    (rancher / "kept").write_text("state\n")
+    loop = os.readlink(pi.link(DISK_A))
+    assert filesystem_bytes(loop) == 16 << 20
+
+    grow(image, 64)
+    result = pi.run_agent()
+
+    assert f"{loop} grown to the resized disk.img" in result.stderr
+    assert run(["blockdev", "--getsize64", loop]).strip() == str(64 << 20)
+    if may_resize_online():
+        assert result.returncode == 0, result.stderr
+        assert filesystem_bytes(loop) == 64 << 20, "grown online"
+    else:
+        assert "it grows when next mounted" in result.stderr
+        pi.list_disks()
+        assert pi.run_agent().returncode == 0
+        pi.list_disks(pi.line(DISK_A, rancher))
+        assert pi.run_agent().returncode == 0
+        loop = os.readlink(pi.link(DISK_A))
+        assert filesystem_bytes(loop) == 64 << 20, "grown at the next mount"
+    assert device_on(rancher) == loop and (rancher / "kept").read_text() == "state\n"
+    again = pi.run_agent()
+    assert (again.returncode, again.stderr) == (0, "")
+
+
+def test_a_disk_grown_while_detached_fills_its_device_when_next_mounted(pi: Pi):
+    image = pi.make_disk(DISK_A)
+    grow(image, 48)
+    pi.list_disks(pi.line(DISK_A, pi.mount_point("var/lib/containerd")))
+
+    result = pi.run_agent()
+
+    assert result.returncode == 0, result.stderr
+    assert filesystem_bytes(os.readlink(pi.link(DISK_A))) == 48 << 20
+    assert "filesystem grown to the disk's" in result.stderr
+
+
+def test_a_mount_point_through_a_symlink_is_mounted_once_where_it_leads(pi: Pi):
+    pi.make_disk(DISK_A)
+    real = pi.mount_point("data/containerd")
+    real.mkdir(parents=True)
+    link = pi.mount_point("var/lib/containerd")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real)
+    pi.list_disks(pi.line(DISK_A, link))
+
+    first, second = pi.run_agent(), pi.run_agent()
+
+    assert first.returncode == 0, first.stderr
+    assert (second.returncode, second.stderr) == (0, "")
+    assert mounts_below(pi.base).count(str(real)) == 1
+    pi.list_disks()
+    assert pi.run_agent().returncode == 0
+    assert pi.state() == ([], [], {})
+
+
+def test_a_mount_point_that_leads_into_a_system_tree_is_refused(pi: Pi):
+    pi.make_disk(DISK_A)
+    link = pi.mount_point("var/run")
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/run")
+    pi.list_disks(pi.line(DISK_A, link / "containerd"))
+
+    result = pi.run_agent()
+
+    assert result.returncode == 1
+    assert "a system directory; not mounted" in result.stderr
+    assert not [point for point in mounts_below(Path("/run")) if "containerd" in point]
+    assert pi.link(DISK_A).is_symlink(), "still attached as a device"

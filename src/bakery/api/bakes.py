@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from ..fleet import BOOT_PROTOCOLS
 from .auth import WORK, WORK_READ, allow
 from .blueprint import (
     AGENT_SETTINGS_LIMIT,
@@ -17,7 +16,7 @@ from .blueprint import (
     body_limit,
 )
 from .current import current_fleet
-from .fields import Hostname, JsonObject, Labels, Name, ObjectId, Serial
+from .fields import BootProtocol, Hostname, JsonObject, Labels, Name, ObjectId, Serial
 from .pis import PowerResultSchema, PowerSchema, power_answer
 
 if TYPE_CHECKING:
@@ -58,10 +57,8 @@ class BakeRequestSchema(Schema):
     agent_settings = JsonObject(AGENT_SETTINGS_LIMIT, load_default=None)
     metadata = JsonObject(METADATA_LIMIT, load_default=None)
     disk_ids = fields.List(ObjectId(), load_default=list)
-    boot_protocol = fields.String(
-        load_default=None,
-        validate=validate.OneOf(BOOT_PROTOCOLS),
-        metadata={"description": "tftp, or http for a signed boot.img; default the Pi's"},
+    boot_protocol = BootProtocol(
+        "tftp, or http for a signed boot.img; default the Pi's", load_default=None
     )
     power_on = fields.Boolean(
         load_default=True, metadata={"description": "false: leave the Pi off until /power"}

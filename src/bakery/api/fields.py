@@ -8,9 +8,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from marshmallow import ValidationError, fields
+from marshmallow import ValidationError, fields, validate
 
 from .. import identifiers
+from ..fleet import BOOT_PROTOCOLS
 
 
 def _check(rule: Callable[[str], str]) -> Callable[[str], None]:
@@ -53,6 +54,12 @@ def ObjectId(**kwargs: Any) -> fields.String:  # noqa: N802
 
 def MountPoint(**kwargs: Any) -> fields.String:  # noqa: N802
     return fields.String(validate=_check(identifiers.mount_point), **kwargs)
+
+
+def BootProtocol(description: str, **kwargs: Any) -> fields.String:  # noqa: N802
+    return fields.String(
+        validate=validate.OneOf(BOOT_PROTOCOLS), metadata={"description": description}, **kwargs
+    )
 
 
 def JsonObject(max_bytes: int, **kwargs: Any) -> fields.Dict:  # noqa: N802

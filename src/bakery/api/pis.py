@@ -7,19 +7,17 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
-from ..fleet import BOOT_PROTOCOLS, Event, Pi, PiState, PowerResult
+from ..fleet import Event, Pi, PiState, PowerResult
 from ..redaction import redacted
 from .auth import FLEET, FLEET_READ, allow
 from .blueprint import METADATA_LIMIT, Blueprint
 from .current import current_fleet
-from .fields import Ip, JsonObject, Labels, Mac, Serial
+from .fields import BootProtocol, Ip, JsonObject, Labels, Mac, Serial
 
 blp = Blueprint("pis", __name__, url_prefix="/api/v1/pis", description="Raspberry Pis")
 
 STATES = [s.value for s in PiState]
-BOOT_PROTOCOL_HELP = {
-    "description": "what its EEPROM boots over: tftp, or http (a signed boot.img; Pi 4 and 5)"
-}
+BOOT_PROTOCOL_HELP = "what its EEPROM boots over: tftp, or http (a signed boot.img; Pi 4 and 5)"
 MODELS = ["unknown", "3B", "3B+", "4B", "400", "CM4", "5", "CM5", "500"]
 
 
@@ -53,9 +51,7 @@ class PiRegisterSchema(Schema):
     power_settings = JsonObject(METADATA_LIMIT, load_default=dict)
     labels = Labels(load_default=list)
     ip = Ip(load_default=None)
-    boot_protocol = fields.String(
-        load_default="tftp", validate=validate.OneOf(BOOT_PROTOCOLS), metadata=BOOT_PROTOCOL_HELP
-    )
+    boot_protocol = BootProtocol(BOOT_PROTOCOL_HELP, load_default="tftp")
 
 
 class PiUpdateSchema(Schema):
@@ -65,9 +61,7 @@ class PiUpdateSchema(Schema):
     power_settings = JsonObject(METADATA_LIMIT)
     labels = Labels()
     ip = Ip()
-    boot_protocol = fields.String(
-        validate=validate.OneOf(BOOT_PROTOCOLS), metadata=BOOT_PROTOCOL_HELP
-    )
+    boot_protocol = BootProtocol(BOOT_PROTOCOL_HELP)
     state = fields.String(validate=validate.OneOf(["available", "broken"]))
     reason = fields.String(validate=validate.Length(max=500), load_default="")
 

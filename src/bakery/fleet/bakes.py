@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from .. import exports, identifiers, roots, stemcell
+from .. import exports, fsutil, identifiers, roots, stemcell
 from ..errors import Conflict, InvalidInput, NotFound, PowerFailed, StorageFailed
 from ..models import Bake, Bakeform, BakeState, Disk, Pi, PiState, database, utcnow
 from ..power import PowerAction, PowerError, PowerResult
@@ -60,7 +61,7 @@ def bake(
     (default: the Pi's) ``http`` has the Pi served a signed boot.img over HTTP too."""
     _check_user_data(user_data)
     if boot_protocol is not None:
-        _check_boot_protocol(ctx, check_boot_protocol(boot_protocol))
+        check_boot_protocol(ctx, boot_protocol, model)
     bakeform = get_bakeform(bakeform_name)
     if hostname is not None:
         try:
@@ -88,12 +89,6 @@ def bake(
         raise _as_user_error(exc) from None
 
 
-def _check_boot_protocol(ctx: FleetContext, protocol: str) -> None:
-    if protocol == "http" and ctx.settings.http_boot_address is None:
-        problem = "HTTP boot is off on this server (set http_boot_bind)"
-        raise InvalidInput.of_field("boot_protocol", problem)
-
-
 def _check_user_data(user_data: str | None) -> None:
     if user_data is None:
         return
@@ -112,7 +107,7 @@ def _prepare(
     user_data: str | None,
 ) -> Bake:
     pi = bake.pi
-    _check_boot_protocol(ctx, bake.boot_protocol)  # the Pi's own, when not asked for
+    check_boot_protocol(ctx, bake.boot_protocol, pi.model)  # the settings may have changed
     root = ctx.bake_root(bake.id)
     root.parent.mkdir(parents=True, exist_ok=True)
     source = ctx.bakeform_dir(bakeform.name)
@@ -163,7 +158,7 @@ def roll_back(ctx: FleetContext, bake: Bake, reason: str) -> None:
     steps: list[Callable[[], object]] = [
         lambda: release_disks(ctx, failed),
         lambda: publish_exports(ctx),
-        lambda: roots.delete_tree(ctx.bake_dir(failed.id)),
+        lambda: delete_bake_dir(ctx, failed.id),
     ]
     if failed.step in ("powering_on", "powered_on"):
         steps.insert(0, lambda: power_pi(ctx, pi, "off"))
@@ -172,6 +167,20 @@ def roll_back(ctx: FleetContext, bake: Bake, reason: str) -> None:
             best_effort(step, f"rollback of bake {failed.id}")
         forget_bake_lock(ctx, failed.id)
     free_pi(pi, failed, PiState.AVAILABLE, reason[:200])
+
+
+def delete_bake_dir(ctx: FleetContext, bake_id: str) -> None:
+    """Delete the bake's directory (root, boot files, boot image): first moved aside in
+    one rename, so that a process still writing under its old path (the HTTP boot
+    server making the bake's boot.img) gets "no such file" instead of adding to a tree
+    being deleted. A crash between the two leaves a trash tree recovery removes."""
+    directory = ctx.bake_dir(bake_id)
+    trash = directory.with_name(fsutil.trash_name())
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return
+    roots.delete_tree(trash)
 
 
 def free_pi(pi: Pi, bake: Bake, target: PiState, reason: str = "") -> None:
@@ -224,7 +233,7 @@ def finish_unbake(ctx: FleetContext, bake: Bake) -> Bake:
             power_failure = f"power off failed during unbake: {exc.message}"
         release_disks(ctx, bake)
         publish_exports(ctx)  # exports only bootable bakes
-        roots.delete_tree(ctx.bake_dir(bake.id))
+        delete_bake_dir(ctx, bake.id)
         unbaked = move_bake(bake, BakeState.UNBAKED, finished_at=utcnow())
         forget_bake_lock(ctx, bake.id)
     # A Pi we could not switch off may still run: keep it out of the fridge.

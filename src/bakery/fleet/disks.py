@@ -7,8 +7,7 @@ mounts it at boot (the container-ready disk: containerd and k3s state on local e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 from .. import disks, fsutil, identifiers
@@ -38,12 +37,14 @@ def create_disk(
     if not 1 <= size_mib <= ctx.settings.max_disk_mib:
         raise InvalidInput(f"size_mib must be between 1 and {ctx.settings.max_disk_mib}")
     if filesystem is not None and filesystem not in disks.FILESYSTEMS:
-        raise InvalidInput(f"filesystem must be one of {', '.join(disks.FILESYSTEMS)}")
+        raise InvalidInput.of_field("filesystem", f"must be one of {', '.join(disks.FILESYSTEMS)}")
     _check_mount_point(ctx, mount_point, filesystem)
     bake = get_live_bake(bake_id) if bake_id else None
     disk_id = identifiers.new_id()
-    with storage_errors():
+    try:
         disks.create_disk_image(ctx.settings, disk_id, size_mib, filesystem)
+    except fsutil.CommandFailed as exc:  # mkfs, with what it said
+        raise StorageFailed(str(exc)) from None
     try:
         with writable_bake(ctx, bake.id) if bake else nullcontext(), database.atomic():
             disk = Disk.create(
@@ -137,15 +138,6 @@ def _check_mount_point_free(disk: Disk, bake: Bake) -> None:
         raise Conflict(f"disk {other.id} of bake {bake.id} is mounted at {disk.mount_point}")
 
 
-@contextmanager
-def storage_errors() -> Iterator[None]:
-    """A failed mkfs, e2fsck or resize2fs as the API's storage_failed, with what it said."""
-    try:
-        yield
-    except fsutil.CommandFailed as exc:
-        raise StorageFailed(str(exc)) from None
-
-
 def detach_disk(ctx: FleetContext, disk_id: str) -> Disk:
     disk = get_disk(disk_id)
     if not disk.bake_id:
@@ -182,13 +174,7 @@ def resize_disk(ctx: FleetContext, disk_id: str, size_mib: int) -> Disk:
         raise Conflict("disks can grow but not shrink", code="shrink_not_supported")
     if size_mib > ctx.settings.max_disk_mib:
         raise InvalidInput(f"size_mib must be at most {ctx.settings.max_disk_mib}")
-    if disk.filesystem and disk.bake_id:
-        raise Conflict(
-            f"disk {disk.id} is attached to bake {disk.bake_id}; detach it first, so that "
-            "its filesystem is grown while no Pi has it mounted"
-        )
-    with storage_errors():
-        disks.resize_disk_image(ctx.settings, disk.id, size_mib, disk.filesystem)
+    disks.resize_disk_image(ctx.settings, disk.id, size_mib)
     Disk.update(size_mib=size_mib).where(Disk.id == disk.id).execute()
     return Disk.get_by_id(disk.id)
 

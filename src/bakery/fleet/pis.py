@@ -42,6 +42,7 @@ def register_pi(
         labels=labels,
         ip=ip,
         boot_protocol=boot_protocol,
+        current_model=model,
     )
     if Pi.select().where(Pi.serial == serial).exists():
         raise Conflict(f"a Pi with serial {serial} is already registered")
@@ -61,7 +62,7 @@ def update_pi(ctx: FleetContext, /, serial: str, **changes: Any) -> Pi:
         changes["power_settings"] = pi.power_settings
     if "power_settings" in changes and "power_driver" not in changes:
         changes["power_driver"] = pi.power_driver
-    fields = checked_pi_fields(ctx, **changes)
+    fields = checked_pi_fields(ctx, current_model=pi.model, **changes)
     _check_mac_free(fields.get("mac"), pi.serial)
     if not fields:
         return pi
@@ -98,8 +99,11 @@ def delete_pi(serial: str) -> None:
     pi.delete_instance(recursive=True)
 
 
-def checked_pi_fields(ctx: FleetContext, **changes: Any) -> dict[str, Any]:
-    """The Pi columns for ``changes``, each value checked; InvalidInput names the field."""
+def checked_pi_fields(
+    ctx: FleetContext, *, current_model: str = UNKNOWN_MODEL, **changes: Any
+) -> dict[str, Any]:
+    """The Pi columns for ``changes`` to a Pi of ``current_model``, each value checked;
+    InvalidInput names the field."""
     fields: dict[str, Any] = {}
     try:
         if changes.get("mac") is not None:
@@ -111,7 +115,8 @@ def checked_pi_fields(ctx: FleetContext, **changes: Any) -> dict[str, Any]:
         if changes.get("model") is not None:
             fields["model"] = changes["model"]
         if changes.get("boot_protocol") is not None:
-            fields["boot_protocol"] = check_boot_protocol(changes["boot_protocol"])
+            model = changes.get("model") or current_model
+            fields["boot_protocol"] = check_boot_protocol(ctx, changes["boot_protocol"], model)
     except identifiers.InvalidIdentifier as exc:
         raise InvalidInput(str(exc)) from None
     if changes.get("power_driver") is not None:
@@ -125,10 +130,22 @@ def checked_pi_fields(ctx: FleetContext, **changes: Any) -> dict[str, Any]:
     return fields
 
 
-def check_boot_protocol(protocol: str) -> str:
+#: Models whose bootloader cannot boot over HTTP (the Pi 3 ROM knows TFTP only).
+TFTP_ONLY_MODELS = ("3B", "3B+")
+
+
+def check_boot_protocol(ctx: FleetContext, protocol: str, model: str | None = None) -> str:
+    """``protocol`` if this server can boot a Pi of ``model`` over it; InvalidInput on
+    the ``boot_protocol`` field otherwise."""
     if protocol not in BOOT_PROTOCOLS:
-        raise InvalidInput.of_field("boot_protocol", f"must be one of {', '.join(BOOT_PROTOCOLS)}")
-    return protocol
+        problem = f"must be one of {', '.join(BOOT_PROTOCOLS)}"
+    elif protocol == "http" and ctx.settings.http_boot_address is None:
+        problem = "HTTP boot is off on this server (set http_boot_bind)"
+    elif protocol == "http" and model in TFTP_ONLY_MODELS:
+        problem = f"a Pi {model} bootloader cannot boot over HTTP"
+    else:
+        return protocol
+    raise InvalidInput.of_field("boot_protocol", problem)
 
 
 def _check_mac_free(mac: str | None, serial: str) -> None:

@@ -10,7 +10,9 @@ from .errors import ImageError
 from .layout import SECTOR, Partition
 from .tools import run
 
-_MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
+#: How every mtools call in Bakery runs: no geometry checks (images made by other tools
+#: trip them), and messages in English for the errors Bakery reports.
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
 
 
 def read_cmdline(boot_dir: Path) -> str:
@@ -23,13 +25,13 @@ def read_cmdline(boot_dir: Path) -> str:
 
 def extract_boot(raw: Path, partition: Partition, dest: Path) -> None:
     image = f"{raw}@@{partition.offset}"
-    listing = run(["mdir", "-/", "-b", "-i", image, "::/"], env=_MTOOLS_ENV, code="no_fat_boot")
+    listing = run(["mdir", "-/", "-b", "-i", image, "::/"], env=MTOOLS_ENV, code="no_fat_boot")
     for line in listing.decode(errors="replace").splitlines():
         check_fat_path(line)
     check_fat_size(raw, partition, image)
     run(
         ["mcopy", "-s", "-n", "-p", "-m", "-i", image, "::/", f"{dest}/"],
-        env=_MTOOLS_ENV,
+        env=MTOOLS_ENV,
         code="extract_failed",
     )
     os.utime(dest)  # mcopy -m stamps it with the FAT root's nonexistent date (year 2098)
@@ -41,7 +43,7 @@ def check_fat_size(raw: Path, partition: Partition, image: str) -> None:
     Entries that share clusters (cross-linked, as no real FAT is) are each copied whole
     by mcopy: a few such entries over one big file turned a 17 MB upload into a boot
     tree of a gigabyte. ``mdu`` counts every entry's clusters, shared or not."""
-    usage = run(["mdu", "-s", "-i", image, "::/"], env=_MTOOLS_ENV, code="corrupt_boot")
+    usage = run(["mdu", "-s", "-i", image, "::/"], env=MTOOLS_ENV, code="corrupt_boot")
     try:
         clusters = int(usage.split()[-1])
     except (IndexError, ValueError):

@@ -9,10 +9,12 @@ SHA-256, made by ``openssl`` with the operator's key; the bootloader refuses an 
 whose signature its EEPROM's public key does not verify.
 
 Both are made on first request and kept beside the bake's root, with a fingerprint of
-what went in (the files' names, sizes and change times, the cmdline and the config
-rules), so they are rebuilt exactly when one of those changes. The image is built in a
-staging file and renamed into place with its signature, so a Pi never gets an image
-with another image's signature.
+what went in (the files' names, sizes and modification times, the cmdline, the config
+rules and the key), so they are rebuilt exactly when one of those changes: for a bake,
+only when the settings change, since its boot files are its own links. The image and
+its signature are made in a staging directory and renamed into place one after the
+other; the fingerprint is removed first and written last, so a build cut short is
+redone by the next request.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import fsutil
+from ..images.fat import MTOOLS_ENV
 from .bootfiles import BootTarget, adjust_config_txt
 
 IMAGE = "boot.img"
@@ -36,7 +39,6 @@ MAX_IMAGE_BYTES = 96 << 20
 #: Files whose content Bakery writes itself rather than copying the bake's.
 RENDERED = ("cmdline.txt", "config.txt")
 KEY_BITS = 2048
-_MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
 SECTOR = 512
 CLUSTER = 4 * SECTOR
 
@@ -50,10 +52,6 @@ class BootImageError(RuntimeError):
 class BootImage:
     image: Path
     signature: Path
-
-    @property
-    def size(self) -> int:
-        return self.image.stat().st_size
 
 
 def boot_image(target: BootTarget, key_file: Path, drop: list[str]) -> BootImage:
@@ -71,24 +69,32 @@ def boot_image(target: BootTarget, key_file: Path, drop: list[str]) -> BootImage
     except OSError:
         pass
     directory.mkdir(mode=0o700, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory, prefix=".staging-") as staging:
-        image = Path(staging) / IMAGE
-        build_image(target, image, drop)
-        signature = Path(staging) / SIGNATURE
-        signature.write_text(sign(image, key_file))
-        os.rename(image, made.image)
-        os.rename(signature, made.signature)
+    (directory / FINGERPRINT).unlink(missing_ok=True)  # what follows no longer matches it
+    staging = directory / fsutil.staging_name()
+    staging.mkdir()
+    try:
+        build_image(target, staging / IMAGE, drop)
+        (staging / SIGNATURE).write_text(sign(staging / IMAGE, key_file))
+        os.rename(staging / IMAGE, made.image)
+        os.rename(staging / SIGNATURE, made.signature)
+    finally:
+        fsutil.remove(staging)
     fsutil.write_atomically(directory / FINGERPRINT, fingerprint)
     return made
 
 
 def _fingerprint(target: BootTarget, drop: list[str], key_file: Path) -> str:
+    """What went into the image: each boot file's name, inode, size and modification time
+    (not its change time: the bake's files are hard links to its bakeform's, whose change
+    time moves whenever another bake links or unlinks them), the cmdline, the config
+    rules and the key."""
     files = []
     for path in sorted(target.boot_dir.rglob("*")):
         info = path.lstat()
-        files.append([str(path.relative_to(target.boot_dir)), info.st_size, info.st_ctime_ns])
+        name = str(path.relative_to(target.boot_dir))
+        files.append([name, info.st_ino, info.st_size, info.st_mtime_ns])
     key = key_file.stat()
-    inputs = [files, target.cmdline, sorted(drop), [key.st_ino, key.st_ctime_ns]]
+    inputs = [files, target.cmdline, sorted(drop), [key.st_ino, key.st_mtime_ns]]
     return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
@@ -155,7 +161,7 @@ def _image_bytes(content: int, entries: int) -> int:
 
 def _mtools(args: list[str]) -> None:
     try:
-        fsutil.run(args, env=_MTOOLS_ENV)
+        fsutil.run(args, env=MTOOLS_ENV)
     except fsutil.CommandFailed as exc:
         raise BootImageError(str(exc)) from None
 

@@ -34,11 +34,14 @@ from .. import identifiers
 from ..config import Settings
 from . import bootimage
 from .bootfiles import BootSource, BootTarget, SourceFactory
+from .tftp.boots import PiBoots
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REQUEST_RE = re.compile(r"/+(?P<serial>[0-9A-Fa-f]{8})/+(?P<name>boot\.img|boot\.sig)")
+REQUEST_RE = re.compile(r"/(?P<serial>[0-9A-Fa-f]{8})/(?P<name>boot\.img|boot\.sig)")
+#: Locks serialising boot.img builds, a bake's always the same one of them.
+BUILD_LOCKS = 64
 #: Seconds a connection may stall (a slow Pi on a busy LAN takes well under one).
 SOCKET_TIMEOUT = 30
 
@@ -59,8 +62,9 @@ class HttpBootServer(ThreadingHTTPServer):
         self.settings, self.source = settings, source
         self.key_file = settings.http_boot_key_path
         bootimage.ensure_key(self.key_file)
-        self._build_locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self._build_locks = [threading.Lock() for _ in range(BUILD_LOCKS)]
+        #: When each Pi was last turned away; used on the database thread only.
+        self._boots = PiBoots()
         self._database = ThreadPoolExecutor(max_workers=1, thread_name_prefix="http-boot-db")
         super().__init__(address, BootRequest)
 
@@ -73,11 +77,19 @@ class HttpBootServer(ThreadingHTTPServer):
         self._database.submit(self.source.close).result()
         self._database.shutdown()
 
+    def turn_away(self, serial: str) -> None:
+        """A Pi served nothing keeps asking: switch it off if it is free, at most once
+        per ``TURN_AWAY_INTERVAL`` (anyone on the Pi LAN can send these requests)."""
+
+        def on_database_thread() -> None:
+            if self._boots[serial].time_to_turn_away(time.monotonic()):
+                self.source.turn_away(serial)
+
+        self.ask(on_database_thread)
+
     def image_of(self, target: BootTarget) -> bootimage.BootImage:
         """The bake's boot image, made by one request thread at a time per bake."""
-        with self._locks_lock:
-            lock = self._build_locks.setdefault(target.bake_id, threading.Lock())
-        with lock:
+        with self._build_locks[hash(target.bake_id) % BUILD_LOCKS]:
             return bootimage.boot_image(target, self.key_file, self.settings.config_txt_drop)
 
 
@@ -105,7 +117,7 @@ class BootRequest(BaseHTTPRequestHandler):
         server, source = self.server, self.server.source
         target = server.ask(source.boot_target, serial, self.client_address[0])
         if target is None:
-            server.ask(source.turn_away, serial)
+            server.turn_away(serial)
             self._fail(HTTPStatus.NOT_FOUND, "nothing to boot")
             return
         if target.http_dir is None:

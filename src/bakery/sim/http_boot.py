@@ -19,10 +19,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..images.fat import MTOOLS_ENV
+
 #: DER of the DigestInfo header for SHA-256 (RFC 8017 §9.2, note 1).
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 KEY_BYTES = 256
-_MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C", "PATH": "/usr/bin:/bin"}
 
 
 class SignatureRefused(Exception):
@@ -121,7 +122,7 @@ def read_files(image: bytes, names: list[str]) -> dict[str, bytes | None]:
         found: dict[str, bytes | None] = {}
         for name in names:
             result = subprocess.run(
-                ["mtype", "-i", str(path), f"::/{name}"], capture_output=True, env=_MTOOLS_ENV
+                ["mtype", "-i", str(path), f"::/{name}"], capture_output=True, env=MTOOLS_ENV
             )
             found[name] = result.stdout if result.returncode == 0 else None
         return found

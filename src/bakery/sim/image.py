@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..images.fat import MTOOLS_ENV
+
 SECTOR = 512
 MIB = 1024 * 1024
 #: First partition starts at 1 MiB, like Raspberry Pi Imager images.
@@ -30,7 +32,6 @@ STOCK_CMDLINE = (
 )
 #: Tools the builder runs; tests skip when one is missing.
 REQUIRED_TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mkfs.ext4")
-_MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 #: ``cap_net_raw=ep`` as a ``security.capability`` xattr (vfs_cap_data revision 2): what
 #: Raspberry Pi OS and Debian give ``ping`` instead of setuid.
@@ -238,7 +239,7 @@ def _make_boot(path: Path, offset: int, size_mib: int, files: dict[str, bytes]) 
             (staged / name).write_bytes(data)
         sources = [str(p) for p in sorted(staged.iterdir())]
         _run(
-            ["mcopy", "-s", "-p", "-m", "-i", f"{path}@@{offset}", *sources, "::/"], env=_MTOOLS_ENV
+            ["mcopy", "-s", "-p", "-m", "-i", f"{path}@@{offset}", *sources, "::/"], env=MTOOLS_ENV
         )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import ApiClient, ApiError
+from ..config import HTTP_BOOT_KEY_NAME
 from ..datadir import claim_data_dir
 from ..netboot import bootimage
 from .bootloader import Timeouts
@@ -141,7 +142,8 @@ class SimulatedSite:
     def _set_http_boot(self, pis: list[SimPi]) -> None:
         """Write each Pi 4 and 5 EEPROM's HTTP boot lines, with the public half of the
         key Bakery will sign with (made here, where Bakery looks for it)."""
-        key_file = self.options.root / "http-boot-key.pem"
+        configured = self.options.settings.get("http_boot_key_file")
+        key_file = Path(configured) if configured else self.options.root / HTTP_BOOT_KEY_NAME
         bootimage.ensure_key(key_file)
         key = EepromKey.from_pem(bootimage.public_key_pem(key_file))
         if isinstance(self.network, NetnsNetwork):
