@@ -134,6 +134,7 @@ def test_unbaking_removes_the_bakes_image(server, fleet, bake_pi):
     fleet.unbake(bake.id)
 
     assert not fleet.bake_dir(bake.id).exists()
+    assert list(fleet.bake_dir(bake.id).parent.iterdir()) == [], "no trash tree left"
     assert get(server, f"/{PI}/boot.img", PI_IP)[0] == 404
 
 
