@@ -28,9 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.*
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench.tftp, tests.*
 
-import tftp as tftp_bench  # noqa: E402 - bench/tftp.py, beside this script
+from bench import tftp as tftp_bench  # noqa: E402
 
 from bakery import models  # noqa: E402
 from bakery.config import load_settings  # noqa: E402

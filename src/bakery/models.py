@@ -184,6 +184,8 @@ class Event(BaseModel):
     #: The API token whose request did it ("" for Bakery itself: netboot, recovery).
     actor = pw.CharField(max_length=64, default="")
     created_at = pw.DateTimeField(default=utcnow, index=True)
+    #: Not stored: seconds since the power-on its boot began with, set by the timeline.
+    since_power_on: float | None = None
 
 
 class ApiToken(BaseModel):

@@ -175,3 +175,20 @@ def test_events_limit_is_validated(client):
         client.get("/api/v1/pis/00000001/events?limit=0"), 422, "validation_error", "limit"
     )
     assert len(client.get("/api/v1/pis/00000001/events?limit=1").json) == 1
+
+
+def test_the_timeline_can_be_followed_and_says_times_since_power_on(client, bakeform, pis):
+    serial = pis[0]["serial"]
+    before = client.get(f"/api/v1/pis/{serial}/events").json
+    client.post("/api/v1/bakes", json={"bakeform": "raspios", "serial": serial})
+
+    new = client.get(f"/api/v1/pis/{serial}/events", query_string={"after": before[-1]["id"]}).json
+
+    assert new and all(event["id"] > before[-1]["id"] for event in new)
+    assert before[-1]["since_power_on"] is None, "never powered on yet"
+    powered = next(i for i, e in enumerate(new) if e["kind"] == "power")
+    assert new[powered]["since_power_on"] == 0
+    assert all(event["since_power_on"] >= 0 for event in new[powered:])
+    for bad in (-1, "x"):
+        response = client.get(f"/api/v1/pis/{serial}/events", query_string={"after": bad})
+        assert_error(response, 422, "validation_error", "after")

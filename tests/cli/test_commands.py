@@ -4,6 +4,7 @@ one-line errors with a non-zero exit."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -232,3 +233,21 @@ def test_an_upload_over_an_existing_name_says_to_add_replace(bakery, sd_image_fi
     assert "exists" in refused.output and "--replace" in refused.output
     assert f"uploaded {sd_image_file.name}; the server is extracting it" in replaced.stderr
     bakery("bakeform", "delete", "clash")
+
+
+def test_pi_show_and_watch_tell_a_boot_in_seconds_since_its_power_on(bakery, server, sd_image_file):
+    bakery("pi", "register", "00c1d004", "--ip", "127.0.0.44", "--label", "watch")
+    bakery("bakeform", "upload", "watched", str(sd_image_file))
+    made = json.loads(bakery("bake", "watched", "--label", "watch", "--json").output)
+
+    shown = bakery("pi", "show", "00c1d004").output
+    watched = bakery("pi", "watch", "00c1d004", "--until", "baked", "--timeout", "10").output
+    gave_up = bakery(
+        "pi", "watch", "00c1d004", "--until", "never said", "--timeout", "0.3", ok=False
+    )
+
+    assert re.search(r"^\+\d+\.\d\d s +state +.*baked", shown, re.M), shown
+    assert re.search(r"^ +\+\d+\.\d\d s  state +.*baked", watched, re.M), watched
+    assert watched.strip().splitlines()[-1].endswith("baked")
+    assert "no event with 'never said' in 0.3 s" in gave_up.output
+    bakery("unbake", made["id"])

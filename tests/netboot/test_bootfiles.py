@@ -12,6 +12,7 @@ from bakery.netboot.bootfiles import (
     guess_model,
     parse_request_path,
     render_cmdline,
+    served_message,
 )
 
 BOOKWORM = (
@@ -119,3 +120,17 @@ def test_boot_file_lookup_never_follows_symlinks_out_of_the_tree(tmp_path):
 )
 def test_model_is_guessed_from_the_files_asked_for(names, model):
     assert guess_model(names) == model
+
+
+@pytest.mark.parametrize(
+    ("size", "seconds", "protocol", "said"),
+    [
+        (2_250_000, 0.2141, "tftp", "start4.elf 2.2 MB in 0.21 s"),
+        (162, 0.0012, "tftp", "start4.elf 162 B in 0.00 s"),
+        (55_000, 0.05, "tftp", "start4.elf 55.0 kB in 0.05 s"),
+        (10_900_000, 0.09, "http", "start4.elf 10.9 MB in 0.09 s over HTTP"),
+        (1_500_000_000, 12.0, "http", "start4.elf 1.5 GB in 12.00 s over HTTP"),
+    ],
+)
+def test_a_served_file_reads_as_its_name_size_and_time(size, seconds, protocol, said):
+    assert served_message("start4.elf", size, seconds, protocol) == said

@@ -66,8 +66,10 @@ def test_a_pi_gets_its_bakes_signed_image_and_the_download_is_on_its_timeline(
     http_boot.verify(image, signature.decode(), key)
     cmdline = http_boot.read_files(image, ["cmdline.txt"])["cmdline.txt"]
     assert cmdline is not None and str(fleet.bake_root(bake.id)).encode() in cmdline
-    served = [e for e in fleet.timeline(PI) if e.message == "boot.img served over HTTP"]
-    assert served and served[-1].data["size"] == len(image)
+    served = [e for e in fleet.timeline(PI) if e.data.get("step") == "served"]
+    assert [e.data["file"] for e in served] == ["boot.img", "boot.sig"]
+    assert served[0].data["size"] == len(image)
+    assert served[0].message.startswith("boot.img ") and served[0].message.endswith(" over HTTP")
     assert served[-1].bake_id == bake.id
 
 
@@ -92,7 +94,7 @@ def test_another_hosts_request_for_a_pis_image_gets_nothing(server, fleet, bake_
     assert b"rsa2048" not in body
     assert fleet.get_pi(OTHER).last_ip == OTHER_IP, "the Pi's exports stay where they were"
     assert any("not taken" in message for message in messages(fleet, OTHER))
-    assert "boot.img served over HTTP" not in messages(fleet, OTHER)
+    assert not [e for e in fleet.timeline(OTHER) if e.data.get("step") == "served"]
 
 
 def test_a_bake_that_boots_over_tftp_is_not_served_over_http(server, fleet, bake_pi):

@@ -102,7 +102,7 @@ def test_bakery_sees_each_simulated_pi_at_its_own_loopback_address(make_fleet, f
 
     for pi in simulator.pis.values():
         messages = [event.message for event in fleet.get_pi(pi.serial).events]
-        assert "cmdline served" in messages
+        assert any(message.startswith("cmdline.txt ") for message in messages)
         assert fleet.get_pi(pi.serial).last_ip == pi.address
 
 

@@ -89,11 +89,18 @@ class EventSchema(Schema):
     bake_id = fields.String(allow_none=True)
     data = fields.Dict()
     created_at = fields.DateTime()
+    since_power_on = fields.Float(
+        allow_none=True,
+        metadata={"description": "seconds since the power-on that began its boot, if any"},
+    )
 
 
 class EventQuerySchema(Schema):
     limit = fields.Integer(load_default=200, validate=validate.Range(1, 10000))
     bake_id = fields.String()
+    after = fields.Integer(
+        validate=validate.Range(min=0), metadata={"description": "only events newer than this id"}
+    )
 
 
 def power_answer(serial: str, action: str, result: PowerResult) -> dict[str, str]:
@@ -161,4 +168,4 @@ class PiEvents(MethodView):
     @blp.response(200, EventSchema(many=True))
     def get(self, args: dict[str, Any], serial: str) -> list[Event]:
         """The Pi's timeline, oldest first: states, power calls, boot steps."""
-        return current_fleet().timeline(serial, bake_id=args.get("bake_id"), limit=args["limit"])
+        return current_fleet().timeline(serial, **args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -147,7 +148,46 @@ def pi_show(ctx: Context, serial: str, limit: int) -> None:
         return
     emit(ctx, info)
     click.echo("")
-    emit(ctx, events, ("created_at", "kind", "message"), title="events")
+    emit(ctx, [timeline_row(event) for event in events], TIMELINE_COLUMNS, title="events")
+
+
+#: A timeline as people read it: when (within its boot), what kind, what happened.
+TIMELINE_COLUMNS = ("at", "kind", "message")
+
+
+def timeline_row(event: dict[str, Any]) -> dict[str, Any]:
+    """An event with its time relative to its boot's power-on (``+2.31 s``), or the
+    clock time for events before any power-on."""
+    since = event.get("since_power_on")
+    at = f"+{since:.2f} s" if since is not None else event["created_at"][:19].replace("T", " ")
+    return {"at": at, "kind": event["kind"], "message": event["message"]}
+
+
+@api_command(pi, "watch")
+@click.argument("serial")
+@click.option("--until", "until", help="Stop at the first event whose message has this text.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+def pi_watch(
+    ctx: Context, serial: str, until: str | None, timeout: float | None, interval: float
+) -> None:
+    """Follow a Pi's timeline live (Ctrl-C to stop): its last events, then each new one."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    events = ctx.api.get(f"/pis/{serial}/events", limit=10)
+    last = 0
+    while True:
+        for event in events:
+            row = timeline_row(event)
+            click.echo(f"{row['at']:>12}  {row['kind']:<6}  {row['message']}")
+            if until is not None and until in event["message"]:
+                return
+            last = event["id"]
+        if deadline is not None and time.monotonic() >= deadline:
+            if until is None:
+                return
+            raise click.ClickException(f"no event with {until!r} in {timeout:g} s")
+        time.sleep(interval)  # the polling period, not a wait for a condition
+        events = ctx.api.get(f"/pis/{serial}/events", after=last, limit=1000)
 
 
 @api_command(pi, "power")

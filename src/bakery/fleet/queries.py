@@ -134,6 +134,9 @@ def list_snapshots(disk_id: str) -> list[Snapshot]:
     return list(Snapshot.select().where(Snapshot.disk_id == disk.id))
 
 
-def timeline(serial: str, *, bake_id: str | None = None, limit: int = 200) -> list[Event]:
-    """The Pi's newest ``limit`` events (of one bake if ``bake_id``), oldest first."""
-    return events.timeline(get_pi(serial), bake_id=bake_id, limit=limit)
+def timeline(
+    serial: str, *, bake_id: str | None = None, limit: int = 200, after: int | None = None
+) -> list[Event]:
+    """The Pi's newest ``limit`` events (of one bake if ``bake_id``, newer than event
+    ``after`` if given), oldest first."""
+    return events.timeline(get_pi(serial), bake_id=bake_id, limit=limit, after=after)

@@ -208,6 +208,20 @@ def is_normal_probe(name: str) -> bool:
     return name.rsplit("/", 1)[-1].lower() in NORMAL_PROBES
 
 
+def human_size(size: int) -> str:
+    """Bytes as people read them on a timeline: ``162 B``, ``55.0 kB``, ``2.2 MB``."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def served_message(name: str, size: int, seconds: float, protocol: str = "tftp") -> str:
+    """A served file in words: ``start4.elf 2.2 MB in 0.21 s`` (``over HTTP`` added)."""
+    over = " over HTTP" if protocol == "http" else ""
+    return f"{name} {human_size(size)} in {seconds:.2f} s{over}"
+
+
 def guess_model(requested: list[str]) -> str | None:
     """The board family a Pi's requested file names point to (pi-netboot §2): the Pi 4
     loads start4.elf, the Pi 3 bootcode.bin/start.elf, the Pi 5 no start*.elf at all

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from .. import identifiers
 from ..config import Settings
-from . import bootimage
+from . import bootfiles, bootimage
 from .bootfiles import BootSource, BootTarget, SourceFactory
 from .tftp.boots import PiBoots
 
@@ -122,13 +122,13 @@ class BootRequest(BaseHTTPRequestHandler):
             return
         if target.http_dir is None:
             message = f"no such file: {name} (the bake boots over TFTP)"
-            self._record(serial, message, file=name)
+            self._record(serial, message, step="missing", file=name)
             self._fail(HTTPStatus.NOT_FOUND, "the bake boots over TFTP")
             return
         try:
             made = server.image_of(target)
         except (bootimage.BootImageError, OSError) as exc:
-            self._record(serial, f"{name} not made: {exc}", file=name)
+            self._record(serial, f"{name} not made: {exc}", step="failed", file=name)
             self._fail(HTTPStatus.SERVICE_UNAVAILABLE, "boot image not available")
             return
         path = made.image if name == bootimage.IMAGE else made.signature
@@ -149,11 +149,13 @@ class BootRequest(BaseHTTPRequestHandler):
                 self.connection.sendfile(data)
             except OSError as exc:
                 reason = exc.strerror or type(exc).__name__
-                self._record(serial, "transfer failed", file=name, reason=reason)
+                message = f"{name} failed: {reason}"
+                self._record(serial, message, step="failed", file=name, reason=reason)
                 self.close_connection = True
                 return
         seconds = round(time.monotonic() - started, 4)
-        self._record(serial, f"{name} served over HTTP", file=name, size=size, seconds=seconds)
+        message = bootfiles.served_message(name, size, seconds, "http")
+        self._record(serial, message, step="served", file=name, size=size, seconds=seconds)
 
     def _record(self, serial: str, message: str, **data: Any) -> None:
         """A step of the Pi's boot, for its timeline."""

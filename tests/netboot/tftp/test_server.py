@@ -3,6 +3,7 @@ client) on loopback, over a real baked Pi in a temp data dir (SQLite)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from bakery.models import PiState
+from bakery.netboot.bootfiles import human_size
 from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.netboot.tftp import packets as tp
 from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, default_boot_files
@@ -59,6 +61,11 @@ def events(fleet, serial: str = SERIAL) -> list:
 
 def boot_messages(fleet, serial: str = SERIAL) -> list[str]:
     return [event.message for event in events(fleet, serial) if event.kind == "boot"]
+
+
+def steps(fleet, step: str, serial: str = SERIAL) -> list:
+    """The Pi's boot events of one ``step`` (served, failed, missing, first_request)."""
+    return [e for e in events(fleet, serial) if e.kind == "boot" and e.data.get("step") == step]
 
 
 def request(server, name: str, options: dict | None = None, bind_ip: str = "127.0.0.1"):
@@ -123,10 +130,12 @@ def test_probe_answers_tsize_and_early_terminate_is_not_a_failure(pi, server, fl
     download = pi.download(f"{SERIAL}/kernel8.img", {"tsize": 0, "blksize": 1468})
     assert download.oack == {"tsize": str(len(BOOT_FILES["kernel8.img"])), "blksize": "1468"}
     assert download.result() == BOOT_FILES["kernel8.img"]
-    wait_for(lambda: "file served" in boot_messages(fleet))
-    assert "transfer failed" not in boot_messages(fleet)
-    served = [e for e in events(fleet) if e.message == "file served"]
+    wait_for(lambda: steps(fleet, "served"))
+    assert steps(fleet, "failed") == []
+    served = steps(fleet, "served")
     assert [e.data["file"] for e in served] == ["kernel8.img"]
+    size = human_size(len(BOOT_FILES["kernel8.img"]))
+    assert re.fullmatch(rf"kernel8\.img {size} in \d+\.\d\d s", served[0].message)
 
 
 def test_blksize_is_clamped_to_the_configured_maximum(pi):
@@ -157,11 +166,10 @@ def test_a_not_found_is_on_the_timeline_and_a_pi5_probe_is_told_from_a_fault(pi,
         assert error_code(server, f"{SERIAL}/{name}") == tp.ErrorCode.FILE_NOT_FOUND
 
     wait_for(lambda: "no such file: missing.dtb" in boot_messages(fleet))
-    not_found = {e.data["file"]: e.data["probe"] for e in events(fleet) if "file" in e.data
-                 and e.message.startswith("no such file")}  # fmt: skip
+    not_found = {e.data["file"]: e.data["probe"] for e in steps(fleet, "missing")}
     assert not_found == {"pieeprom.sig": True, "overlay_map.dtb": True,
                          "armstub8-2712.bin": True, "missing.dtb": False}  # fmt: skip
-    assert "transfer failed" not in boot_messages(fleet)
+    assert steps(fleet, "failed") == []
 
 
 def test_served_config_txt_drops_auto_initramfs(server, fleet, tmp_path):
@@ -275,8 +283,9 @@ def test_vanished_client_frees_its_transfer_and_is_a_failure_event(pi, server, f
     assert server.active_transfers == 1
     sock.close()
     wait_for(lambda: server.active_transfers == 0, timeout=6)
-    failure = wait_for(lambda: [e for e in events(fleet) if e.message == "transfer failed"])
+    failure = wait_for(lambda: steps(fleet, "failed"))
     assert failure[0].data["file"] == "kernel8.img"
+    assert failure[0].message.startswith("kernel8.img failed: ")
 
 
 def test_duplicate_rrq_from_the_same_port_is_one_transfer(pi, server):
@@ -334,15 +343,15 @@ def test_address_is_pinned_and_exported_before_cmdline_is_answered(server, fleet
 
 def test_boot_timeline_has_first_request_files_and_cmdline(pi, fleet):
     pi.boot()
-    wait_for(lambda: "cmdline served" in boot_messages(fleet) and len(boot_messages(fleet)) >= 8)
+    wait_for(lambda: "cmdline.txt" in {e.data["file"] for e in steps(fleet, "served")})
     timeline = [e for e in events(fleet) if e.kind == "boot"]
-    assert timeline[0].message == "first request"
-    assert timeline[0].data == {"file": "start4.elf", "ip": "127.0.0.1"}
-    served = {e.data["file"]: e.data["size"] for e in timeline if e.message == "file served"}
-    assert served == {
+    assert timeline[0].message == "first request: start4.elf from 127.0.0.1"
+    assert timeline[0].data == {"step": "first_request", "file": "start4.elf", "ip": "127.0.0.1"}
+    served = {e.data["file"]: e.data["size"] for e in steps(fleet, "served")}
+    assert {name: size for name, size in served.items() if name != "cmdline.txt"} == {
         name: len(BOOT_FILES[name]) for name in PI4_BOOT_FILES if name != "cmdline.txt"
     }
-    assert boot_messages(fleet).count("first request") == 1
+    assert len(steps(fleet, "first_request")) == 1
 
 
 def test_a_cmdline_request_from_another_loopback_address_moves_nothing(server, fleet, bake_pi):

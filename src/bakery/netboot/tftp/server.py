@@ -223,9 +223,8 @@ class TftpServer:
             image = await self._load(target.boot_dir, path.relative, blksize)
         if image is NOT_FOUND:
             probe = bootfiles.is_normal_probe(path.relative)
-            self._record(
-                path.serial, f"no such file: {path.relative}", file=path.relative, probe=probe
-            )
+            message = f"no such file: {path.relative}"
+            self._record(path.serial, message, step="missing", file=path.relative, probe=probe)
         return image if isinstance(image, Outcome) else (path.serial, path.relative, image)
 
     async def _load(self, tree: Path, relative: str, blksize: int) -> PacketImage | Outcome:
@@ -291,7 +290,8 @@ class TftpServer:
         target = await self._ask(self.source.boot_target, serial, ip, boot.model())
         boot.remember(target, ip, now)
         if first:
-            self._record(serial, "first request", file=name, ip=ip)
+            message = f"first request: {name} from {ip}"
+            self._record(serial, message, step="first_request", file=name, ip=ip)
         if target is None and boot.time_to_turn_away(now):
             self._spawn(self._ask(self.source.turn_away, serial))
         return target
@@ -314,14 +314,17 @@ class TftpServer:
             log.info("TFTP %s to %s: %s", transfer.name, transfer.client[0], failure or "sent")
             return
         if failure is not None:
-            self._record(transfer.serial, "transfer failed", file=transfer.name, reason=failure)
+            message = f"{transfer.name} failed: {failure}"
+            self._record(
+                transfer.serial, message, step="failed", file=transfer.name, reason=failure
+            )
             return
         assert transfer.image is not None  # a transfer that ended well had begun
         seconds = round(time.monotonic() - transfer.started, 4)
-        message = "cmdline served" if transfer.name.lower() == CMDLINE else "file served"
-        self._record(
-            transfer.serial, message, file=transfer.name, size=transfer.image.size, seconds=seconds
-        )
+        size = transfer.image.size
+        message = bootfiles.served_message(transfer.name, size, seconds)
+        data = {"file": transfer.name, "size": size, "seconds": seconds}
+        self._record(transfer.serial, message, step="served", **data)
 
     def _drop(self, transfer: Transfer) -> None:
         if self.transfers.get(transfer.client) is transfer:
