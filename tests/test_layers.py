@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bakery.netboot.service",
             "bakery.netboot.tftp",
             "bakery.netboot.httpboot",
+            "bakery.netboot.netconsole",
             "bakery.netboot.dnsmasq",
         ),
     ),

@@ -100,6 +100,9 @@ class Settings:
     #: The operator's RSA-2048 key that signs each bake's boot.img (PEM); empty =
     #: ``<root>/http-boot-key.pem``, made on first use. Its public half goes in the EEPROMs.
     http_boot_key_file: str = ""
+    #: Where bootloader logs are received (``<ip>:<port>``; the EEPROM's NETCONSOLE sends to
+    #: port 6666 of 255.255.255.255 unless told otherwise); empty: not received.
+    netconsole_bind: str = ""
     #: Files served to requests without a serial prefix (the Pi 3 ROM's bootcode.bin);
     #: empty = ``<root>/firmware``.
     firmware_dir: str = ""
@@ -141,15 +144,17 @@ class Settings:
 
     @property
     def tftp_address(self) -> tuple[str, int]:
-        host, _, port = (self.tftp_bind or f"{self.nfs_server}:69").rpartition(":")
-        return host, int(port)
+        address = _address(self.tftp_bind or f"{self.nfs_server}:69")
+        assert address is not None  # never empty
+        return address
 
     @property
     def http_boot_address(self) -> tuple[str, int] | None:
-        if not self.http_boot_bind:
-            return None
-        host, _, port = self.http_boot_bind.rpartition(":")
-        return host, int(port)
+        return _address(self.http_boot_bind)
+
+    @property
+    def netconsole_address(self) -> tuple[str, int] | None:
+        return _address(self.netconsole_bind)
 
     @property
     def http_boot_key_path(self) -> Path:
@@ -172,6 +177,14 @@ class Settings:
     def root_file_paths(self) -> list[str]:
         """The files Bakery writes into every bake's root, relative to it."""
         return [getattr(self, name) for name in ROOT_FILE_SETTINGS]
+
+
+def _address(bind: str) -> tuple[str, int] | None:
+    """``<ip>:<port>`` (checked at load) as a socket address; None for an empty setting."""
+    if not bind:
+        return None
+    host, _, port = bind.rpartition(":")
+    return host, int(port)
 
 
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
@@ -362,8 +375,9 @@ def address_rule(name: str, value: str) -> None:
 
 def _validate_netboot(s: Settings) -> None:
     address_rule("tftp_bind", s.tftp_bind or f"{s.nfs_server}:69")
-    if s.http_boot_bind:
-        address_rule("http_boot_bind", s.http_boot_bind)
+    for name in ("http_boot_bind", "netconsole_bind"):
+        if getattr(s, name):
+            address_rule(name, getattr(s, name))
     if s.http_boot_key_file and not Path(s.http_boot_key_file).is_absolute():
         raise ConfigError("setting 'http_boot_key_file': must be an absolute path")
     if not 512 <= s.tftp_max_blksize <= 65464:

@@ -188,6 +188,15 @@ class Event(BaseModel):
     since_power_on: float | None = None
 
 
+class ConsoleLine(BaseModel):
+    """A line of a Pi's bootloader log, as its bootloader sent it over UDP (NETCONSOLE)."""
+
+    id = pw.AutoField()
+    pi = pw.ForeignKeyField(Pi, backref="console", on_delete="CASCADE")
+    line = pw.TextField()
+    created_at = pw.DateTimeField(default=utcnow)
+
+
 class ApiToken(BaseModel):
     id = pw.AutoField()
     name = pw.CharField(max_length=64, unique=True)
@@ -210,7 +219,7 @@ class SchemaVersion(BaseModel):
     version = pw.IntegerField()
 
 
-MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ApiToken, SchemaVersion]
+MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ConsoleLine, ApiToken, SchemaVersion]
 
 
 run_migration: Callable[..., None] = migrate.migrate  # playhouse.migrate ships no types

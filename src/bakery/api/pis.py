@@ -95,12 +95,31 @@ class EventSchema(Schema):
     )
 
 
+class ConsoleLineSchema(Schema):
+    line = fields.String()
+    created_at = fields.DateTime()
+
+
+class ConsoleQuerySchema(Schema):
+    limit = fields.Integer(load_default=200, validate=validate.Range(1, 2000))
+
+
 class EventQuerySchema(Schema):
     limit = fields.Integer(load_default=200, validate=validate.Range(1, 10000))
     bake_id = fields.String()
     after = fields.Integer(
         validate=validate.Range(min=0), metadata={"description": "only events newer than this id"}
     )
+
+
+@blp.route("/<serial>/console")
+class PiConsole(MethodView):
+    @allow(FLEET_READ)
+    @blp.arguments(ConsoleQuerySchema, location="query")
+    @blp.response(200, ConsoleLineSchema(many=True))
+    def get(self, args: dict[str, Any], serial: str) -> list[Any]:
+        """The Pi's bootloader log (EEPROM NETCONSOLE), oldest first."""
+        return current_fleet().console(serial, args["limit"])
 
 
 def power_answer(serial: str, action: str, result: PowerResult) -> dict[str, str]:

@@ -43,6 +43,7 @@ for command in (
     service.tftp,
     service.http_boot,
     service.http_boot_key,
+    service.netconsole,
     service.netboot,
     service.restore_power,
     bakeforms.bakeform,

@@ -163,6 +163,21 @@ def timeline_row(event: dict[str, Any]) -> dict[str, Any]:
     return {"at": at, "kind": event["kind"], "message": event["message"]}
 
 
+@api_command(pi, "console")
+@click.argument("serial")
+@click.option("--lines", "limit", default=100, show_default=True, help="Newest lines shown.")
+def pi_console(ctx: Context, serial: str, limit: int) -> None:
+    """The Pi's bootloader log, as its EEPROM's NETCONSOLE sent it."""
+    lines = ctx.api.get(f"/pis/{serial}/console", limit=limit)
+    if ctx.json:
+        emit(ctx, lines)
+        return
+    for entry in lines:
+        click.echo(f"{entry['created_at'][11:23]}  {entry['line']}")
+    if not lines:
+        click.echo("(no bootloader log: set NETCONSOLE in its EEPROM, and netconsole_bind)")
+
+
 @api_command(pi, "watch")
 @click.argument("serial")
 @click.option("--until", "until", help="Stop at the first event whose message has this text.")

@@ -129,6 +129,27 @@ def http_boot(config_file: str | None, bind: str | None, root: str | None) -> No
         ) from None
 
 
+@click.command()
+@config_option
+@click.option("--bind", help="ip:port to receive on (default: setting netconsole_bind).")
+@root_option
+def netconsole(config_file: str | None, bind: str | None, root: str | None) -> None:
+    """Receive Pi bootloader logs (EEPROM NETCONSOLE) and file them under each Pi
+    (``serve`` runs it too)."""
+    from ..fleet import FleetBootSource
+    from ..netboot.netconsole import run_netconsole
+
+    settings = service_settings(config_file, netconsole_bind=bind, root=root)
+    try:
+        run_netconsole(settings, FleetBootSource.open)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"netconsole on {settings.netconsole_bind}: {exc.strerror}"
+        ) from None
+
+
 @click.command("http-boot-key")
 @config_option
 @root_option

@@ -137,6 +137,7 @@ class Fleet:
     list_disks = staticmethod(queries.list_disks)
     list_snapshots = staticmethod(queries.list_snapshots)
     timeline = staticmethod(queries.timeline)
+    console = staticmethod(queries.console)
 
     # -- Pis and power --------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ import peewee as pw
 
 from .. import identifiers
 from ..errors import NotFound
-from ..models import Bake, Bakeform, Disk, Event, Pi, PiState, Snapshot
+from ..models import Bake, Bakeform, ConsoleLine, Disk, Event, Pi, PiState, Snapshot
+from . import console as console_lines
 from . import events
 from .actors import owner_scope
 from .states import LIVE_BAKE_STATES
@@ -132,6 +133,11 @@ def list_disks(bake_id: str | None = None) -> list[Disk]:
 def list_snapshots(disk_id: str) -> list[Snapshot]:
     disk = get_disk(disk_id)
     return list(Snapshot.select().where(Snapshot.disk_id == disk.id))
+
+
+def console(serial: str, limit: int = 200) -> list[ConsoleLine]:
+    """The Pi's newest ``limit`` bootloader log lines, oldest first."""
+    return console_lines.console_of(get_pi(serial), limit)
 
 
 def timeline(

@@ -25,13 +25,16 @@ log = logging.getLogger(__name__)
 def netboot_children(
     settings: Settings, open_source: SourceFactory
 ) -> list[ChildSupervisor | DnsmasqSupervisor]:
-    """The TFTP server and, when its address is set, the HTTP boot server (``bakery tftp``
-    and ``bakery http-boot`` processes on the same settings) and, when enabled, dnsmasq
-    for proxy DHCP, its DHCP lines recorded through ``open_source``."""
+    """The TFTP server and, when their addresses are set, the HTTP boot server and the
+    bootloader log listener (``bakery tftp``, ``http-boot`` and ``netconsole`` processes
+    on the same settings) and, when enabled, dnsmasq for proxy DHCP, its DHCP lines
+    recorded through ``open_source``."""
     children: list[ChildSupervisor | DnsmasqSupervisor] = []
     servers = ["tftp"] if settings.tftp_enabled else []
     if settings.http_boot_bind:
         servers.append("http-boot")
+    if settings.netconsole_bind:
+        servers.append("netconsole")
     if servers:
         config = dump_settings(settings, settings.path("run", "settings.json"))
     for name in servers:

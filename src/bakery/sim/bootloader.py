@@ -28,6 +28,7 @@ Power-off is the ``power_off`` event; every wait watches it and raises
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -172,15 +173,30 @@ class Bootloader:
         self.power_off, self.cancelled, self.timeouts = power_off, power_off.is_set, timeouts
 
     def boot(self) -> None:
+        self.console(f"RPi: BOOTLOADER release VERSION:sim DATE: 2026/12/01 board {self.pi.model}")
+        self.console(
+            f"boot: mode {'HTTP 7' if self.pi.http_boot else 'NETWORK 2'} serial {self.pi.serial}"
+        )
         server = self.dhcp()
+        self.console(f"NET_BOOT: server {server[0]} from {self.pi.address}")
         if self.pi.http_boot is not None:
             cmdline = self.load_over_http(self.pi.http_boot).decode("latin-1")
         else:
             self.report("tftp", "tftp", f"TFTP server {server[0]}:{server[1]}")
             tftp = Tftp(server, self.pi, self.timeouts.tftp_file, self.cancelled, self.report)
             cmdline = self.load(tftp).decode("latin-1")
+        self.console("boot: kernel loaded; starting it with its cmdline.txt")
         nfs_server, root = parse_nfsroot(cmdline)
         self.mount(nfs_server, root)
+
+    def console(self, line: str) -> None:
+        """One line of the bootloader's log, sent as NETCONSOLE sends it: a UDP datagram
+        from the Pi's address (nothing when the EEPROM does not set NETCONSOLE)."""
+        if self.pi.netconsole is None:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((self.pi.address, 0))
+            sock.sendto(f"{line}\r\n".encode(), self.pi.netconsole)
 
     # -- DHCP ----------------------------------------------------------------------------
 

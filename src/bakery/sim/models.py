@@ -16,8 +16,9 @@ from .. import identifiers
 from .http_boot import HttpBootSettings
 
 BOOT_STATES = ("off", "dhcp", "tftp", "http", "nfs", "booted", "failed")
-#: The models whose bootloader can boot over HTTP (EEPROM boot mode 7).
-HTTP_BOOT_MODELS = ("4B", "5")
+#: The models whose bootloader lives in an EEPROM: they can boot over HTTP (boot mode 7)
+#: and send their log over UDP (NETCONSOLE).
+EEPROM_MODELS = ("4B", "5")
 #: Bakery's model names for the boards the simulator knows the bootloader of.
 MODELS = ("3B", "3B+", "4B", "5")
 #: Each model's MAC prefix (pi-netboot §4): Raspberry Pi Foundation, then Trading.
@@ -58,6 +59,8 @@ class SimPi:
     http_boot: HttpBootSettings | None = None
     #: boot.img and boot.sig bytes received over HTTP, over every boot.
     http_bytes: int = 0
+    #: Where the EEPROM's NETCONSOLE sends the bootloader's log (ip, port); None: nowhere.
+    netconsole: tuple[str, int] | None = None
     #: Bumped by each power change, so a boot cut short cannot write over a newer one.
     generation: int = 0
 
@@ -67,7 +70,7 @@ class SimPi:
         self.address = identifiers.ip(self.address)
         if self.model not in MODELS:
             raise ValueError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
-        if self.http_boot is not None and self.model not in HTTP_BOOT_MODELS:
+        if self.http_boot is not None and self.model not in EEPROM_MODELS:
             raise ValueError(f"a Pi {self.model} bootloader cannot boot over HTTP")
 
     def note(self, step: str, detail: str) -> None:

@@ -24,10 +24,10 @@ from .bootloader import Timeouts
 from .ganesha import Ganesha
 from .http_boot import EepromKey, HttpBootSettings
 from .image import build_sd_image, firmware_files, fleet_boot_files
-from .models import HTTP_BOOT_MODELS, MODELS, SimPi, make_pis
+from .models import EEPROM_MODELS, MODELS, SimPi, make_pis
 from .network import LoopbackNetwork, NetnsNetwork, Network, free_subnet
 from .power_api import PowerApi, power_settings
-from .server import BakeryProcess, accepts_connections, free_port, free_udp_port
+from .server import BakeryProcess, accepts_connections, free_port, free_udp_port, udp_bound
 from .simulator import Simulator
 from .wait import wait_until
 
@@ -64,6 +64,8 @@ class SiteOptions:
     #: key of Bakery's signing key, Bakery's HTTP boot server runs and they are
     #: registered to boot over HTTP. Pi 3s keep booting over TFTP.
     http_boot: bool = False
+    #: Set every Pi 4 and Pi 5 EEPROM's NETCONSOLE to Bakery's bootloader log listener.
+    netconsole: bool = False
     #: More Bakery settings (they win over the site's).
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -91,6 +93,8 @@ class SimulatedSite:
         self.api: ApiClient | None = None
         #: Where the HTTP boot server listens, when ``http_boot`` is set.
         self.http_boot_address: tuple[str, int] | None = None
+        #: Where bootloader logs go, when ``netconsole`` is set.
+        self.netconsole_address: tuple[str, int] | None = None
         self._cleanup = ExitStack()
 
     @property
@@ -121,6 +125,8 @@ class SimulatedSite:
             self.network.attach(pi)
         if options.http_boot:
             self._set_http_boot(pis)
+        if options.netconsole:
+            self._set_netconsole(pis)
         self.simulator = Simulator(pis, self.network, options.timeouts)
         self._cleanup.callback(self.simulator.stop)
         self.power = PowerApi(self.simulator, port=options.power_port).start()
@@ -131,9 +137,12 @@ class SimulatedSite:
         self.server = BakeryProcess(self.bakery_config(), options.workdir, options.api_port)
         self._cleanup.callback(self.server.stop)
         self.server.start()
-        if self.http_boot_address is not None:  # a netboot child, started after the API
+        if self.http_boot_address is not None:  # netboot children, started after the API
             address = self.http_boot_address
             wait_until(lambda: accepts_connections(address), 30, what="the HTTP boot server")
+        if self.netconsole_address is not None:
+            port = self.netconsole_address[1]
+            wait_until(lambda: udp_bound(port), 30, what="the bootloader log listener")
         self.api = ApiClient(self.server.url, self.server.token)
         enrol(self.api, pis, self.power.url)
         if options.bakeform:
@@ -152,8 +161,19 @@ class SimulatedSite:
             self.http_boot_address = ("127.0.0.1", free_port())
         host, port = self.http_boot_address
         for pi in pis:
-            if pi.model in HTTP_BOOT_MODELS:
+            if pi.model in EEPROM_MODELS:
                 pi.http_boot = HttpBootSettings(host, port, pi.serial, key)
+
+    def _set_netconsole(self, pis: list[SimPi]) -> None:
+        """NETCONSOLE in each Pi 4 and 5 EEPROM: its own address as the source, Bakery's
+        listener as the destination (6666, the bootloader's default port, in netns mode)."""
+        if isinstance(self.network, NetnsNetwork):
+            self.netconsole_address = (self.network.server_ip, 6666)
+        else:
+            self.netconsole_address = ("127.0.0.1", free_udp_port())
+        for pi in pis:
+            if pi.model in EEPROM_MODELS:
+                pi.netconsole = self.netconsole_address
 
     def _start_network(self) -> Network:
         if self.options.mode == "loopback":
@@ -209,6 +229,8 @@ class SimulatedSite:
             }
         if self.http_boot_address is not None:
             config["http_boot_bind"] = "{}:{}".format(*self.http_boot_address)
+        if self.netconsole_address is not None:
+            config["netconsole_bind"] = "{}:{}".format(*self.netconsole_address)
         return config | options.settings
 
 

@@ -40,6 +40,19 @@ def accepts_connections(address: tuple[str, int]) -> bool:
         return False
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a UDP socket of this network namespace is bound to ``port`` (a receiver
+    that never answers cannot be asked)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        if any(int(line.split()[1].rsplit(":", 1)[1], 16) == port for line in lines):
+            return True
+    return False
+
+
 class BakeryProcess:
     """Start, SIGKILL and restart ``bakery serve`` on one config file.
 
