@@ -29,6 +29,7 @@ ACCESS: dict[tuple[str, str], set[str]] = {
     ("patch", "/api/v1/pis/{serial}"): FLEET,
     ("delete", "/api/v1/pis/{serial}"): FLEET,
     ("post", "/api/v1/pis/{serial}/power"): FLEET,
+    ("get", "/api/v1/pis/{serial}/console"): FLEET_READ,
     ("get", "/api/v1/pis/{serial}/events"): FLEET_READ,
     ("get", "/api/v1/bakeforms"): WORK_READ,
     ("get", "/api/v1/bakeforms/{name}"): WORK_READ,
