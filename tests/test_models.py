@@ -18,6 +18,10 @@ def as_version_2(migrator: migrate.SchemaMigrator) -> list:
         migrator.drop_column("disk", "mount_point"),
         migrator.drop_column("pi", "boot_protocol"),
         migrator.drop_column("bake", "boot_protocol"),
+        *(
+            migrator.drop_column("pi", name)
+            for name in ("powered_on_at", "up_at", "last_seen", "stalled_at")
+        ),
     ]
 
 

@@ -100,6 +100,12 @@ class Settings:
     #: The operator's RSA-2048 key that signs each bake's boot.img (PEM); empty =
     #: ``<root>/http-boot-key.pem``, made on first use. Its public half goes in the EEPROMs.
     http_boot_key_file: str = ""
+    #: The URL a Pi reaches the API at (for its boot report); empty =
+    #: ``http(s)://<nfs_server>:<port of bind>``.
+    pi_api_url: str = ""
+    #: Seconds after a power-on by which a baked Pi's userspace should say it is up; a
+    #: boot past it is shown as stalled, with an event.
+    boot_deadline: float = 600.0
     #: Where bootloader logs are received (``<ip>:<port>``; the EEPROM's NETCONSOLE sends to
     #: port 6666 of 255.255.255.255 unless told otherwise); empty: not received.
     netconsole_bind: str = ""
@@ -151,6 +157,13 @@ class Settings:
     @property
     def http_boot_address(self) -> tuple[str, int] | None:
         return _address(self.http_boot_bind)
+
+    @property
+    def api_url_for_pis(self) -> str:
+        if self.pi_api_url:
+            return self.pi_api_url.rstrip("/")
+        scheme = "https" if self.tls_cert_file else "http"
+        return f"{scheme}://{self.nfs_server}:{self.bind.rpartition(':')[2]}"
 
     @property
     def netconsole_address(self) -> tuple[str, int] | None:
@@ -241,7 +254,7 @@ def _validate(s: Settings) -> None:
     for name in ("workers", "max_upload_mib", "max_disk_mib", "power_retries", "tftp_workers"):
         if getattr(s, name) < 1:
             raise ConfigError(f"setting {name!r}: must be at least 1")
-    for name in ("power_timeout",):
+    for name in ("power_timeout", "boot_deadline"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"setting {name!r}: must be positive")
     if s.power_on_gap < 0:
@@ -257,6 +270,8 @@ def _validate(s: Settings) -> None:
         parts = getattr(s, name).split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
             raise ConfigError(f"setting {name!r}: must be a relative path inside the Pi's root")
+    if s.pi_api_url and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(:\d+)?/?", s.pi_api_url):
+        raise ConfigError(f"setting 'pi_api_url': {s.pi_api_url!r} is not http(s)://<host>[:port]")
     if s.ppi_dir and not Path(s.ppi_dir).is_absolute():
         raise ConfigError(f"setting 'ppi_dir': {s.ppi_dir!r} must be an absolute path")
     for host in s.webhook_hosts:

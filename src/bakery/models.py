@@ -93,6 +93,13 @@ class Pi(BaseModel):
     labels = JSONField(default=list)
     #: What its EEPROM is set to boot over (one of BOOT_PROTOCOLS): its bakes' default.
     boot_protocol = pw.CharField(max_length=8, default="tftp")
+    #: Its boot, as far as Bakery knows: when it was last powered on, when its userspace
+    #: said it was up (after that power-on if this boot got that far), when it last said
+    #: anything, and when it was found past its deadline without saying so.
+    powered_on_at = pw.DateTimeField(null=True)
+    up_at = pw.DateTimeField(null=True)
+    last_seen = pw.DateTimeField(null=True)
+    stalled_at = pw.DateTimeField(null=True)
     #: The live bake on this Pi, if any (a plain id, not a foreign key, to avoid a cycle).
     bake_id = pw.CharField(max_length=32, null=True)
     created_at = pw.DateTimeField(default=utcnow)
@@ -246,7 +253,7 @@ def _owners_actors_and_bake_secrets(migrator: migrate.SchemaMigrator) -> None:
 
 def _disk_filesystems_and_boot_protocols(migrator: migrate.SchemaMigrator) -> None:
     """Version 3: disks formatted by Bakery and mounted by the disk agent; Pis and bakes
-    that boot over HTTP."""
+    that boot over HTTP; boots that say when their userspace is up."""
 
     def protocol() -> pw.CharField:
         return pw.CharField(max_length=8, default="tftp")
@@ -256,6 +263,10 @@ def _disk_filesystems_and_boot_protocols(migrator: migrate.SchemaMigrator) -> No
         migrator.add_column("disk", "mount_point", pw.CharField(max_length=255, null=True)),
         migrator.add_column("pi", "boot_protocol", protocol()),
         migrator.add_column("bake", "boot_protocol", protocol()),
+        *(
+            migrator.add_column("pi", name, pw.DateTimeField(null=True))
+            for name in ("powered_on_at", "up_at", "last_seen", "stalled_at")
+        ),
     )
 
 

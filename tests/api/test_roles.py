@@ -60,6 +60,7 @@ ACCESS: dict[tuple[str, str], set[str]] = {
     ("delete", "/api/v1/tokens/{name}"): ADMIN,
     # open to all, token or not: the Pi's own metadata (its bake's secret) and health
     ("get", "/api/v1/metadata/agent-settings"): EVERYONE,
+    ("post", "/api/v1/metadata/boot"): EVERYONE,
     ("get", "/api/v1/health"): EVERYONE,
 }
 #: Values for the path parameters: well formed, naming nothing (so nothing is changed).

@@ -95,6 +95,27 @@ def test_bakes_on_pi_3bplus_4_and_5_boot_through_dnsmasq_tftp_and_their_nfs_root
         assert any(e["kind"] == "dhcp" and "proxy" in e["message"] for e in events), messages
 
 
+def test_each_booted_pi_says_its_userspace_is_up_and_the_boot_takes_seconds(site, bake):
+    pis = site.pis[5:7]
+    for pi in pis:
+        bake(pi)
+    booted(site, *pis)
+
+    for pi in pis:
+        up = wait_until(
+            lambda p=pi: [
+                e
+                for e in site.api.get(f"/pis/{p.serial}/events", limit=100)
+                if e["data"].get("step") == "userspace_up"
+            ],
+            10,
+            what="the boot report",
+        )
+        assert 0 < up[-1]["data"]["seconds"] < 30
+        assert site.api.get(f"/pis/{pi.serial}")["boot"] == "up"
+        assert pi.timeline[-1].detail == "boot report: HTTP 200"
+
+
 def test_a_pi_reads_its_own_root_and_disk_but_is_refused_another_pis(site, bake):
     mine, other = site.pis[3], site.pis[4]
     my_bake, other_bake = bake(mine), bake(other)

@@ -22,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Routes open without a token: the health check, and the metadata a Pi asks about
 #: itself (it shows its bake's own secret instead, see api/metadata.py).
-PUBLIC_ENDPOINTS = {"health.Health", "metadata.AgentSettingsForCaller"}
+PUBLIC_ENDPOINTS = {"health.Health", "metadata.AgentSettingsForCaller", "metadata.BootReport"}
 #: flask-smorest's own routes (the OpenAPI document): any valid token reads them.
 DOC_ENDPOINTS = {"api-docs.openapi_json"}
 

@@ -24,6 +24,17 @@ blp = Blueprint(
 )
 
 
+@blp.route("/boot")
+class BootReport(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200, description="the bake the report was filed under")
+    def post(self) -> dict[str, Any]:
+        """The caller's boot report: its userspace is up (the first report after a
+        power-on), or still up (a heartbeat)."""
+        secret = request.headers.get(SECRET_HEADER, "")
+        return current_fleet().report_userspace(request.remote_addr or "", secret)
+
+
 @blp.route("/agent-settings")
 class AgentSettingsForCaller(MethodView):
     @blp.doc(security=[])

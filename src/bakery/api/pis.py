@@ -33,9 +33,16 @@ class PiSchema(Schema):
     ip = fields.String(attribute="last_ip", allow_none=True)
     labels = fields.List(fields.String())
     boot_protocol = fields.String()
+    boot = fields.Method(
+        "_boot", metadata={"description": "a baked Pi's boot: booting, up or stalled"}
+    )
+    last_seen = fields.DateTime(allow_none=True)
     bake_id = fields.String(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+
+    def _boot(self, pi: Any) -> str | None:
+        return current_fleet().boot_status(pi)
 
     def _power_settings(self, pi: Any) -> dict[str, Any]:
         """Write-only secrets: a relay's password or token is never shown again."""

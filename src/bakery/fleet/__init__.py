@@ -23,7 +23,7 @@ from .. import stemcell
 from ..config import Settings
 from ..models import BOOT_PROTOCOLS, Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
 from ..power import PowerController, PowerResult
-from . import bakeforms, bakes, disks, exports, netboot, pis, queries, recovery
+from . import bakeforms, bakes, boots, disks, exports, netboot, pis, queries, recovery
 from .actors import Actor, acting_as
 from .context import FleetContext
 from .netboot import FleetBootSource
@@ -137,6 +137,12 @@ class Fleet:
     list_disks = staticmethod(queries.list_disks)
     list_snapshots = staticmethod(queries.list_snapshots)
     timeline = staticmethod(queries.timeline)
+    report_userspace = staticmethod(boots.report_userspace)
+
+    def boot_status(self, pi: Pi) -> str | None:
+        """up, booting or stalled for a baked Pi (None for one not booting a bake)."""
+        return boots.boot_status(pi, self.settings.boot_deadline)
+
     console = staticmethod(queries.console)
 
     # -- Pis and power --------------------------------------------------------------------

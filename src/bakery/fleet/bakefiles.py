@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from .. import disks, roots, stemcell
+from .. import disks, identifiers, roots, stemcell
 from ..config import Settings
 from ..errors import Conflict
-from ..models import Bake, BakeState, Disk
+from ..models import Bake, BakeState, Disk, Pi
 from .context import FleetContext
 from .queries import get_live_bake
+from .states import LIVE_BAKE_STATES
 
 #: Bakes whose roots Bakery still writes into: being made, or baked.
 WRITABLE_BAKE_STATES = (BakeState.PREPARING.value, BakeState.BAKED.value)
@@ -108,3 +109,17 @@ def secret_hash(secret: str) -> str:
 
 def secret_matches(bake: Bake, presented: str) -> bool:
     return bool(bake.secret_hash) and hmac.compare_digest(bake.secret_hash, secret_hash(presented))
+
+
+def caller_bake(ip: str, secret: str) -> tuple[Pi, Bake] | None:
+    """The Pi at ``ip`` and its live bake, for a caller showing that bake's secret (the
+    metadata service): an address alone is a claim anyone on the Pi LAN can make, the
+    secret is in the Pi's root only. None for any mismatch."""
+    try:
+        pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
+    except identifiers.InvalidIdentifier:
+        return None
+    bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
+    if pi is None or bake is None or bake.state not in LIVE_BAKE_STATES:
+        return None
+    return (pi, bake) if secret_matches(bake, secret) else None

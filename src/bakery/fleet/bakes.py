@@ -19,9 +19,9 @@ from .allocation import claim
 from .bakefiles import (
     agent_settings,
     bake_lock,
+    caller_bake,
     forget_bake_lock,
     give_secret,
-    secret_matches,
     writable_bake,
     write_bake_files,
 )
@@ -31,7 +31,7 @@ from .exports import publish_exports
 from .pis import check_boot_protocol
 from .power import operator_power, power_pi
 from .queries import get_bakeform, get_disk, get_live_bake
-from .states import LIVE_BAKE_STATES, move_bake, move_pi, pi_move_allowed
+from .states import move_bake, move_pi, pi_move_allowed
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ def _prepare(
     _step(bake, "cloned", "root cloned", method=bakeform.clone_method)
     roots.season_root(root, hostname=bake.hostname, resolv_conf=ctx.settings.resolv_conf)
     stemcell.install_disk_agent(root, ctx.settings.disks_list_path)
+    stemcell.install_boot_report(root, ctx.settings.api_url_for_pis, ctx.settings.bake_secret_path)
     give_secret(ctx, bake)
     seeded = roots.seed_cloud_init(
         root, instance_id=bake.id, hostname=bake.hostname, user_data=user_data
@@ -264,13 +265,9 @@ def agent_settings_for_caller(ip: str, secret: str) -> dict[str, Any]:
     """The agent settings of the live bake on the Pi at ``ip``, for a caller showing the
     bake's own secret (the metadata service): an address alone is a claim anyone on the
     Pi LAN can make, the secret is in the Pi's root only. Any mismatch is not found."""
-    try:
-        pi = Pi.get_or_none(Pi.last_ip == identifiers.ip(ip))
-    except identifiers.InvalidIdentifier:
-        pi = None
-    bake = Bake.get_or_none(Bake.id == pi.bake_id) if pi and pi.bake_id else None
-    settings = agent_settings(bake) if bake and bake.state in LIVE_BAKE_STATES else None
-    if bake is None or settings is None or not secret_matches(bake, secret):
+    caller = caller_bake(ip, secret)
+    settings = agent_settings(caller[1]) if caller else None
+    if settings is None:
         raise NotFound(f"no agent settings for {ip}", code="agent_settings_not_found")
     return settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import Event, Pi
+from ..models import Event, Pi, utcnow
 from .actors import actor_name
 
 
@@ -18,9 +18,12 @@ def record(
 
 
 def record_power(serial: str, message: str, data: dict[str, Any]) -> None:
-    """The power controller's report of one attempt, on the Pi it switched."""
+    """The power controller's report of one attempt, on the Pi it switched; a power-on
+    that worked begins a boot (``Pi.powered_on_at``)."""
     pi = Pi.get_or_none(Pi.serial == serial)
     record(pi, "power", message, pi.bake_id if pi else None, **data)
+    if pi is not None and data.get("action") in ("on", "cycle") and data.get("outcome") == "ok":
+        Pi.update(powered_on_at=utcnow()).where(Pi.id == pi.id).execute()
 
 
 def timeline(

@@ -29,7 +29,7 @@ from ..models import (
 )
 from ..netboot import bootfiles
 from ..power import PowerError
-from . import console, events
+from . import boots, console, events
 from .context import FleetContext
 from .exports import publish_exports
 from .pis import release_address
@@ -71,6 +71,9 @@ class FleetBootSource:
 
     def record_dhcp(self, mac: str, message: str, data: dict[str, Any]) -> None:
         self._on_connection(record_dhcp, mac, message, data)
+
+    def check_stalled(self) -> int:
+        return self._on_connection(boots.check_stalled, self.ctx)
 
     def record_console(self, ip: str, lines: list[str]) -> bool:
         return self._on_connection(console.record_lines, self.ctx, ip, lines)

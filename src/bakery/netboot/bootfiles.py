@@ -70,6 +70,9 @@ class BootSource(Protocol):
     def record_dhcp(self, mac: str, message: str, data: dict[str, Any]) -> None:
         """What dnsmasq did for the Pi with ``mac``, for its timeline."""
 
+    def check_stalled(self) -> int:
+        """Mark the baked Pis whose userspace is past its deadline; how many."""
+
     def record_console(self, ip: str, lines: list[str]) -> bool:
         """Bootloader log lines sent from ``ip``, filed under the Pi at that address;
         False when no Pi may be sending from there (the lines are dropped)."""

@@ -46,6 +46,23 @@ def netboot_children(
     return children
 
 
+#: Seconds between two looks for boots past their deadline.
+STALL_CHECK_INTERVAL = 15.0
+
+
+def watch_boots(settings: Settings, open_source: SourceFactory, done: threading.Event) -> None:
+    """Until ``done``: mark the baked Pis whose userspace is past its deadline."""
+    source = open_source(settings)
+    try:
+        while not done.wait(STALL_CHECK_INTERVAL):
+            try:
+                source.check_stalled()
+            except Exception:  # a database hiccup must not end the watch
+                log.exception("could not check for stalled boots")
+    finally:
+        source.close()
+
+
 def run_netboot(
     settings: Settings, open_source: SourceFactory, parent: TextIO | None = None
 ) -> None:
@@ -64,6 +81,7 @@ def run_netboot(
         threading.Thread(target=watch_parent, daemon=True).start()
     for child in children:
         child.start()
+    threading.Thread(target=watch_boots, args=(settings, open_source, done), daemon=True).start()
     log.info("netboot: running %s", ", ".join(type(c).__name__ for c in children) or "nothing")
     done.wait()
     for child in children:

@@ -27,13 +27,17 @@ Power-off is the ``power_off`` event; every wait watches it and raises
 
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from ..stemcell.install import API_URL_FILE
+from ..stemcell.install import DEFAULT_SECRET_PATH as SECRET_FILE
 from . import dhcp_client, http_boot, nfs
 from .models import SimPi
 from .network import Link
@@ -332,6 +336,31 @@ class Bootloader:
         hostname = self.read_root(server, f"{root}/etc/hostname").decode(errors="replace")
         self.pi.hostname = hostname.strip()
         self.report("booted", "booted", f"root {server}:{root} read, hostname {self.pi.hostname}")
+        self.report_userspace(server, root)
+
+    def report_userspace(self, server: str, root: str) -> None:
+        """What the root's boot report does once userspace is up: POST to the API URL
+        Bakery wrote into the root, with the bake's secret from the root, from the Pi's
+        address. A root without them (not baked by this Bakery) reports nothing."""
+        try:
+            url = nfs.read_file(server, f"{root}/{API_URL_FILE}", self.link.nfs_port, 5.0)
+            secret = nfs.read_file(server, f"{root}/{SECRET_FILE}", self.link.nfs_port, 5.0)
+        except nfs.NfsError:
+            return
+        endpoint = urlsplit(url.decode().strip())
+        connection = http.client.HTTPConnection(
+            endpoint.hostname or "", endpoint.port, timeout=10, source_address=(self.pi.address, 0)
+        )
+        try:
+            headers = {"X-Bakery-Bake-Secret": secret.decode().strip()}
+            connection.request("POST", "/api/v1/metadata/boot", headers=headers)
+            status = connection.getresponse().status
+        except OSError as exc:
+            self.report("booted", "userspace", f"boot report failed: {exc}")
+            return
+        finally:
+            connection.close()
+        self.report("booted", "userspace", f"boot report: HTTP {status}")
 
     def read_root(self, server: str, path: str) -> bytes:
         """Read ``path``, retrying until the NFS timeout (the export may be a moment

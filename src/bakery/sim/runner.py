@@ -134,7 +134,10 @@ class SimulatedSite:
         if options.mode == "netns":
             self._start_ganesha()
         install_firmware(options.root / "firmware")
-        self.server = BakeryProcess(self.bakery_config(), options.workdir, options.api_port)
+        # netns mode: the API on every address, the bridge's too, where the Pis' boot
+        # reports reach it (tokens guard it as on loopback)
+        host = "0.0.0.0" if isinstance(self.network, NetnsNetwork) else "127.0.0.1"
+        self.server = BakeryProcess(self.bakery_config(), options.workdir, options.api_port, host)
         self._cleanup.callback(self.server.stop)
         self.server.start()
         if self.http_boot_address is not None:  # netboot children, started after the API

@@ -60,14 +60,20 @@ class BakeryProcess:
     ``BAKERY_CONFIG`` with every other ``BAKERY_*`` variable removed, so the server
     runs on exactly these settings whatever the caller's environment holds."""
 
-    def __init__(self, config: dict[str, Any], workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(
+        self,
+        config: dict[str, Any],
+        workdir: Path,
+        port: int | None = None,
+        bind_host: str = "127.0.0.1",
+    ) -> None:
+        self.port = port or free_port(bind_host)
         scheme = "https" if config.get("tls_cert_file") else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         #: What requests should verify the server's certificate with.
         self.verify: str | bool = config.get("tls_cert_file") or True
         self.config_file = workdir / "bakery.json"
-        self.config_file.write_text(json.dumps({**config, "bind": f"127.0.0.1:{self.port}"}))
+        self.config_file.write_text(json.dumps({**config, "bind": f"{bind_host}:{self.port}"}))
         self.log_file = workdir / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.root = Path(config["root"])

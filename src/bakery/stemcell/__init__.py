@@ -7,6 +7,12 @@ image and packs a stemcell tarball.
 """
 
 from bakery.stemcell.build import StemcellError, build_stemcell
-from bakery.stemcell.install import disk_device, install_disk_agent
+from bakery.stemcell.install import disk_device, install_boot_report, install_disk_agent
 
-__all__ = ["StemcellError", "build_stemcell", "disk_device", "install_disk_agent"]
+__all__ = [
+    "StemcellError",
+    "build_stemcell",
+    "disk_device",
+    "install_boot_report",
+    "install_disk_agent",
+]

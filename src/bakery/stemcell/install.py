@@ -71,8 +71,25 @@ def disk_agent_entries() -> list[RootEntry]:
     ]
 
 
+BOOT_REPORT = "bakery-boot-report"
+#: Where the boot report finds the API's URL (Bakery writes it beside the bake's secret).
+API_URL_FILE = "var/lib/bakery/api-url"
+
+
+def boot_report_entries() -> list[RootEntry]:
+    """The boot report script, its service (enabled: it runs once userspace is up) and
+    the enabled timer that repeats it as a heartbeat."""
+    return [
+        RootFile(f"usr/local/sbin/{BOOT_REPORT}", packaged_file(BOOT_REPORT), mode=0o755),
+        *unit_entries(f"{BOOT_REPORT}.service", "multi-user.target"),
+        *unit_entries(f"{BOOT_REPORT}.timer", "timers.target"),
+    ]
+
+
 #: Where the disk agent reads the disks list unless told otherwise (Settings default).
 DEFAULT_DISKS_LIST = "var/lib/bakery/disks"
+#: Where the boot report reads the bake's secret unless told otherwise (Settings default).
+DEFAULT_SECRET_PATH = "var/lib/bakery/secret"
 
 
 def install_disk_agent(root: Path, disks_list: str = DEFAULT_DISKS_LIST) -> None:
@@ -96,3 +113,13 @@ def install_entries(root: Path, entries: list[RootEntry]) -> None:
             roots.write_in_root(root, entry.path, entry.data, mode=entry.mode)
         else:
             roots.symlink_in_root(root, entry.path, entry.target)
+
+
+def install_boot_report(root: Path, api_url: str, secret_path: str) -> None:
+    """Install the boot report into the root tree `root`, with the API URL it posts to
+    and, when the bake's secret is elsewhere than the default, a drop-in naming it."""
+    entries = [*boot_report_entries(), RootFile(API_URL_FILE, f"{api_url}\n".encode())]
+    if secret_path != DEFAULT_SECRET_PATH:
+        drop_in = f"[Service]\nEnvironment=BAKERY_SECRET_FILE=/{secret_path}\n".encode()
+        entries.append(RootFile(f"{UNIT_DIR}/{BOOT_REPORT}.service.d/bakery.conf", drop_in))
+    install_entries(root, entries)

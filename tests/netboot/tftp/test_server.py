@@ -366,3 +366,13 @@ def test_a_cmdline_request_from_another_loopback_address_moves_nothing(server, f
     assert "Clients = 127.0.0.3;" not in open(fleet.settings.exports_file).read()
     real = PiClient(server.address, "0000beef", bind_ip="127.0.0.2")
     assert b"nfsroot=" in real.get("cmdline.txt")
+
+
+def test_a_pi_unbaked_and_baked_again_at_once_gets_its_new_bakes_files(pi, server, fleet, baked):
+    assert pi.get("kernel8.img") == BOOT_FILES["kernel8.img"]  # its target is remembered
+
+    fleet.unbake(baked.id)
+    again = fleet.bake("raspios", serial=SERIAL)
+
+    assert pi.get("kernel8.img") == BOOT_FILES["kernel8.img"], "not the old bake's deleted files"
+    assert fleet.get_pi(SERIAL).bake_id == again.id

@@ -285,7 +285,7 @@ class TftpServer:
         now = time.monotonic()
         boot = self.boots[serial]
         first = boot.note(name, now)
-        if boot.target_is_fresh(ip, now) and name.lower() != CMDLINE:
+        if boot.target_is_fresh(ip, now) and name.lower() != CMDLINE and _still_there(boot.target):
             return boot.target
         target = await self._ask(self.source.boot_target, serial, ip, boot.model())
         boot.remember(target, ip, now)
@@ -397,3 +397,9 @@ def _run(coroutine: Coroutine[Any, Any, None]) -> None:
 
 def _as_is(content: bytes) -> bytes:
     return content
+
+
+def _still_there(target: BootTarget | None) -> bool:
+    """Whether a remembered target still holds: a Pi unbaked and baked again within the
+    target's few seconds must not be served the old bake's (deleted) boot files."""
+    return target is None or target.boot_dir.is_dir()
