@@ -17,7 +17,6 @@ are made once per bake and kept). Clients run in separate processes, threads for
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import socket
 import statistics
@@ -111,7 +110,7 @@ def read_body(sock: socket.socket, what: str) -> int:
     return length
 
 
-def _http_client_process(address, pis, start, results) -> None:
+def _http_client_process(pis, address, start, results) -> None:
     start.wait()
     began = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(pis)) as pool:
@@ -120,26 +119,8 @@ def _http_client_process(address, pis, start, results) -> None:
 
 
 def http_storm(address, pis: list[str], processes: int) -> tuple[float, int, int]:
-    """All ``pis`` fetch their boot image at once, split over client processes:
-    (seconds from the start signal to the last Pi, bytes fetched, failures)."""
-    context = multiprocessing.get_context("fork")
-    shares = [share for share in (pis[i::processes] for i in range(processes)) if share]
-    start, results = context.Barrier(len(shares) + 1), context.Queue()
-    workers = [
-        context.Process(target=_http_client_process, args=(address, share, start, results))
-        for share in shares
-    ]
-    for worker in workers:
-        worker.start()
-    start.wait()
-    began = time.monotonic()
-    outcomes = [results.get() for _ in workers]
-    elapsed = time.monotonic() - began
-    for worker in workers:
-        worker.join()
-        if worker.exitcode:
-            raise RuntimeError("an HTTP client process failed")
-    return elapsed, sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)
+    """All ``pis`` fetch their boot image at once, split over client processes."""
+    return tftp_bench.storm(_http_client_process, pis, processes, address)
 
 
 def main() -> int:

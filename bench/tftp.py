@@ -58,6 +58,8 @@ BOOT_ORDER = (
     "cmdline.txt",
     "kernel8.img",
 )
+#: Seconds a storm may take before its client processes are taken for dead.
+STORM_TIMEOUT = 600
 TARGETS = {"single vs tftpd-hpa": 0.6, "all Pis at once vs dnsmasq": 1.0}
 
 
@@ -172,7 +174,7 @@ def stop(process: subprocess.Popen) -> None:
 # -- the clients ---------------------------------------------------------------------------
 
 
-def _client_process(address, pis, files, start, results) -> None:
+def _client_process(pis, address, files, start, results) -> None:
     start.wait()  # every client process at the start line, and the parent's clock
     began = time.monotonic()
     sequences = [pi4_sequence(address, serial, files, pi_address(serial)) for serial in pis]
@@ -183,25 +185,31 @@ def _client_process(address, pis, files, start, results) -> None:
     results.put((elapsed, fetched, failed))
 
 
-def boot_storm(address, pis: list[str], files, processes: int) -> tuple[float, int, int]:
-    """All ``pis`` boot at once, split over client processes. Returns (seconds, bytes
-    fetched, failed transfers); seconds run from the start signal to the last Pi."""
+def storm(client, pis: list[str], processes: int, *args) -> tuple[float, int, int]:
+    """All ``pis`` at once, split over client processes each running ``client(share,
+    *args, start, results)``, which waits on ``start`` and puts (seconds, bytes, failures)
+    on ``results``. Returns (seconds from the start signal to the last Pi, bytes fetched,
+    failures)."""
     context = multiprocessing.get_context("fork")
     shares = [share for share in (pis[i::processes] for i in range(processes)) if share]
     start, results = context.Barrier(len(shares) + 1), context.Queue()
     workers = [
-        context.Process(target=_client_process, args=(address, share, files, start, results))
-        for share in shares
+        context.Process(target=client, args=(share, *args, start, results)) for share in shares
     ]
     for worker in workers:
         worker.start()
     start.wait()
     began = time.monotonic()
-    outcomes = [results.get() for _ in workers]
+    outcomes = [results.get(timeout=STORM_TIMEOUT) for _ in workers]  # a dead client: Empty
     elapsed = time.monotonic() - began
     for worker in workers:
         worker.join()
     return elapsed, sum(o[1] for o in outcomes), sum(o[2] for o in outcomes)
+
+
+def boot_storm(address, pis: list[str], files, processes: int) -> tuple[float, int, int]:
+    """All ``pis`` boot over TFTP at once, split over client processes."""
+    return storm(_client_process, pis, processes, address, files)
 
 
 def curl_time(address: tuple[str, int], path: str, clients: int) -> float:

@@ -11,7 +11,7 @@ import pytest
 from bakery.config import load_settings
 from bakery.sim.bootloader import Timeouts
 from bakery.sim.image import build_sd_image, firmware_files, fleet_boot_files
-from bakery.sim.models import make_pis
+from bakery.sim.models import SimPi, make_pis
 from bakery.sim.network import LoopbackNetwork
 from bakery.sim.simulator import Simulator
 
@@ -71,3 +71,19 @@ def make_fleet(fleet, fleet_image, tftp_server):
     yield make
     for simulator in simulators:
         simulator.stop()
+
+
+@pytest.fixture
+def bake(site):
+    """For modules with a ``site`` (a SimulatedSite): bake a given Pi with the site's
+    bakeform; whatever a test baked is unbaked after it."""
+    baked = []
+
+    def make(pi: SimPi) -> dict:
+        baked.append(site.api.post("/bakes", {"bakeform": "demo", "serial": pi.serial}))
+        return baked[-1]
+
+    yield make
+    for record in baked:
+        if site.api.get(f"/bakes/{record['id']}")["state"] != "unbaked":
+            site.api.delete(f"/bakes/{record['id']}")

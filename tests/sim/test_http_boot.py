@@ -36,20 +36,6 @@ def site(tmp_path_factory):
         yield running
 
 
-@pytest.fixture
-def bake(site):
-    baked = []
-
-    def make(pi: SimPi) -> dict:
-        baked.append(site.api.post("/bakes", {"bakeform": "demo", "serial": pi.serial}))
-        return baked[-1]
-
-    yield make
-    for record in baked:
-        if site.api.get(f"/bakes/{record['id']}")["state"] != "unbaked":
-            site.api.delete(f"/bakes/{record['id']}")
-
-
 def settled(*pis: SimPi) -> None:
     wait_until(lambda: all(pi.state in ("booted", "failed") for pi in pis), 30, what="the boots")
 
