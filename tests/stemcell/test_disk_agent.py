@@ -492,3 +492,19 @@ def test_a_mount_point_that_leads_into_a_system_tree_is_refused(pi: Pi):
     assert "a system directory; not mounted" in result.stderr
     assert not [point for point in mounts_below(Path("/run")) if "containerd" in point]
     assert pi.link(DISK_A).is_symlink(), "still attached as a device"
+
+
+def test_disks_mounted_inside_one_another_are_undone_in_one_run(pi: Pi):
+    pi.make_disk(DISK_A)
+    pi.make_disk(DISK_B)
+    rancher = pi.mount_point("var/lib/rancher")
+    # the inner disk has the higher id: in id order the outer one would come first, busy
+    outer, inner = sorted((DISK_A, DISK_B))
+    pi.list_disks(pi.line(outer, rancher), pi.line(inner, rancher / "k3s"))
+    assert pi.run_agent().returncode == 0
+
+    pi.list_disks()
+    result = pi.run_agent()
+
+    assert result.returncode == 0, result.stderr
+    assert pi.state() == ([], [], {})

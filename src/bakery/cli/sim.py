@@ -40,15 +40,27 @@ def sim_group() -> None:
     is_flag=True,
     help="Pi 4s and 5s boot a signed boot.img over HTTP (Bakery's key in their EEPROMs).",
 )
+@click.option(
+    "--netconsole",
+    is_flag=True,
+    help="Pi 4s and 5s send their bootloader log to Bakery (EEPROM NETCONSOLE).",
+)
 def sim_run(
-    count: int, mode: str, root: str, port: int, power_port: int, tftp_bind: str, http_boot: bool
+    count: int,
+    mode: str,
+    root: str,
+    port: int,
+    power_port: int,
+    tftp_bind: str,
+    http_boot: bool,
+    netconsole: bool,
 ) -> None:
     """Bakery on embedded defaults with COUNT simulated Pis enrolled and bakeform
     ``demo``, until Ctrl-C."""
     from ..sim.demo import run_demo
 
     try:
-        run_demo(count, mode, Path(root), port, power_port, tftp_bind, http_boot)
+        run_demo(count, mode, Path(root), port, power_port, tftp_bind, http_boot, netconsole)
     except (OSError, RuntimeError, ValueError, ApiError) as exc:
         raise click.ClickException(str(exc)) from None
 

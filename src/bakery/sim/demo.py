@@ -40,6 +40,7 @@ def run_demo(
     power_port: int,
     tftp_bind: str = "",
     http_boot: bool = False,
+    netconsole: bool = False,
 ) -> None:
     """Start the site, print how to use it, and run until SIGINT or SIGTERM."""
     mode = default_mode() if mode == "auto" else mode
@@ -56,6 +57,7 @@ def run_demo(
         power_port=power_port,
         tftp_port=_tftp_port(tftp_bind),
         http_boot=http_boot,
+        netconsole=netconsole,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
