@@ -16,7 +16,6 @@ are made once per bake and kept). Clients run in separate processes, threads for
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import statistics
@@ -31,36 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for bench.tftp, 
 
 from bench import tftp as tftp_bench  # noqa: E402
 
-from bakery import models  # noqa: E402
-from bakery.config import load_settings  # noqa: E402
-from bakery.fleet import Fleet  # noqa: E402
-from bakery.sim.image import build_sd_image  # noqa: E402
 from bakery.sim.server import accepts_connections, free_port  # noqa: E402
 from bakery.sim.wait import wait_until  # noqa: E402
 
 MIB = tftp_bench.MIB
 TARGET = 5.0
-
-
-def prepare(work: Path, files: dict[str, bytes], pis: list[str], http_bind: str) -> Path:
-    """A data dir with one bakeform and ``pis`` Pis baked to boot over HTTP."""
-    image = build_sd_image(work / "pi.img", boot=files, boot_mib=128)
-    root = work / "data"
-    root.mkdir()
-    settings = load_settings(
-        environ={}, root=root, power_on_gap=0, nfs_backend="none", http_boot_bind=http_bind
-    )
-    models.connect(settings.database)
-    models.create_schema()
-    with models.database.connection_context():
-        fleet = Fleet(settings)
-        with open(image, "rb") as upload:
-            fleet.import_bakeform("raspios", upload)
-        for serial in pis:
-            fleet.register_pi(serial, ip=tftp_bench.pi_address(serial), boot_protocol="http")
-            fleet.bake("raspios", serial=serial)
-    models.database.close()
-    return root
 
 
 def start_http_boot(data: Path, bind: str) -> subprocess.Popen:
@@ -124,12 +98,8 @@ def http_storm(address, pis: list[str], processes: int) -> tuple[float, int, int
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--client-processes", type=int, default=2)
+    parser = tftp_bench.storm_arguments(__doc__)
     parser.add_argument("--initramfs-mib", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (Pis on many loopback addresses, as bench/tftp.py)", file=sys.stderr)
@@ -146,7 +116,8 @@ def run_bench(work: Path, args) -> int:
         order.insert(order.index("kernel8.img"), "initramfs8")
     pis = tftp_bench.serials(args.clients)
     tftp_port, http_port = free_port(), free_port()
-    data = prepare(work, files, pis, f"127.0.0.1:{http_port}")
+    http_bind = f"127.0.0.1:{http_port}"
+    data = tftp_bench.prepare_bakery(work, files, pis, "http", http_boot_bind=http_bind)
     tftp_address, http_address = ("127.0.0.1", tftp_port), ("127.0.0.1", http_port)
     processes = []
     try:

@@ -83,12 +83,15 @@ def pi_address(serial: str) -> str:
 # -- the servers ---------------------------------------------------------------------------
 
 
-def prepare_bakery(work: Path, files: dict[str, bytes], pis: list[str]) -> Path:
-    """A data dir with one bakeform and ``pis`` baked Pis; returns the data dir."""
-    image = build_sd_image(work / "pi.img", boot=files, boot_mib=64)
+def prepare_bakery(
+    work: Path, files: dict[str, bytes], pis: list[str], boot_protocol: str = "tftp", **settings_
+) -> Path:
+    """A data dir with one bakeform and ``pis`` Pis baked to boot over ``boot_protocol``
+    (``settings_`` added to the data dir's settings); returns the data dir."""
+    image = build_sd_image(work / "pi.img", boot=files, boot_mib=128)
     root = work / "data"
     root.mkdir()
-    settings = load_settings(environ={}, root=root, power_on_gap=0, nfs_backend="none")
+    settings = load_settings(environ={}, root=root, power_on_gap=0, nfs_backend="none", **settings_)
     models.connect(settings.database)
     models.create_schema()
     with models.database.connection_context():
@@ -96,7 +99,7 @@ def prepare_bakery(work: Path, files: dict[str, bytes], pis: list[str]) -> Path:
         with open(image, "rb") as upload:
             fleet.import_bakeform("raspios", upload)
         for serial in pis:
-            fleet.register_pi(serial, ip=pi_address(serial))
+            fleet.register_pi(serial, ip=pi_address(serial), boot_protocol=boot_protocol)
             fleet.bake("raspios", serial=serial)
     models.database.close()
     return root
@@ -257,13 +260,20 @@ def summarize(name: str, pis: list[str], rounds: list[tuple]) -> dict[str, float
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def storm_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every boot-storm bench takes: how many Pis, rounds and client
+    processes, and where its temp dir goes."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2, help="Bakery TFTP processes")
     parser.add_argument("--workdir", type=Path, default=None)
+    return parser
+
+
+def main() -> int:
+    parser = storm_arguments(__doc__)
+    parser.add_argument("--workers", type=int, default=2, help="Bakery TFTP processes")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("run as root (dnsmasq's TFTP binds port 69)", file=sys.stderr)

@@ -34,6 +34,14 @@ def test_environment_overrides_the_file(tmp_path):
         ({"export_options": "rw) *(rw"}, "export_options"),
         ({"power_on_gap": -1}, "power_on_gap"),
         ({"wrokers": 2}, "wrokers"),
+        ({"http_boot_bind": "bakery.lab:80"}, "http_boot_bind"),
+        ({"http_boot_bind": "10.0.0.1:99999"}, "http_boot_bind"),
+        ({"http_boot_key_file": "keys/boot.pem"}, "http_boot_key_file"),
+        ({"netconsole_bind": "10.0.0.1"}, "netconsole_bind"),
+        ({"pi_api_url": "ftp://10.0.0.1"}, "pi_api_url"),
+        ({"pi_api_url": "http://10.0.0.1:8080/$(reboot)"}, "pi_api_url"),
+        ({"pi_api_url": "http://a b"}, "pi_api_url"),
+        ({"boot_deadline": 0}, "boot_deadline"),
     ],
 )
 def test_a_bad_setting_is_one_clear_error(tmp_path, values, word):
@@ -81,3 +89,10 @@ def test_tls_needs_both_files(tmp_path):
             tls_cert_file=str(cert),
             tls_key_file=str(tmp_path / "missing.pem"),
         )
+
+
+def test_the_url_pis_report_to_follows_the_api_unless_set(tmp_path):
+    served = load_settings(environ={}, nfs_server="10.0.0.1", bind="0.0.0.0:8443")
+    set_ = load_settings(environ={}, pi_api_url="https://bakery.lab:8443/")
+    assert served.api_url_for_pis == "http://10.0.0.1:8443"
+    assert set_.api_url_for_pis == "https://bakery.lab:8443"

@@ -192,3 +192,12 @@ def test_the_timeline_can_be_followed_and_says_times_since_power_on(client, bake
     for bad in (-1, "x"):
         response = client.get(f"/api/v1/pis/{serial}/events", query_string={"after": bad})
         assert_error(response, 422, "validation_error", "after")
+
+
+def test_the_console_of_a_pi_is_read_with_a_checked_limit(client, pis):
+    serial = pis[0]["serial"]
+    assert client.get(f"/api/v1/pis/{serial}/console").json == []
+    for bad in (0, 5000, "x"):
+        response = client.get(f"/api/v1/pis/{serial}/console", query_string={"limit": bad})
+        assert_error(response, 422, "validation_error", "limit")
+    assert_error(client.get("/api/v1/pis/0badf00d/console"), 404, "pi_not_found")
