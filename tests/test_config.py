@@ -38,6 +38,8 @@ def test_environment_overrides_the_file(tmp_path):
         ({"http_boot_bind": "10.0.0.1:99999"}, "http_boot_bind"),
         ({"http_boot_key_file": "keys/boot.pem"}, "http_boot_key_file"),
         ({"netconsole_bind": "10.0.0.1"}, "netconsole_bind"),
+        ({"metrics_bind": "monitoring:9100"}, "metrics_bind"),
+        ({"metrics_bind": "10.0.0.1:0"}, "metrics_bind"),
         ({"pi_api_url": "ftp://10.0.0.1"}, "pi_api_url"),
         ({"pi_api_url": "http://10.0.0.1:8080/$(reboot)"}, "pi_api_url"),
         ({"pi_api_url": "http://a b"}, "pi_api_url"),
@@ -96,3 +98,9 @@ def test_the_url_pis_report_to_follows_the_api_unless_set(tmp_path):
     set_ = load_settings(environ={}, pi_api_url="https://bakery.lab:8443/")
     assert served.api_url_for_pis == "http://10.0.0.1:8443"
     assert set_.api_url_for_pis == "https://bakery.lab:8443"
+
+
+def test_the_metrics_listener_is_off_unless_given_an_address(tmp_path):
+    assert load_settings(environ={}, root=tmp_path).metrics_address is None
+    given = load_settings(environ={"BAKERY_METRICS_BIND": "10.1.0.1:9100"}, root=tmp_path)
+    assert given.metrics_address == ("10.1.0.1", 9100)

@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "bakery.app",
             "bakery.api",
+            "bakery.web",
             "bakery.netboot.service",
             "bakery.netboot.tftp",
             "bakery.netboot.httpboot",
@@ -52,19 +53,25 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bakery.fsutil",
             "bakery.errors",
             "bakery.redaction",
+            "bakery.metrics",
             "bakery",
         ),
     ),
 ]
 #: What the API may import besides itself: the fleet facade, tokens, error types, the
-#: identifier rules its fields validate with, and what it must hide.
+#: identifier rules its fields validate with, what it must hide, and the metrics it counts
+#: requests in and shows at /metrics.
 API_MAY_IMPORT = (
     "bakery.fleet",
     "bakery.auth",
     "bakery.errors",
     "bakery.identifiers",
     "bakery.redaction",
+    "bakery.metrics",
 )
+#: The dashboard is the API's sibling: the same, plus the API's schemas and role groups
+#: (one place says what a value may be and who may act), and the timeline's formatting.
+WEB_MAY_IMPORT = (*API_MAY_IMPORT, "bakery.config", "bakery.netboot.bootfiles")
 #: The netboot servers know the fleet only through ``bootfiles.BootSource``.
 NETBOOT_MUST_NOT_IMPORT = ("bakery.fleet", "bakery.models", "bakery.auth")
 
@@ -162,6 +169,17 @@ def _api_may_import(name: str) -> bool:
     if name == "bakery" or within(name, ("bakery.api",)):
         return True
     return name in API_MAY_IMPORT
+
+
+def test_the_dashboard_talks_to_the_fleet_facade_and_the_api_only():
+    strays = [
+        str(edge)
+        for edge in bakery_edges()
+        if within(edge.module, ("bakery.web",))
+        and not (_api_may_import(edge.imported) or within(edge.imported, ("bakery.web",)))
+        and edge.imported not in WEB_MAY_IMPORT
+    ]
+    assert not strays, "\n".join(strays)
 
 
 def test_only_the_fleet_itself_imports_its_modules():

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
 
@@ -13,8 +14,10 @@ import pytest
 import requests
 
 from bakery import serve
+from bakery.sim.server import accepts_connections
 from bakery.sim.wait import wait_until
 from tests.conftest import install_gated_ppi, upload_raspios
+from tests.support.metrics import Page
 from tests.support.postgres import free_port
 
 
@@ -271,3 +274,46 @@ def test_the_start_up_restore_stops_when_the_master_is_killed(live_server, tmp_p
     wait_until(lambda: not alive(restore[0]), timeout=10, what="the restore to stop")
     server.process.wait(timeout=10)
     (gate / "open").touch()
+
+
+def metrics_page(url: str, **kwargs) -> Page:
+    answer = requests.get(url, timeout=10, **kwargs)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return Page(answer.text)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_serve_adds_up_its_workers_counts_and_starts_them_afresh_at_each_start(live_server):
+    """The gunicorn workers count the requests; the page on ``metrics_bind`` (no token:
+    the netboot child runs ``bakery metrics``) and the API's (a token) add them up; the
+    next start of serve begins at zero, the last run's files gone."""
+    address = f"127.0.0.1:{free_port()}"
+    server = live_server(workers=3, metrics_bind=address)
+    api = server.session()
+    for _ in range(12):  # keep-alive off: each request may reach any worker
+        api.get(f"{server.url}/api/v1/pis", headers={"Connection": "close"})
+    wait_until(lambda: accepts_connections(("127.0.0.1", int(address.split(":")[1]))), 30)
+
+    open_page = metrics_page(f"http://{address}/metrics")
+    token_page = metrics_page(f"{server.url}/metrics", headers=api.headers)
+    refused = requests.get(f"{server.url}/metrics", timeout=10)
+
+    route = {"route": "/api/v1/pis", "method": "GET", "status": "200"}
+    assert open_page.total("bakery_api_requests_total", **route) == 12
+    assert token_page.total("bakery_api_requests_total", **route) == 12
+    assert open_page.total("bakery_pis") == 0
+    assert refused.status_code == 401
+    directory = server.root / "metrics"
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    earlier = {path.name for path in directory.iterdir()}
+    assert any(name.startswith("counter_") for name in earlier)
+
+    server.stop()
+    again = live_server(workers=3, metrics_bind=address)
+    wait_until(lambda: accepts_connections(("127.0.0.1", int(address.split(":")[1]))), 30)
+
+    fresh = metrics_page(f"http://{address}/metrics")
+    assert fresh.total("bakery_api_requests_total", **route) == 0
+    assert not earlier & {path.name for path in (again.root / "metrics").iterdir()}

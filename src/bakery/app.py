@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import api, auth, datadir, models
+from . import api, auth, datadir, metrics, models, web
 from .config import Settings, load_settings
 from .fleet import Fleet
 
@@ -16,13 +16,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the API app. Safe to call once per gunicorn worker: it only binds the
     database and creates missing tables; recovery runs once, in ``prepare_host``."""
     settings = settings or load_settings()
-    app = Flask("bakery")
+    app = Flask("bakery", static_folder=None)  # the dashboard serves its own /static
     app.config["MAX_CONTENT_LENGTH"] = None  # uploads are streamed; the limit is checked there
     models.connect(settings.database)
     models.create_schema()
     app.extensions["bakery.fleet"] = Fleet(settings)
     _init_db_per_request(app)
     api.init_app(app)
+    web.init_app(app, settings)
     return app
 
 
@@ -40,11 +41,13 @@ def _init_db_per_request(app: Flask) -> None:
 
 
 def prepare_host(settings: Settings) -> dict[str, Any]:
-    """What a host does once before serving: the data dir checked, schema, first admin
-    token, crash recovery. Runs in the gunicorn master, before workers fork; the power
-    restore runs beside the API (``serve.start_power_restore``)."""
+    """What a host does once before serving: the data dir checked, the metrics of the last
+    run cleared, schema, first admin token, crash recovery. Runs in the gunicorn master,
+    before workers fork and before any child starts (they inherit its metrics directory);
+    the power restore runs beside the API (``serve.start_power_restore``)."""
     log = logging.getLogger(__name__)
     datadir.claim_data_dir(settings.root)
+    metrics.start_afresh(metrics.directory_of(settings))
     warning = datadir.mount_warning(settings.root)
     if warning:
         log.warning("%s", warning)

@@ -142,3 +142,29 @@ def ensure_admin_token(settings: Settings) -> str | None:
     fsutil.write_atomically(path, plaintext + "\n", mode=0o600)
     log.warning("first start: admin API token written to %s (read it, then keep it safe)", path)
     return str(path)
+
+
+# -- the dashboard's sign-in ----------------------------------------------------------------
+
+#: The file in the data dir holding the key that signs the dashboard's session cookies.
+SESSION_KEY_NAME = "web-session-key"
+
+
+def session_key(settings: Settings) -> bytes:
+    """The key the dashboard signs its session cookies with: made at first use (mode 0600)
+    and then shared by every worker, so a session signed by one is good in all."""
+    path = settings.path(SESSION_KEY_NAME)
+    fsutil.make_once(path, lambda staging: staging.write_bytes(secrets.token_bytes(32)))
+    return path.read_bytes()
+
+
+def token_by_digest(digest: str) -> ApiToken | None:
+    """The token whose hash is ``digest``: what a dashboard session holds instead of the
+    token itself, so a stolen cookie never reveals a token. None once it is revoked."""
+    if not digest:
+        return None
+    row = ApiToken.get_or_none(ApiToken.token_hash == digest)
+    if row is None:
+        return None
+    _note_use(row)
+    return row

@@ -109,6 +109,10 @@ class Settings:
     #: Where bootloader logs are received (``<ip>:<port>``; the EEPROM's NETCONSOLE sends to
     #: port 6666 of 255.255.255.255 unless told otherwise); empty: not received.
     netconsole_bind: str = ""
+    #: Where Prometheus scrapes ``/metrics`` without a token (``<ip>:<port>``, an address
+    #: only the monitoring network reaches); empty: only at the API's ``/metrics``, with a
+    #: token (a ``viewer`` one will do).
+    metrics_bind: str = ""
     #: Files served to requests without a serial prefix (the Pi 3 ROM's bootcode.bin);
     #: empty = ``<root>/firmware``.
     firmware_dir: str = ""
@@ -168,6 +172,10 @@ class Settings:
     @property
     def netconsole_address(self) -> tuple[str, int] | None:
         return _address(self.netconsole_bind)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return _address(self.metrics_bind)
 
     @property
     def http_boot_key_path(self) -> Path:
@@ -260,6 +268,8 @@ def _validate(s: Settings) -> None:
     if s.power_on_gap < 0:
         raise ConfigError("setting 'power_on_gap': must not be negative")
     _validate_netboot(s)
+    if s.metrics_bind:
+        address_rule("metrics_bind", s.metrics_bind)
     _validate_tokens(s)
     if bool(s.tls_cert_file) != bool(s.tls_key_file):
         raise ConfigError("settings 'tls_cert_file' and 'tls_key_file' go together")

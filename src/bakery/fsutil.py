@@ -4,6 +4,8 @@
   all share one data directory);
 - ``write_atomically``: replace a file so a reader sees the old or the new one, whole,
   even after a power cut (fsync before and after the rename);
+- ``make_once``: create a file (a key, a secret) unless it exists, never over one another
+  process made at the same moment;
 - ``reflink``: ``FICLONE``, sharing one file's extents with another (btrfs, xfs);
 - ``copy_xattrs``: every extended attribute of one inode onto another (ACLs and file
   capabilities are xattrs too);
@@ -20,7 +22,7 @@ import fcntl
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,26 @@ def write_atomically(path: Path, data: str | bytes, *, mode: int = 0o644) -> Non
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def make_once(path: Path, make: Callable[[Path], object], *, mode: int = 0o600) -> None:
+    """Create ``path`` with ``make`` (which writes the file it is given) unless it exists.
+
+    ``make`` writes a staging file beside ``path``, which is then hard-linked into place:
+    two processes starting at once (gunicorn workers) both make one, and the first link
+    wins, so they all use the same file, and none ever sees it half-written."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(staging_name())
+    try:
+        make(staging)
+        os.chmod(staging, mode)
+        os.link(staging, path)
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def reflink(source_fd: int, target_fd: int) -> None:

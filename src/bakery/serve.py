@@ -148,8 +148,9 @@ def start_netboot(settings: Settings) -> subprocess.Popen[bytes] | None:
     """``bakery netboot`` as a child, started before gunicorn forks any worker.
 
     It holds the read end of a pipe whose write end only this process has: when
-    the master dies, even by SIGKILL, netboot sees end of file and stops."""
-    if not (settings.tftp_enabled or settings.dnsmasq_enabled):
+    the master dies, even by SIGKILL, netboot sees end of file and stops. It also
+    supervises the metrics server of ``metrics_bind``."""
+    if not (settings.tftp_enabled or settings.dnsmasq_enabled or settings.metrics_bind):
         return None
     if settings.dnsmasq_enabled:
         render_config(settings)  # a bad setting stops the start here, in one line

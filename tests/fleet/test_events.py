@@ -58,3 +58,50 @@ def test_following_a_timeline_gets_only_the_events_after_the_last_seen(fleet):
     assert [event.message for event in new] == ["start4.elf", "cmdline.txt"]
     assert [event.since_power_on for event in new] == [1.0, 2.0]
     assert events.is_power_on(fleet.timeline("00000001")[1])
+
+
+def test_a_boot_splits_into_bootloader_boot_files_and_userspace(fleet):
+    pi = fleet.register_pi("00000001")
+    power(pi, 1.0, "on")
+    at(pi, 4.0, "boot", "start4.elf requested", step="first_request")
+    at(pi, 4.5, "boot", "start4.elf 2.2 MB in 0.21 s", step="served")
+    at(pi, 6.0, "boot", "no such file: pieeprom.sig", step="missing")
+    at(pi, 7.25, "boot", "cmdline.txt 162 B in 0.00 s", step="served")
+    at(pi, 31.25, "boot", "userspace up 30.25 s after power-on", step="userspace_up")
+    at(pi, 91.0, "boot", "a later report changes nothing", step="served")
+
+    (boot,) = fleet.boot_history("00000001")
+
+    assert boot.outcome == "up"
+    assert boot.phases == [
+        ("bootloader", 3.0),
+        ("boot files", 3.25),
+        ("kernel and userspace", 24.0),
+    ]
+    assert boot.seconds == 30.25
+
+
+def test_boots_cut_short_stalled_and_still_going_say_so(fleet):
+    pi = fleet.register_pi("00000001")
+    power(pi, 1.0, "on")
+    at(pi, 2.0, "boot", "start4.elf requested", step="first_request")
+    power(pi, 3.0, "off")  # cut before it was up
+    power(pi, 10.0, "on", outcome="error")  # a failed switch starts no boot
+    power(pi, 20.0, "cycle")
+    at(pi, 21.0, "boot", "start4.elf requested", step="first_request")
+    at(pi, 620.0, "boot", "stalled: userspace not up", step="stalled")
+    power(pi, 700.0, "on")
+    at(pi, 702.0, "boot", "start4.elf requested", step="first_request")
+
+    boots = fleet.boot_history("00000001")
+
+    assert [boot.outcome for boot in boots] == ["cut", "stalled", "booting"]
+    assert [boot.phases for boot in boots] == [
+        [("bootloader", 1.0), ("boot files", 0.0)],
+        [("bootloader", 1.0), ("boot files", 0.0), ("kernel and userspace", 599.0)],
+        [("bootloader", 2.0), ("boot files", 0.0)],
+    ]
+    assert [boot.outcome for boot in fleet.boot_history("00000001", boots=2)] == [
+        "stalled",
+        "booting",
+    ]

@@ -26,6 +26,7 @@ from bakery.sim import dhcp_client
 from bakery.sim.dhcp_client import PiIdentity
 from bakery.sim.wait import wait_until
 from tests.netboot.conftest import SERVER_IP
+from tests.support.metrics import scrape
 
 PI4 = PiIdentity("4", "dc:a6:32:01:02:03", serial="bd989ae1")
 PI3B = PiIdentity("3b", "b8:27:eb:85:c0:f2", serial="7285c0f2")
@@ -179,6 +180,23 @@ def test_a_dhcp_log_line_with_an_address_keeps_the_address():
     assert entry is not None
     assert entry.address == "10.0.0.9"
     assert entry.data == {"packet": "DHCPOFFER", "interface": "eth1", "address": "10.0.0.9"}
+
+
+@pytest.mark.parametrize(
+    ("line", "offer"),
+    [
+        ("dnsmasq-dhcp[812]: 653460281 PXE(eth1) b8:27:eb:85:c0:f2 proxy", True),
+        ("dnsmasq-dhcp[9]: DHCPOFFER(eth1) 10.0.0.9 dc:a6:32:01:02:03", True),
+        ("dnsmasq-dhcp[812]: 653460281 PXE(eth1) b8:27:eb:85:c0:f2 proxy-ignored", False),
+        ("dnsmasq-dhcp[9]: DHCPDISCOVER(eth1) dc:a6:32:01:02:03", False),
+        ("dnsmasq-dhcp[9]: DHCPREQUEST(eth1) 10.0.0.9 dc:a6:32:01:02:03", False),
+    ],
+    ids=["proxy", "dhcpoffer", "proxy-ignored", "discover", "request"],
+)
+def test_an_offer_is_told_from_the_other_dhcp_lines(line, offer):
+    entry = parse_dhcp_line(line)
+
+    assert entry is not None and entry.is_offer is offer
 
 
 @pytest.mark.parametrize(
@@ -348,6 +366,25 @@ def test_a_proxy_offer_becomes_a_dhcp_event_on_the_pi_with_that_mac(fleet, super
         "interface": "bk-srv",
         "xid": dhcp_client.PI3_XID,
     }
+
+
+@pytest.mark.root
+@needs_netns
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_every_proxy_offer_is_counted_whoever_it_is_for(fleet, supervised, pi_socket):
+    fleet.register_pi(PI4.serial, mac=PI4.mac)  # PI3B is known to no one
+    supervised()
+    before = scrape().total("bakery_dhcp_offers_total")
+
+    for pi in (PI4, PI3B):
+        assert dhcp_client.offers(pi_socket, pi, timeout=5)
+    assert not dhcp_client.offers(pi_socket, NOT_A_PI, timeout=SILENCE)
+
+    wait_until(
+        lambda: scrape().total("bakery_dhcp_offers_total") - before == 2,
+        timeout=10,
+        what="two offers counted",
+    )
 
 
 @pytest.mark.root

@@ -15,6 +15,7 @@ from bakery.netboot.httpboot import HttpBootServer
 from bakery.sim import http_boot
 from bakery.sim.http_boot import EepromKey
 from bakery.sim.server import free_port
+from tests.support.metrics import growth, scrape
 
 pytestmark = pytest.mark.tools("mkfs.fat", "mcopy", "mtype", "openssl")
 
@@ -81,6 +82,21 @@ def test_head_says_the_size_without_sending_the_image(server, bake_pi):
 
     assert (status, body) == (200, b"")
     assert int(headers["Content-Length"]) == len(image)
+
+
+def test_each_file_sent_is_counted_by_kind_with_its_bytes_and_a_head_is_not(server, bake_pi):
+    bake_pi(PI, PI_IP, boot_protocol="http")
+    before = scrape()
+
+    _, image, _ = get(server, f"/{PI}/boot.img", PI_IP)
+    _, signature, _ = get(server, f"/{PI}/boot.sig", PI_IP)
+    get(server, f"/{PI}/boot.img", PI_IP, method="HEAD")
+
+    after = scrape()
+    downloads = growth(before, after, "bakery_http_boot_downloads_total", "kind")
+    sent = growth(before, after, "bakery_http_boot_bytes_total", "kind")
+    assert downloads == {"boot_image": 1, "signature": 1}
+    assert sent == {"boot_image": len(image), "signature": len(signature)}
 
 
 def test_another_hosts_request_for_a_pis_image_gets_nothing(server, fleet, bake_pi):

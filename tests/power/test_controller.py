@@ -16,6 +16,7 @@ import pytest
 
 from bakery.power import PowerController, PowerError, PowerTarget
 from tests.power.support import ppi_target, read_jsonl
+from tests.support.metrics import growth, scrape
 
 CLIENT = Path(__file__).parent / "power_client.py"
 
@@ -150,6 +151,20 @@ def test_every_attempt_is_recorded_with_its_outcome(settings, tmp_path, events):
     assert succeeded["attempts"] == settings.power_retries
     assert succeeded["duration_s"] >= 0
     assert "attempt 1/3" in events.recorded[0][1]
+
+
+def test_every_attempt_is_counted_by_driver_and_action_and_each_failure_by_type(settings, tmp_path):
+    params = {"calls": str(tmp_path / "calls"), "fail": {"times": 2, "type": "timeout"}}
+    before = scrape()
+
+    PowerController(settings, backoff=0.01).run(
+        "ppi", ppi_target("fake_ppi.py", params=params), "off"
+    )
+
+    after = scrape()
+    assert growth(before, after, "bakery_power_calls_total", "action") == {"off": 3}
+    assert growth(before, after, "bakery_power_calls_total", "driver") == {"ppi": 3}
+    assert growth(before, after, "bakery_power_failures_total", "error_type") == {"timeout": 2}
 
 
 def test_secrets_are_never_recorded(settings, tmp_path, events, caplog):

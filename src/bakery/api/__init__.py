@@ -6,7 +6,19 @@ from flask import Flask, Response
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
-from . import auth, bakeforms, bakes, blueprint, disks, errors, health, metadata, pis, tokens
+from . import (
+    auth,
+    bakeforms,
+    bakes,
+    blueprint,
+    disks,
+    errors,
+    health,
+    metadata,
+    metrics,
+    pis,
+    tokens,
+)
 
 BLUEPRINTS = [
     health.blp,
@@ -17,6 +29,7 @@ BLUEPRINTS = [
     disks.blp,
     disks.snapshots,
     tokens.blp,
+    metrics.blp,
 ]
 
 
@@ -43,5 +56,6 @@ def init_app(app: Flask) -> None:
     for resource in BLUEPRINTS:
         api.register_blueprint(resource)
     errors.init_app(app)
+    metrics.init_app(app)
     auth.init_app(app)
     blueprint.init_app(app)

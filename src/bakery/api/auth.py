@@ -61,8 +61,12 @@ def declared_roles(endpoint: str, method: str) -> tuple[str, ...] | None:
     return roles
 
 
+#: Blueprints whose pages sign in with a session cookie instead (bakery.web.session).
+SESSION_BLUEPRINTS = {"web"}
+
+
 def require_token() -> Response | None:
-    if request.endpoint in PUBLIC_ENDPOINTS:
+    if request.endpoint in PUBLIC_ENDPOINTS or request.blueprint in SESSION_BLUEPRINTS:
         return None
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
@@ -76,10 +80,15 @@ def require_token() -> Response | None:
         allowed = ", ".join(roles) or "no token"
         message = f"this route is for {allowed}; token {token.name} has role {token.role}"
         return error_response(403, "forbidden", message)
+    act_for(token)
+    return None
+
+
+def act_for(token: auth.ApiToken) -> None:
+    """Make ``token`` the request's: the fleet acts for it until the request ends."""
     g.token = token
     g.acting = acting_as(Actor(token=token.name, role=token.role, owner=token.owner))
     g.acting.__enter__()
-    return None
 
 
 def _stop_acting(_exc: BaseException | None) -> None:

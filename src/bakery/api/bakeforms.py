@@ -8,7 +8,6 @@ from flask import request
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from ..errors import TooLarge
 from .auth import WORK, WORK_READ, allow
 from .blueprint import Blueprint, body_limit
 from .current import current_fleet
@@ -68,12 +67,9 @@ class BakeformResource(MethodView):
         """Upload an image as bakeform ``name``; streamed, validated, then extracted.
 
         An existing name is a conflict unless ``replace=true``."""
-        limit = current_fleet().settings.max_upload_mib * 1024 * 1024
-        if request.content_length and request.content_length > limit:
-            raise TooLarge(
-                f"upload of {request.content_length} bytes exceeds the {limit}-byte limit"
-            )
-        return current_fleet().import_bakeform(name, request.stream, replace=args["replace"])
+        return current_fleet().import_bakeform(
+            name, request.stream, replace=args["replace"], length=request.content_length
+        )
 
     @allow(WORK)
     @blp.response(204)

@@ -45,6 +45,7 @@ for command in (
     service.http_boot_key,
     service.netconsole,
     service.netboot,
+    service.metrics_server,
     service.restore_power,
     bakeforms.bakeform,
     pis.pi,

@@ -1,6 +1,7 @@
 """The service commands: ``serve`` (the API under gunicorn), ``tftp``, ``http-boot``,
-``netboot``, ``dnsmasq-config``, ``http-boot-key`` and ``restore-power``; a bad setting
-stops them with one line."""
+``netboot``, ``metrics``, ``dnsmasq-config``, ``http-boot-key`` and ``restore-power``; a bad
+setting stops them with one line. Each command that serves counts in the data dir's
+metrics directory (``counted``), so ``/metrics`` shows it whoever started it."""
 
 from __future__ import annotations
 
@@ -47,6 +48,20 @@ def service_settings(config_file: str | None, **overrides: Any) -> Settings:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    return settings
+
+
+def counted(settings: Settings) -> Settings:
+    """Join the data dir's metrics directory before anything is counted, so what this
+    process counts reaches every scrape (``bakery serve`` joins it in ``prepare_host``,
+    after emptying it, and its children inherit it; joining again is harmless)."""
+    from .. import metrics
+    from ..config import ConfigError
+
+    try:
+        metrics.use_directory(metrics.directory_of(settings))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     return settings
 
 
@@ -100,7 +115,9 @@ def tftp(config_file: str | None, bind: str | None, workers: int | None, root: s
     from ..fleet import FleetBootSource
     from ..netboot.tftp import run_tftp
 
-    settings = service_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
+    settings = counted(
+        service_settings(config_file, tftp_bind=bind, root=root, tftp_workers=workers)
+    )
     try:
         run_tftp(settings, FleetBootSource.open, workers=settings.tftp_workers)
     except OSError as exc:
@@ -118,7 +135,7 @@ def http_boot(config_file: str | None, bind: str | None, root: str | None) -> No
     from ..netboot.bootimage import BootImageError
     from ..netboot.httpboot import run_http_boot
 
-    settings = service_settings(config_file, http_boot_bind=bind, root=root)
+    settings = counted(service_settings(config_file, http_boot_bind=bind, root=root))
     try:
         run_http_boot(settings, FleetBootSource.open)
     except (ValueError, BootImageError) as exc:
@@ -139,7 +156,7 @@ def netconsole(config_file: str | None, bind: str | None, root: str | None) -> N
     from ..fleet import FleetBootSource
     from ..netboot.netconsole import run_netconsole
 
-    settings = service_settings(config_file, netconsole_bind=bind, root=root)
+    settings = counted(service_settings(config_file, netconsole_bind=bind, root=root))
     try:
         run_netconsole(settings, FleetBootSource.open)
     except ValueError as exc:
@@ -148,6 +165,27 @@ def netconsole(config_file: str | None, bind: str | None, root: str | None) -> N
         raise click.ClickException(
             f"netconsole on {settings.netconsole_bind}: {exc.strerror}"
         ) from None
+
+
+@click.command("metrics")
+@config_option
+@click.option("--bind", help="ip:port to serve metrics on (default: setting metrics_bind).")
+@root_option
+def metrics_server(config_file: str | None, bind: str | None, root: str | None) -> None:
+    """Serve Prometheus metrics without a token, for a monitoring network (``serve`` runs
+    it too when ``metrics_bind`` is set); the API's ``/metrics`` asks for a token."""
+    from .. import metrics, models
+    from ..fleet import Fleet
+
+    settings = counted(service_settings(config_file, metrics_bind=bind, root=root))
+    if settings.metrics_address is None:
+        raise click.ClickException("setting 'metrics_bind' is empty: give --bind")
+    models.connect(settings.database)
+    models.create_schema()
+    try:
+        metrics.run_metrics_server(settings.metrics_address, [Fleet(settings).gauges()])
+    except OSError as exc:
+        raise click.ClickException(f"metrics on {settings.metrics_bind}: {exc.strerror}") from None
 
 
 @click.command("http-boot-key")
@@ -175,7 +213,7 @@ def netboot(config_file: str | None, with_parent: bool) -> None:
     from ..netboot.service import run_netboot
 
     try:
-        settings = service_settings(config_file)
+        settings = counted(service_settings(config_file))
         run_netboot(settings, FleetBootSource.open, parent=sys.stdin if with_parent else None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
@@ -200,7 +238,7 @@ def restore_power(
 
     if with_parent:
         die_with(os.getppid())
-    settings = service_settings(config_file)
+    settings = counted(service_settings(config_file))
     models.connect(settings.database)
     with models.database.connection_context():
         Fleet(settings).restore_power(registered_before)

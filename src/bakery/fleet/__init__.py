@@ -9,7 +9,8 @@ function of the module that owns the work, run with the fleet's one ``FleetConte
 - ``pis``, ``power``, ``bakeforms``, ``allocation`` (the claim), ``bakes`` (claim → clone
   root → season → export → power on, any failure undoing every step done), ``disks``;
 - ``exports`` (what NFS exports, from the database), ``netboot`` (what a booting Pi is
-  served: the ``BootSource`` the netboot servers use), ``recovery`` (what a crash left).
+  served: the ``BootSource`` the netboot servers use), ``recovery`` (what a crash left);
+- ``gauges`` (the fleet's state for a metrics scrape, from the database).
 """
 
 from __future__ import annotations
@@ -21,11 +22,23 @@ from typing import Concatenate, Generic, ParamSpec, TypeVar, overload
 from .. import disks as disk_images
 from .. import stemcell
 from ..config import Settings
-from ..models import BOOT_PROTOCOLS, Bake, Bakeform, BakeState, Disk, Event, Pi, PiState, Snapshot
+from ..models import (
+    BOOT_PROTOCOLS,
+    Bake,
+    Bakeform,
+    BakeState,
+    Disk,
+    Event,
+    Pi,
+    PiState,
+    Snapshot,
+    utcnow,
+)
 from ..power import PowerController, PowerResult
 from . import bakeforms, bakes, boots, disks, exports, netboot, pis, queries, recovery
 from .actors import Actor, acting_as
 from .context import FleetContext
+from .gauges import FleetGauges
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
 
@@ -49,6 +62,7 @@ __all__ = [
     "PowerResult",
     "Snapshot",
     "acting_as",
+    "utcnow",
 ]
 
 P = ParamSpec("P")
@@ -99,6 +113,11 @@ class Fleet:
         """This fleet as the TFTP server and dnsmasq's supervisor see it."""
         return FleetBootSource(self.context)
 
+    def gauges(self) -> FleetGauges:
+        """The fleet's gauges (Pis and bakes by state, boots), as a collector a metrics
+        scrape reads from the database."""
+        return FleetGauges(self.settings.boot_deadline)
+
     # -- where things are ---------------------------------------------------------------
 
     def bakeform_dir(self, name: str) -> Path:
@@ -137,6 +156,7 @@ class Fleet:
     list_disks = staticmethod(queries.list_disks)
     list_snapshots = staticmethod(queries.list_snapshots)
     timeline = staticmethod(queries.timeline)
+    boot_history = staticmethod(queries.boot_history)
     report_userspace = staticmethod(boots.report_userspace)
 
     def boot_status(self, pi: Pi) -> str | None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .. import fsutil, identifiers, images, roots
+from .. import fsutil, identifiers, images, metrics, roots
 from ..errors import Conflict, Forbidden, InvalidInput, TooLarge
 from ..models import Bake, Bakeform, database, utcnow, write_transaction
 from . import events
@@ -30,11 +30,16 @@ def import_bakeform(
     *,
     replace: bool = False,
     progress: Callable[[int], None] | None = None,
+    length: int | None = None,
 ) -> Bakeform:
     """Stream an upload into a staging dir, validate, extract, then swap it in.
 
     Nothing is visible (listed or cloned from) until the import has fully succeeded; a
-    crash leaves only a staging dir, which recovery removes."""
+    crash leaves only a staging dir, which recovery removes. An upload whose announced
+    ``length`` is over ``max_upload_mib`` is refused before any of it is read."""
+    limit = ctx.settings.max_upload_mib * 1024 * 1024
+    if length is not None and length > limit:
+        raise TooLarge(f"upload of {length} bytes exceeds the {limit}-byte limit")
     try:
         identifiers.name(name, "bakeform name")
     except identifiers.InvalidIdentifier as exc:
@@ -47,14 +52,15 @@ def import_bakeform(
     staging = ctx.settings.path("bakeforms", fsutil.staging_name())
     staging.mkdir(parents=True)
     try:
-        clone_method = roots.create_base(staging / "root")
-        imported = images.import_image(
-            stream,
-            staging,
-            max_bytes=ctx.settings.max_upload_mib * 1024 * 1024,
-            progress=progress,
-        )
-        return _install(ctx, name, staging, imported, clone_method, replace)
+        with metrics.bakeform_import():
+            clone_method = roots.create_base(staging / "root")
+            imported = images.import_image(
+                stream,
+                staging,
+                max_bytes=limit,
+                progress=progress,
+            )
+            return _install(ctx, name, staging, imported, clone_method, replace)
     except images.UploadTooLarge as exc:
         raise TooLarge(str(exc)) from None
     except images.ImageError as exc:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from .. import exports, fsutil, identifiers, roots, stemcell
+from .. import exports, fsutil, identifiers, metrics, roots, stemcell
 from ..errors import Conflict, InvalidInput, NotFound, PowerFailed, StorageFailed
 from ..models import Bake, Bakeform, BakeState, Disk, Pi, PiState, database, utcnow
 from ..power import PowerAction, PowerError, PowerResult
@@ -59,6 +60,7 @@ def bake(
     client can first write settings that name the bake or the Pi. ``user_data`` (cloud-init)
     goes into the root's seed and nowhere else: it may hold secrets. ``boot_protocol``
     (default: the Pi's) ``http`` has the Pi served a signed boot.img over HTTP too."""
+    started = time.monotonic()
     _check_user_data(user_data)
     if boot_protocol is not None:
         check_boot_protocol(ctx, boot_protocol, model)
@@ -82,11 +84,14 @@ def bake(
         metadata=metadata,
         boot_protocol=boot_protocol,
     )
+    metrics.bake_started()
     try:
-        return _prepare(ctx, claimed, bakeform, disk_ids, power_on, user_data)
+        baked = _prepare(ctx, claimed, bakeform, disk_ids, power_on, user_data)
     except BaseException as exc:
         roll_back(ctx, claimed, f"{type(exc).__name__}: {exc}")
         raise _as_user_error(exc) from None
+    metrics.bake_done(time.monotonic() - started)
+    return baked
 
 
 def _check_user_data(user_data: str | None) -> None:
@@ -156,6 +161,7 @@ def roll_back(ctx: FleetContext, bake: Bake, reason: str) -> None:
     failed = move_bake(
         Bake.get_by_id(bake.id), BakeState.FAILED, error=reason[:2000], finished_at=utcnow()
     )
+    metrics.bake_failed(failed.step)
     steps: list[Callable[[], object]] = [
         lambda: release_disks(ctx, failed),
         lambda: publish_exports(ctx),

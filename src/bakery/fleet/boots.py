@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from .. import metrics
 from ..errors import NotFound
 from ..models import Pi, PiState, database, utcnow
 from . import events
@@ -36,6 +37,8 @@ def report_userspace(ip: str, secret: str) -> dict[str, Any]:
             seconds = round((now - pi.powered_on_at).total_seconds(), 2)
             message = f"userspace up {seconds:.2f} s after power-on"
             events.record(pi, "boot", message, bake.id, step="userspace_up", seconds=seconds)
+    if first:
+        metrics.userspace_up(seconds)  # once the report is stored: a failed one is not a boot
     return {"bake_id": bake.id, "first": first}
 
 

@@ -3,6 +3,8 @@ event with a timestamp."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..models import Event, Pi, utcnow
@@ -72,3 +74,91 @@ def _mark_boot_times(pi: Pi, found: list[Event]) -> None:
             start = event
         since = (event.created_at - start.created_at).total_seconds() if start else None
         event.since_power_on = since
+
+
+# -- boots, phase by phase ------------------------------------------------------------------
+
+#: What a boot's time is spent on, in order: the bootloader until its first request, the
+#: boot files (TFTP or HTTP), then the kernel and userspace until the boot report.
+BOOT_PHASES = ("bootloader", "boot files", "kernel and userspace")
+#: Boot steps that are the bootloader fetching a file.
+FILE_STEPS = ("first_request", "served", "missing", "failed")
+#: Boot steps that end a boot, and the outcome each gives it.
+END_STEPS = {"userspace_up": "up", "stalled": "stalled"}
+
+
+@dataclass
+class BootRecord:
+    """One boot of a Pi: its power-on, the first and last file its bootloader fetched,
+    and its end. ``outcome``: up, stalled, booting (still going) or cut (powered on
+    again, or off, before it was up)."""
+
+    started_at: datetime
+    first_file_at: datetime | None = None
+    last_file_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str = "booting"
+
+    @property
+    def phases(self) -> list[tuple[str, float]]:
+        """(phase, seconds) for each of ``BOOT_PHASES`` the boot went through."""
+        points = (self.started_at, self.first_file_at, self.last_file_at, self.ended_at)
+        return [
+            (name, round((later - earlier).total_seconds(), 2))
+            for name, earlier, later in zip(BOOT_PHASES, points, points[1:], strict=False)
+            if earlier is not None and later is not None
+        ]
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, seconds in self.phases)
+
+    def note(self, event: Event) -> None:
+        """Take in one boot event of this boot (those after its end change nothing)."""
+        step = (event.data or {}).get("step")
+        if self.ended_at is not None:
+            return
+        if step in FILE_STEPS:
+            self.first_file_at = self.first_file_at or event.created_at
+            self.last_file_at = event.created_at
+        elif step in END_STEPS:
+            self.ended_at = event.created_at
+            self.outcome = END_STEPS[step]
+
+
+def boot_history(pi: Pi, boots: int = 10) -> list[BootRecord]:
+    """The Pi's last ``boots`` boots, oldest first, each with its phases."""
+    power_ons = [event for event in _recent_power_events(pi) if is_power_on(event)][:boots]
+    if not power_ons:
+        return []
+    steps = (
+        Event.select()
+        .where(Event.pi == pi, Event.id >= power_ons[-1].id, Event.kind.in_(["power", "boot"]))
+        .order_by(Event.id)
+    )
+    records: list[BootRecord] = []
+    for event in steps:
+        if event.kind == "boot":
+            if records:
+                records[-1].note(event)
+            continue
+        if records and records[-1].outcome == "booting" and _ends_power(event):
+            records[-1].outcome = "cut"
+        if is_power_on(event):
+            records.append(BootRecord(event.created_at))
+    return records
+
+
+def _recent_power_events(pi: Pi) -> list[Event]:
+    return list(
+        Event.select()
+        .where(Event.pi == pi, Event.kind == "power")
+        .order_by(Event.id.desc())
+        .limit(POWER_EVENTS_SCANNED)
+    )
+
+
+def _ends_power(event: Event) -> bool:
+    """A power-on or power-off that worked: the boot before it is over."""
+    data = event.data or {}
+    return data.get("action") in ("on", "off", "cycle") and data.get("outcome") == "ok"

@@ -146,3 +146,8 @@ def timeline(
     """The Pi's newest ``limit`` events (of one bake if ``bake_id``, newer than event
     ``after`` if given), oldest first."""
     return events.timeline(get_pi(serial), bake_id=bake_id, limit=limit, after=after)
+
+
+def boot_history(serial: str, boots: int = 10) -> list[events.BootRecord]:
+    """The Pi's last ``boots`` boots, oldest first, with the seconds of each phase."""
+    return events.boot_history(get_pi(serial), boots)

@@ -185,17 +185,10 @@ def sign(image: Path, key_file: Path) -> str:
 def ensure_key(key_file: Path) -> None:
     """Make the operator's RSA-2048 signing key at ``key_file`` (mode 0600) unless it
     exists; an existing key must be RSA-2048, the only kind the bootloader verifies."""
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        staging = key_file.with_name(fsutil.staging_name())
-        try:
-            fsutil.run(["openssl", "genrsa", "-out", str(staging), str(KEY_BITS)])
-            os.chmod(staging, 0o600)
-            os.link(staging, key_file)  # never over a key another process just made
-        except FileExistsError:
-            pass
-        finally:
-            staging.unlink(missing_ok=True)
+    fsutil.make_once(
+        key_file,
+        lambda staging: fsutil.run(["openssl", "genrsa", "-out", str(staging), str(KEY_BITS)]),
+    )
     bits = key_bits(key_file)
     if bits != KEY_BITS:
         raise BootImageError(f"{key_file} is a {bits}-bit key; the bootloader needs RSA-2048")

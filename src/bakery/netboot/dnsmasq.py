@@ -30,7 +30,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 
-from .. import fsutil
+from .. import fsutil, metrics
 from ..config import Settings, interface_rule, ipv4_rule, oui_rule, reply_delay_rule
 from ..supervisor import ChildSupervisor
 from .bootfiles import BootSource
@@ -132,6 +132,14 @@ class DhcpLogEntry:
     xid: int | None = None
     #: The model the bootloader named in option 97 (``MODEL_TAGS``), if it did.
     model: str | None = None
+
+    @property
+    def is_offer(self) -> bool:
+        """Whether dnsmasq offered the client something: a proxy offer (``PXE(eth1) <mac>
+        proxy``; ``proxy-ignored`` is none) or, outside proxy mode, a DHCPOFFER."""
+        if self.packet == "PXE":
+            return self.message.endswith(" proxy")
+        return self.packet == "DHCPOFFER"
 
     @property
     def data(self) -> dict[str, str | int]:
@@ -245,7 +253,10 @@ class DnsmasqSupervisor:
         self._record(pending)
 
     def _record(self, entry: DhcpLogEntry) -> None:
-        """A ``dhcp`` event on the Pi with this MAC; a database error must not stop DHCP."""
+        """A ``dhcp`` event on the Pi with this MAC (an offer is counted, whoever got it);
+        a database error must not stop DHCP."""
+        if entry.is_offer:
+            metrics.dhcp_offered()
         try:
             self.source.record_dhcp(entry.mac, entry.message, entry.data)
         except Exception:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from .. import identifiers
+from .. import identifiers, metrics
 from ..config import Settings
 from . import bootfiles, bootimage
 from .bootfiles import BootSource, BootTarget, SourceFactory
@@ -128,6 +128,7 @@ class BootRequest(BaseHTTPRequestHandler):
         try:
             made = server.image_of(target)
         except (bootimage.BootImageError, OSError) as exc:
+            metrics.http_boot_failed(name)
             self._record(serial, f"{name} not made: {exc}", step="failed", file=name)
             self._fail(HTTPStatus.SERVICE_UNAVAILABLE, "boot image not available")
             return
@@ -148,11 +149,13 @@ class BootRequest(BaseHTTPRequestHandler):
             try:
                 self.connection.sendfile(data)
             except OSError as exc:
+                metrics.http_boot_failed(name)
                 reason = exc.strerror or type(exc).__name__
                 message = f"{name} failed: {reason}"
                 self._record(serial, message, step="failed", file=name, reason=reason)
                 self.close_connection = True
                 return
+        metrics.http_boot_sent(name, size)
         seconds = round(time.monotonic() - started, 4)
         message = bootfiles.served_message(name, size, seconds, "http")
         self._record(serial, message, step="served", file=name, size=size, seconds=seconds)

@@ -1,5 +1,5 @@
 """``bakery netboot``: the TFTP server, the HTTP boot server and dnsmasq, supervised, in
-one process.
+one process; the metrics server of ``metrics_bind`` too.
 
 ``bakery serve`` starts this process before gunicorn forks its workers (so no worker
 ever inherits a supervisor's pipe) and stops it on exit; it also stops by itself
@@ -25,16 +25,23 @@ log = logging.getLogger(__name__)
 def netboot_children(
     settings: Settings, open_source: SourceFactory
 ) -> list[ChildSupervisor | DnsmasqSupervisor]:
-    """The TFTP server and, when their addresses are set, the HTTP boot server and the
-    bootloader log listener (``bakery tftp``, ``http-boot`` and ``netconsole`` processes
-    on the same settings) and, when enabled, dnsmasq for proxy DHCP, its DHCP lines
-    recorded through ``open_source``."""
+    """The TFTP server and, when their addresses are set, the HTTP boot server, the
+    bootloader log listener and the metrics server (``bakery tftp``, ``http-boot``,
+    ``netconsole`` and ``metrics`` processes on the same settings) and, when enabled,
+    dnsmasq for proxy DHCP, its DHCP lines recorded through ``open_source``.
+
+    The metrics server is here, though it serves no Pi, because this process is what
+    ``bakery serve`` has for side servers: started before gunicorn forks, restarted with
+    a back-off when it dies, stopped with the master; a process of its own keeps a slow
+    scrape (it reads the database) off the API's workers."""
     children: list[ChildSupervisor | DnsmasqSupervisor] = []
     servers = ["tftp"] if settings.tftp_enabled else []
     if settings.http_boot_bind:
         servers.append("http-boot")
     if settings.netconsole_bind:
         servers.append("netconsole")
+    if settings.metrics_bind:
+        servers.append("metrics")
     if servers:
         config = dump_settings(settings, settings.path("run", "settings.json"))
     for name in servers:

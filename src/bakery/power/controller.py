@@ -17,7 +17,8 @@
 - **An event per attempt** through ``record(serial, message, data)`` with action, driver,
   attempt, outcome, state, error type, duration and the settings used — with secrets
   (keys containing token/password/secret/key, every header value) replaced by ``***``,
-  also wherever their values appear inside messages.
+  also wherever their values appear inside messages; and a count per attempt (and per
+  failure, by error type) for the metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from bakery import fsutil
+from bakery import fsutil, metrics
 from bakery.config import Settings
 from bakery.power.base import (
     POWER_ACTIONS,
@@ -209,6 +210,7 @@ class _Report:
             f"(attempt {data['attempt']}/{data['attempts']}): {detail}"
         )
         logger.log(level, "Pi %s: %s", self.target.serial, message)
+        metrics.power_called(data["driver"], data["action"], data["error_type"])
         if self.controller.record:
             self.controller.record(self.target.serial, message, data)
 

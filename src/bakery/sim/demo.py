@@ -16,7 +16,8 @@ from .runner import UNPRIVILEGED_TFTP_PORT, SimulatedSite, SiteOptions, default_
 
 INSTRUCTIONS = """
 Bakery is running at {url} with {count} simulated Pis ({mode} mode{nfs_note}).
-In another shell, from this checkout:
+Open {url}/ in a browser and sign in with the token in {token_file}; or, in
+another shell, from this checkout:
 
   . .venv/bin/activate{root_hint}
   bakery fridge                  # the simulated Pis, ready to bake
@@ -93,6 +94,7 @@ def _instructions(site: SimulatedSite, root: Path) -> str:
         nfs_note=LOOPBACK_NOTE if site.options.mode == "loopback" else "",
         root_hint=hint,
         log=site.server.log_file,
+        token_file=root / "admin-token",
     )
 
 

@@ -7,16 +7,19 @@ import re
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 
+from bakery.metrics import file_kind
 from bakery.models import PiState
 from bakery.netboot.bootfiles import human_size
 from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.netboot.tftp import packets as tp
 from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, default_boot_files
 from bakery.sim.tftp_client import PI4_BOOT_FILES, Download, PiClient, TftpError, run
+from tests.support.metrics import growth, scrape
 
 pytestmark = pytest.mark.tools(*REQUIRED_TOOLS)
 
@@ -376,3 +379,43 @@ def test_a_pi_unbaked_and_baked_again_at_once_gets_its_new_bakes_files(pi, serve
 
     assert pi.get("kernel8.img") == BOOT_FILES["kernel8.img"], "not the old bake's deleted files"
     assert fleet.get_pi(SERIAL).bake_id == again.id
+
+
+# -- what is counted -------------------------------------------------------------------
+
+
+def test_each_file_sent_is_counted_by_kind_with_its_bytes_and_probes_are_not(
+    pi, server, fleet, settings
+):
+    (settings.firmware_path / "bootcode.bin").write_bytes(b"pi 3 second stage" * 100)
+    before = scrape()
+    fetched = pi.boot()  # a probe before each file
+    bootcode = pi.download("bootcode.bin").result()
+    wait_for(lambda: server.active_transfers == 0)
+    after = scrape()
+
+    served = wait_for(lambda: len(steps(fleet, "served")) == len(PI4_BOOT_FILES))
+    kinds = Counter(file_kind(event.data["file"]) for event in steps(fleet, "served"))
+    kinds["firmware"] += 1  # bootcode.bin, on no Pi's timeline
+    transfers = growth(before, after, "bakery_tftp_transfers_total", "kind")
+    sent = growth(before, after, "bakery_tftp_bytes_total", "kind")
+    assert served and transfers == dict(kinds)
+    assert transfers == {
+        "firmware": 3,
+        "config": 1,
+        "dtb": 1,
+        "overlay": 1,
+        "cmdline": 1,
+        "kernel": 1,
+    }
+    assert sum(sent.values()) == sum(map(len, fetched.values())) + len(bootcode)
+    assert sent["kernel"] == len(BOOT_FILES["kernel8.img"])
+
+
+def test_a_transfer_that_never_ends_is_counted_as_a_failure_of_its_kind(pi, server):
+    before = scrape()
+    sock, _ = request(server, f"{SERIAL}/kernel8.img", {"blksize": 512})
+    sock.close()
+    wait_for(lambda: server.active_transfers == 0, timeout=6)
+
+    assert growth(before, scrape(), "bakery_tftp_failures_total", "kind") == {"kernel": 1}

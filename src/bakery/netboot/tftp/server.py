@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from ... import metrics
 from ...config import Settings
 from .. import bootfiles
 from ..bootfiles import BootSource, BootTarget, UnsafePath
@@ -308,7 +309,13 @@ class TftpServer:
         self.finish(transfer, f"client error {code}: {message}")
 
     def finish(self, transfer: Transfer, failure: str | None = None) -> None:
-        """End a transfer and put it on the Pi's timeline."""
+        """End a transfer: count it (first: whoever sees the server idle sees the count),
+        drop it, and put it on the Pi's timeline."""
+        assert transfer.image is not None  # only a transfer that had begun ends here
+        if failure is None:
+            metrics.tftp_sent(transfer.name, transfer.image.size)
+        else:
+            metrics.tftp_failed(transfer.name)
         self._drop(transfer)
         if transfer.serial is None:
             log.info("TFTP %s to %s: %s", transfer.name, transfer.client[0], failure or "sent")
@@ -319,7 +326,6 @@ class TftpServer:
                 transfer.serial, message, step="failed", file=transfer.name, reason=failure
             )
             return
-        assert transfer.image is not None  # a transfer that ended well had begun
         seconds = round(time.monotonic() - transfer.started, 4)
         size = transfer.image.size
         message = bootfiles.served_message(transfer.name, size, seconds)
