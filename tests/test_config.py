@@ -44,6 +44,8 @@ def test_environment_overrides_the_file(tmp_path):
         ({"pi_api_url": "http://10.0.0.1:8080/$(reboot)"}, "pi_api_url"),
         ({"pi_api_url": "http://a b"}, "pi_api_url"),
         ({"boot_deadline": 0}, "boot_deadline"),
+        ({"nfs_mount_port": 70000}, "nfs_mount_port"),
+        ({"nfs_mount_port": "mountd"}, "nfs_mount_port"),
     ],
 )
 def test_a_bad_setting_is_one_clear_error(tmp_path, values, word):

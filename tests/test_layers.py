@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bakery.roots",
             "bakery.disks",
             "bakery.exports",
+            "bakery.nfsserver",
             "bakery.power",
             "bakery.stemcell",
             "bakery.netboot.bootfiles",

@@ -52,6 +52,13 @@ class Settings:
     exports_file: str = ""
     #: nfs-ganesha pid file, signalled with SIGHUP to re-read exports.
     ganesha_pid_file: str = ""
+    #: The NFS server's MOUNT port when it runs without a portmapper (the bakery job's
+    #: nfs-ganesha: 20048): Pis' cmdline.txt then names it and NFS's own port 2049, so
+    #: their kernels mount NFSv3 without asking rpcbind. 0: they ask the portmapper.
+    nfs_mount_port: int = 0
+    #: Run this nfs-ganesha (``ganesha.nfsd``) as a supervised child serving the exports
+    #: of backend ``ganesha`` (the bakery job's package); empty: one runs outside Bakery.
+    ganesha_binary: str = ""
     #: Extra options on every export line (the root needs no_root_squash).
     export_options: str = "rw,sync,no_subtree_check,no_root_squash"
     #: Written into each bake's /etc/resolv.conf (NetworkManager won't, see pi-netboot §3.3).
@@ -255,6 +262,8 @@ def _validate(s: Settings) -> None:
         ipaddress.ip_address(s.nfs_server)
     except ValueError:
         raise ConfigError(f"setting 'nfs_server': {s.nfs_server!r} is not an IP address") from None
+    if not 0 <= s.nfs_mount_port <= 65535:
+        raise ConfigError("setting 'nfs_mount_port': must be a port (1-65535), or 0 for none")
     if s.database_url and not s.database_url.startswith(
         ("sqlite://", "postgresql://", "postgres://", "postgresql+pool://", "postgres+pool://")
     ):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from bakery import fsutil, identifiers
+from bakery import fsutil, identifiers, nfsserver
 from bakery.config import Settings
 
 log = logging.getLogger(__name__)
@@ -263,10 +263,10 @@ def make_backend(settings: Settings) -> ExportBackend:
             _run_exportfs,
         )
     if settings.nfs_backend == "ganesha":
-        pid_file = Path(settings.ganesha_pid_file) if settings.ganesha_pid_file else None
+        pid_file = nfsserver.pid_file(settings)
         return FileBackend(
             settings,
-            Path(settings.exports_file or settings.path("nfs", "ganesha-exports.conf")),
+            nfsserver.exports_path(settings),
             _render_ganesha_keeping_ids,
             lambda: _signal_ganesha(pid_file),
         )

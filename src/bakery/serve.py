@@ -149,8 +149,10 @@ def start_netboot(settings: Settings) -> subprocess.Popen[bytes] | None:
 
     It holds the read end of a pipe whose write end only this process has: when
     the master dies, even by SIGKILL, netboot sees end of file and stops. It also
-    supervises the metrics server of ``metrics_bind``."""
-    if not (settings.tftp_enabled or settings.dnsmasq_enabled or settings.metrics_bind):
+    supervises the metrics server of ``metrics_bind`` and the NFS server of
+    ``ganesha_binary``."""
+    servers = (settings.tftp_enabled, settings.dnsmasq_enabled, settings.metrics_bind)
+    if not any(servers) and not settings.ganesha_binary:
         return None
     if settings.dnsmasq_enabled:
         render_config(settings)  # a bad setting stops the start here, in one line

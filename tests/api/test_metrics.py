@@ -34,6 +34,21 @@ def upload(client, image) -> int:
         ).status_code
 
 
+def test_a_made_up_method_is_counted_as_other_not_as_a_new_series(client):
+    """gunicorn takes any method of 3-20 capitals: each would be a series of its own."""
+    before = page(client)
+    for method in ("FOOBAR1", "ZZZ999"):
+        client.open("/api/v1/pis", method=method)
+    after = page(client)
+
+    assert (
+        requests_of(after, "unmatched", "other", 405)
+        - requests_of(before, "unmatched", "other", 405)
+        == 2
+    )
+    assert not {"FOOBAR1", "ZZZ999"} & after.label_values()
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_metrics_need_a_token(anonymous):
     answer = anonymous.get("/metrics")

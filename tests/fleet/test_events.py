@@ -105,3 +105,24 @@ def test_boots_cut_short_stalled_and_still_going_say_so(fleet):
         "stalled",
         "booting",
     ]
+
+
+def test_a_cut_boot_stays_cut_a_late_boot_is_up_and_a_boot_without_files_is_one_span(fleet):
+    pi = fleet.register_pi("00000001")
+    power(pi, 1.0, "on")
+    at(pi, 2.0, "boot", "start4.elf requested", step="first_request")
+    power(pi, 3.0, "off")
+    at(pi, 601.0, "boot", "stalled: userspace not up", step="stalled")  # after the power-off
+    power(pi, 700.0, "on")
+    at(pi, 701.0, "boot", "start4.elf requested", step="first_request")
+    at(pi, 1300.0, "boot", "stalled: userspace not up", step="stalled")
+    at(pi, 1310.0, "boot", "userspace up", step="userspace_up")
+    power(pi, 2000.0, "on")
+    at(pi, 2030.0, "boot", "userspace up", step="userspace_up")
+
+    boots = fleet.boot_history("00000001")
+
+    assert [boot.outcome for boot in boots] == ["cut", "up", "up"]
+    assert boots[0].phases == [("bootloader", 1.0), ("boot files", 0.0)]
+    assert boots[1].seconds == 610.0
+    assert boots[2].phases == [("whole boot", 30.0)]

@@ -134,3 +134,15 @@ def test_model_is_guessed_from_the_files_asked_for(names, model):
 )
 def test_a_served_file_reads_as_its_name_size_and_time(size, seconds, protocol, said):
     assert served_message("start4.elf", size, seconds, protocol) == said
+
+
+def test_a_server_without_a_portmapper_has_its_ports_on_the_cmdline():
+    """The bakery job's nfs-ganesha answers MOUNT on a fixed port and runs no rpcbind: a
+    Pi's kernel mounts NFSv3 only if the cmdline names both ports."""
+    line = render_cmdline(BOOKWORM, "10.0.0.1", "/srv/bakery/bakes/abc/root", mount_port=20048)
+
+    assert (
+        "nfsroot=10.0.0.1:/srv/bakery/bakes/abc/root,vers=3,tcp,port=2049,mountport=20048,"
+        "mountproto=tcp "
+    ) in line
+    assert "port=" not in render_cmdline(BOOKWORM, "10.0.0.1", "/srv/bakery/bakes/abc/root")

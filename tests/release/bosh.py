@@ -5,10 +5,13 @@ them (``erb_render.rb``, with Ruby's ERB)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +117,30 @@ def fetched_blobs(
     return blobs
 
 
-def compile_package(package: str, blobs_dir: Path, root: Path) -> Path:
+#: What scripts/fetch-blobs fetches from pinned sources (all but Bakery's own wheel).
+PINNED_PARTS = ("wheels", "python3", "dnsmasq", "mtools", "nfs-ganesha")
+
+
+def release_blobs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every blob of the release, laid out like blobs/: the pinned sources, fetched once
+    and cached until scripts/fetch-blobs changes, and Bakery's wheel, built now from this
+    checkout (so it is the code under test)."""
+    digest = hashlib.sha256(FETCH_BLOBS.read_bytes()).hexdigest()[:12]
+    env = {**os.environ, "PYTHON": sys.executable}
+    pinned = fetched_blobs(
+        request, tmp_path_factory, f"bakery-release-{digest}", list(PINNED_PARTS), env
+    )
+    blobs = tmp_path_factory.mktemp("blobs")
+    for part in pinned.iterdir():
+        if part.is_dir():
+            (blobs / part.name).symlink_to(part)
+    subprocess.run(
+        [str(FETCH_BLOBS), "--dest", str(blobs), "bakery"], env=env, check=True, capture_output=True
+    )
+    return blobs
+
+
+def compile_package(package: str, blobs_dir: Path, root: Path, timeout: float = 300) -> Path:
     """Compile ``package`` as the agent does on a compilation VM: staged in
     ``root/compile/<package>``, ``bash -x packaging`` there with the BOSH_* variables and a
     bare PATH, in a network namespace of its own so nothing can come from the network.
@@ -139,7 +165,7 @@ def compile_package(package: str, blobs_dir: Path, root: Path) -> Path:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert result.returncode == 0, f"packaging {package} failed:\n{result.stderr[-4000:]}"
     return install_dir

@@ -123,6 +123,44 @@ def test_fetch_blobs_refuses_a_source_whose_sha256_is_not_the_pinned_one(mirror,
     assert not list((tmp_path / "blobs" / "dnsmasq").iterdir())
 
 
+def offline(source: Path, dest: Path, *parts: str, env: dict | None = None):
+    """``scripts/fetch-blobs --offline SOURCE``, recording into ``dest`` (or with bosh)."""
+    where = ["--dest", str(dest)] if dest else []
+    return subprocess.run(
+        [str(FETCH_BLOBS), *where, "--offline", str(source), *parts],
+        env={"PATH": BARE_PATH, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_fetch_blobs_offline_takes_a_downloaded_source_only_with_its_pinned_sha256(
+    sources, tmp_path
+):
+    genuine = sources / "dnsmasq" / Path(PINS["DNSMASQ_ORIG"]).name
+    downloaded = tmp_path / "downloads"
+    downloaded.mkdir()
+    shutil.copy(genuine, downloaded / genuine.name)
+    assert offline(downloaded, tmp_path / "good", "dnsmasq").returncode == 0
+    assert (tmp_path / "good" / "dnsmasq" / genuine.name).read_bytes() == genuine.read_bytes()
+
+    (downloaded / genuine.name).write_bytes(genuine.read_bytes() + b"tampered")
+    refused = offline(downloaded, tmp_path / "bad", "dnsmasq")
+
+    assert refused.returncode != 0
+    assert PINS["DNSMASQ_SHA256"] in refused.stderr
+    assert not list((tmp_path / "bad" / "dnsmasq").iterdir())
+
+
+def test_fetch_blobs_says_in_one_line_that_recording_blobs_needs_the_bosh_cli(sources):
+    result = offline(sources, None, "dnsmasq")
+
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1
+    assert "needs the bosh CLI" in result.stderr and "--dest" in result.stderr
+
+
 def test_packaged_dnsmasq_is_version_2_90(dnsmasq):
     version = run_packaged(dnsmasq / "sbin" / "dnsmasq", "--version")
     assert version.returncode == 0, version.stderr

@@ -99,22 +99,43 @@ def test_every_file_glob_matches_the_sources_or_a_recorded_blob(package):
         assert in_src or in_blobs, f"{package}: nothing matches {pattern!r}"
 
 
-@pytest.mark.parametrize("package", ["dnsmasq", "mtools"])
-def test_package_files_take_the_source_fetch_blobs_pins(package):
-    """The tarball scripts/fetch-blobs fetches (and verifies) is the one the package
-    compiles: a name the spec's glob misses fails create-release."""
-    pinned = re.search(rf"^{package.upper()}_ORIG=\S*/(\S+)$", FETCH_BLOBS.read_text(), re.M)
-    assert pinned, f"scripts/fetch-blobs pins no {package} source"
-    blob = PurePosixPath(package, pinned.group(1))
-    assert any(blob.match(pattern) for pattern in package_spec(package)["files"])
+#: Which package compiles each source scripts/fetch-blobs pins (``<NAME>_ORIG=...``).
+SOURCES_OF = {
+    "python3": ("PYTHON", "SQLITE"),
+    "dnsmasq": ("DNSMASQ",),
+    "mtools": ("MTOOLS",),
+    "nfs-ganesha": ("GANESHA", "NTIRPC", "LIBURCU", "ATTR", "ACL"),
+}
 
 
-def test_the_package_sources_are_the_python_packages_and_nothing_else():
-    matched = set(glob_matches("bakery/**/*.py", [SRC])) | set(
-        glob_matches("bakery_cpi/**/*.py", [SRC])
-    )
-    assert "bakery/cli/__init__.py" in matched and "bakery_cpi/__main__.py" in matched
-    assert not [path for path in matched if "__pycache__" in path]
+def pinned_sources() -> dict[str, str]:
+    """Each pinned source's name (``GANESHA``) and file name, as fetch-blobs saves it."""
+    return dict(re.findall(r"^([A-Z]+)_ORIG=\S*/(\S+)$", FETCH_BLOBS.read_text(), re.M))
+
+
+def test_every_pinned_source_is_compiled_by_a_package():
+    assert sorted(pinned_sources()) == sorted(n for names in SOURCES_OF.values() for n in names)
+
+
+@pytest.mark.parametrize("package", sorted(SOURCES_OF))
+def test_package_files_take_the_sources_fetch_blobs_pins(package):
+    """The tarballs scripts/fetch-blobs fetches (and verifies) are the ones the package
+    compiles: a name the spec's globs miss fails create-release, and a glob no pinned
+    source matches would take whatever lies in blobs/."""
+    pins = pinned_sources()
+    blobs = [PurePosixPath(package, pins[name]) for name in SOURCES_OF[package]]
+    patterns = package_spec(package)["files"]
+    for blob in blobs:
+        assert any(blob.match(pattern) for pattern in patterns), blob
+    for pattern in patterns:
+        assert [blob for blob in blobs if blob.match(pattern)], pattern
+
+
+def test_the_bakery_package_is_bakerys_wheel_and_its_pinned_dependencies():
+    """Built from the wheel (package data included), not from a glob of sources."""
+    assert package_spec("bakery")["files"] == ["bakery/bakery-*.whl", "bakery-wheels/*.whl"]
+    pins = re.findall(r"^(\S+)==\S+ --hash=sha256:[0-9a-f]{64}$", FETCH_BLOBS.read_text(), re.M)
+    assert {"flask", "gunicorn", "peewee", "psycopg2_binary", "prometheus_client"} <= set(pins)
 
 
 @pytest.mark.tools("shellcheck")

@@ -48,7 +48,17 @@ REQUIRED = {
 }
 #: Job properties whose defaults deliberately differ from the service's own: on a BOSH
 #: VM, data lives on the persistent disk, the API faces the network, exports are real.
-DELIBERATE = {"root", "bind", "nfs_backend", "nfs_server", "host_id", "dnsmasq_binary"}
+DELIBERATE = {
+    "root",
+    "bind",
+    "nfs_backend",
+    "nfs_server",
+    "host_id",
+    "dnsmasq_binary",
+    # the job runs its own nfs-ganesha, which answers MOUNT on a fixed port
+    "ganesha_binary",
+    "nfs_mount_port",
+}
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +207,8 @@ def test_every_package_the_bakery_process_runs_from_is_installed_with_the_job(tm
     rendered, _ = settings_from(job_dir)
     paths = [process["executable"], rendered["dnsmasq_binary"], *process["env"]["PATH"].split(":")]
     used = {PurePosixPath(path).parts[4] for path in paths if path.startswith(VCAP_PACKAGES)}
-    assert used == {"bakery", "dnsmasq", "mtools"}
+    used.add(PurePosixPath(rendered["ganesha_binary"]).parts[4])
+    assert used == {"bakery", "dnsmasq", "mtools", "nfs-ganesha"}
     assert used <= set(job_spec("bakery")["packages"])
 
 
@@ -304,3 +315,16 @@ def test_pre_start_makes_the_data_dir_bakerys_alone_before_it_starts(tmp_path):
 def test_pre_start_refuses_a_data_dir_a_shell_would_read_as_more_than_a_path(tmp_path):
     with pytest.raises(RenderError, match="data_dir must be an absolute path"):
         render("bakery", "pre-start.erb", {"data_dir": "/srv/x; rm -rf /"})
+
+
+def test_the_job_runs_its_own_nfs_server_unless_told_otherwise(tmp_path):
+    own, settings = settings_from(render_job("bakery", REQUIRED["bakery"], tmp_path / "own"))
+    assert own["nfs_backend"] == "ganesha"
+    assert own["ganesha_binary"] == "/var/vcap/packages/nfs-ganesha/bin/ganesha.nfsd"
+    assert settings.nfs_mount_port == 20048
+    external = REQUIRED["bakery"] | {"nfs": {"ganesha": {"run": False}, "ganesha_pid_file": "/x"}}
+    theirs, _ = settings_from(render_job("bakery", external, tmp_path / "theirs"))
+    kernel = REQUIRED["bakery"] | {"nfs": {"backend": "kernel"}}
+    exportfs, _ = settings_from(render_job("bakery", kernel, tmp_path / "kernel"))
+    assert "ganesha_binary" not in theirs and "ganesha_binary" not in exportfs
+    assert theirs["ganesha_pid_file"] == "/x"

@@ -4,6 +4,7 @@ deciding what a token sees and may do, and what a Pi put on its timeline shown a
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -284,7 +285,9 @@ def test_a_worker_serves_only_so_many_live_timelines_at_once(admin, fleet, monke
     again = admin.client.get("/pis/00000001/timeline")
 
     assert first.status_code == 200
-    assert refused.status_code == 503
+    # an EventSource gives up on an error status: the busy answer asks it to come back
+    assert refused.status_code == 200 and refused.mimetype == "text/event-stream"
+    assert refused.get_data(as_text=True) == f"retry: {stream.BUSY_RETRY_MS}\n\n"
     assert again.status_code == 200
     again.close()
 
@@ -332,3 +335,62 @@ def test_a_missing_pi_is_an_html_page_not_a_traceback(admin):
     assert "no Pi" in response.get_data(as_text=True) or "0000dead" in response.get_data(
         as_text=True
     )
+
+
+def test_an_upload_body_is_never_parsed_before_the_session_and_csrf_are_checked(
+    app, admin, monkeypatch
+):
+    """A multipart body would be spooled to disk whole by the form parser: anyone who can
+    reach the port could fill the host's temp dir without signing in."""
+    from werkzeug.wrappers import Request
+
+    parsed = []
+    monkeypatch.setattr(Request, "_load_form_data", lambda self: parsed.append(self.path))
+
+    def body() -> dict:
+        return {"image": (io.BytesIO(b"x" * 4096), "image.img"), "csrf_token": "guess"}
+
+    stranger = app.test_client().put("/bakeforms/x/image", data=body())
+    admin.get("/bakeforms")
+    forged = admin.client.put("/bakeforms/x/image", data=body())
+
+    assert stranger.status_code == 401 and stranger.json["error"]["code"] == "unauthorized"
+    assert forged.status_code == 403
+    assert parsed == []
+
+
+def test_a_form_sent_after_the_session_lapsed_returns_to_its_page_after_sign_in(
+    admin, fleet, admin_token
+):
+    fleet.register_pi("00000001")
+    admin.get("/pis/00000001")
+    with admin.client.session_transaction() as session:
+        session.pop("token_digest")
+
+    response = admin.post("/pis/00000001/power", {"action": "on", "back": "/pis/00000001"})
+
+    assert response.headers["Location"] == "/sign-in?next=/pis/00000001"
+    assert admin.sign_in(admin_token, "/pis/00000001").headers["Location"] == "/pis/00000001"
+
+
+def test_a_sign_in_lasts_twelve_hours_however_busy_the_session(admin):
+    assert admin.get("/").status_code == 200
+    with admin.client.session_transaction() as session:
+        session["signed_in_at"] -= 12 * 3600 + 1
+
+    assert admin.get("/").status_code == 302
+
+
+def test_a_page_that_declares_no_role_is_refused_to_every_token(app, browser, admin_token):
+    app.add_url_rule("/forgotten", "web.forgotten", lambda: "open to all")
+    browser.sign_in(admin_token)
+
+    response = browser.get("/forgotten")
+
+    assert response.status_code == 403
+    assert "declares no role" in response.get_data(as_text=True)
+
+
+def test_a_page_that_does_not_exist_is_a_404_not_a_request_for_a_token(browser):
+    assert browser.get("/bakeform").status_code == 404
+    assert browser.get("/api/v1/nothing").status_code == 401

@@ -68,6 +68,8 @@ SESSION_BLUEPRINTS = {"web"}
 def require_token() -> Response | None:
     if request.endpoint in PUBLIC_ENDPOINTS or request.blueprint in SESSION_BLUEPRINTS:
         return None
+    if request.url_rule is None and not request.path.startswith("/api/"):
+        return None  # no such page: a 404 for a browser, not a token's 401
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():

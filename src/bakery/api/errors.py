@@ -41,7 +41,7 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return response
 
 
-def _field_messages(messages: dict[str, Any]) -> str:
+def field_messages(messages: dict[str, Any]) -> str:
     """'field: problem' for the first problems webargs found, naming each field."""
     parts = []
     for location in messages.values():
@@ -70,7 +70,7 @@ def handle_http_exception(error: HTTPException) -> Response:
         return error_response(
             status,
             HTTP_CODES.get(status, "error"),
-            f"invalid input: {_field_messages(messages)}",
+            f"invalid input: {field_messages(messages)}",
             messages,
         )
     message = data.get("message") or error.description or error.name

@@ -38,6 +38,7 @@ from ..power import PowerController, PowerResult
 from . import bakeforms, bakes, boots, disks, exports, netboot, pis, queries, recovery
 from .actors import Actor, acting_as
 from .context import FleetContext
+from .events import BOOT_PHASES
 from .gauges import FleetGauges
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
@@ -46,6 +47,7 @@ from .power import operator_power, restore_power
 DISK_FILESYSTEMS = disk_images.FILESYSTEMS
 
 __all__ = [
+    "BOOT_PHASES",
     "BOOT_PROTOCOLS",
     "DISK_FILESYSTEMS",
     "Actor",

@@ -27,19 +27,30 @@ def report_userspace(ip: str, secret: str) -> dict[str, Any]:
         raise NotFound(f"no live bake at {ip}", code="bake_not_found")
     pi, bake = caller
     now = utcnow()
-    first = pi.powered_on_at is not None and (pi.up_at is None or pi.up_at < pi.powered_on_at)
+    seconds = 0.0
     with database.atomic():
-        Pi.update(last_seen=now, **({"up_at": now} if first else {})).where(
-            Pi.id == pi.id
-        ).execute()
+        Pi.update(last_seen=now).where(Pi.id == pi.id).execute()
+        first = _mark_up(pi, now)
         if first:
-            assert pi.powered_on_at is not None  # checked above
+            assert pi.powered_on_at is not None  # _mark_up checked
             seconds = round((now - pi.powered_on_at).total_seconds(), 2)
             message = f"userspace up {seconds:.2f} s after power-on"
             events.record(pi, "boot", message, bake.id, step="userspace_up", seconds=seconds)
     if first:
         metrics.userspace_up(seconds)  # once the report is stored: a failed one is not a boot
     return {"bake_id": bake.id, "first": first}
+
+
+def _mark_up(pi: Pi, now: datetime) -> bool:
+    """Note the Pi's userspace up in this boot, if nothing did yet: one conditional
+    update, so of two reports at once only one is the boot's first."""
+    if pi.powered_on_at is None:
+        return False
+    not_yet = Pi.up_at.is_null() | (Pi.up_at < Pi.powered_on_at)
+    marked = Pi.update(up_at=now).where(
+        Pi.id == pi.id, Pi.powered_on_at == pi.powered_on_at, not_yet
+    )
+    return bool(marked.execute())
 
 
 def boot_status(pi: Pi, deadline: float, now: datetime | None = None) -> str | None:

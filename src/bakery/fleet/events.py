@@ -62,12 +62,7 @@ def _mark_boot_times(pi: Pi, found: list[Event]) -> None:
     it, so a boot reads as one (None before the Pi was ever powered on)."""
     if not found:
         return
-    earlier = (
-        Event.select()
-        .where(Event.pi == pi, Event.kind == "power", Event.id < found[0].id)
-        .order_by(Event.id.desc())
-        .limit(POWER_EVENTS_SCANNED)
-    )
+    earlier = _power_events(pi, before=found[0].id)
     start = next((event for event in earlier if is_power_on(event)), None)
     for event in found:
         if is_power_on(event):
@@ -85,6 +80,8 @@ BOOT_PHASES = ("bootloader", "boot files", "kernel and userspace")
 FILE_STEPS = ("first_request", "served", "missing", "failed")
 #: Boot steps that end a boot, and the outcome each gives it.
 END_STEPS = {"userspace_up": "up", "stalled": "stalled"}
+#: The one phase of a boot whose files are not on its timeline.
+WHOLE_BOOT = "whole boot"
 
 
 @dataclass
@@ -101,7 +98,10 @@ class BootRecord:
 
     @property
     def phases(self) -> list[tuple[str, float]]:
-        """(phase, seconds) for each of ``BOOT_PHASES`` the boot went through."""
+        """(phase, seconds) for each of ``BOOT_PHASES`` the boot went through; one
+        ``WHOLE_BOOT`` span for a boot that ended with no file on its timeline."""
+        if self.first_file_at is None and self.ended_at is not None:
+            return [(WHOLE_BOOT, round((self.ended_at - self.started_at).total_seconds(), 2))]
         points = (self.started_at, self.first_file_at, self.last_file_at, self.ended_at)
         return [
             (name, round((later - earlier).total_seconds(), 2))
@@ -114,9 +114,12 @@ class BootRecord:
         return sum(seconds for _, seconds in self.phases)
 
     def note(self, event: Event) -> None:
-        """Take in one boot event of this boot (those after its end change nothing)."""
+        """Take in one boot event of this boot. Nothing changes a boot that is up or cut;
+        a stalled boot whose userspace comes up after all is up (late)."""
         step = (event.data or {}).get("step")
-        if self.ended_at is not None:
+        if self.outcome == "stalled" and step == "userspace_up":
+            self.ended_at, self.outcome = event.created_at, "up"
+        if self.outcome != "booting":
             return
         if step in FILE_STEPS:
             self.first_file_at = self.first_file_at or event.created_at
@@ -128,7 +131,7 @@ class BootRecord:
 
 def boot_history(pi: Pi, boots: int = 10) -> list[BootRecord]:
     """The Pi's last ``boots`` boots, oldest first, each with its phases."""
-    power_ons = [event for event in _recent_power_events(pi) if is_power_on(event)][:boots]
+    power_ons = [event for event in _power_events(pi) if is_power_on(event)][:boots]
     if not power_ons:
         return []
     steps = (
@@ -149,13 +152,12 @@ def boot_history(pi: Pi, boots: int = 10) -> list[BootRecord]:
     return records
 
 
-def _recent_power_events(pi: Pi) -> list[Event]:
-    return list(
-        Event.select()
-        .where(Event.pi == pi, Event.kind == "power")
-        .order_by(Event.id.desc())
-        .limit(POWER_EVENTS_SCANNED)
-    )
+def _power_events(pi: Pi, before: int | None = None) -> list[Event]:
+    """The Pi's newest ``POWER_EVENTS_SCANNED`` power events (older than ``before``)."""
+    query = Event.select().where(Event.pi == pi, Event.kind == "power")
+    if before is not None:
+        query = query.where(Event.id < before)
+    return list(query.order_by(Event.id.desc()).limit(POWER_EVENTS_SCANNED))
 
 
 def _ends_power(event: Event) -> bool:

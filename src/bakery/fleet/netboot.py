@@ -117,7 +117,10 @@ def boot_target(
         return None
     boot_dir = ctx.bake_boot(bake.id)
     cmdline = bootfiles.render_cmdline(
-        images.read_cmdline(boot_dir), ctx.settings.nfs_server, ctx.bake_root(bake.id)
+        images.read_cmdline(boot_dir),
+        ctx.settings.nfs_server,
+        ctx.bake_root(bake.id),
+        ctx.settings.nfs_mount_port,
     )
     http_dir = ctx.bake_dir(bake.id) / "http" if bake.boot_protocol == "http" else None
     return bootfiles.BootTarget(

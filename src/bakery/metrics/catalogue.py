@@ -183,8 +183,14 @@ def bakeform_import() -> Iterator[None]:
         IMPORT_DURATION.observe(time.monotonic() - started, outcome)
 
 
+#: Methods counted by name; any other a client makes up (gunicorn takes any 3-20 capitals)
+#: is ``other``, or each would be a new series.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def api_request(route: str, method: str, status: int, seconds: float | None) -> None:
     """One answered request; ``seconds`` None when its start was not seen."""
+    method = method if method in HTTP_METHODS else "other"
     API_REQUESTS.inc(route, method, str(status))
     if seconds is not None:
         API_DURATION.observe(seconds, route, method)

@@ -85,10 +85,17 @@ class BootSource(Protocol):
 SourceFactory = Callable[[Settings], BootSource]
 
 
-def render_cmdline(image_cmdline: str, nfs_server: str, root_export: str | Path) -> str:
+#: NFS's own port, named beside a MOUNT port so a Pi's kernel needs no portmapper at all.
+NFS_PORT = 2049
+
+
+def render_cmdline(
+    image_cmdline: str, nfs_server: str, root_export: str | Path, mount_port: int = 0
+) -> str:
     """The image's kernel command line with its SD-card root replaced by our NFS root.
 
-    Everything else the image asked for (consoles, quiet, cgroup options...) is kept."""
+    Everything else the image asked for (consoles, quiet, cgroup options...) is kept. With
+    ``mount_port`` the NFS options name the server's ports, for a server without rpcbind."""
     export = str(root_export)
     if not EXPORT_PATH_RE.fullmatch(export) or ".." in export.split("/"):
         raise ValueError(f"root export {export!r} is not a plain absolute path")
@@ -97,12 +104,18 @@ def render_cmdline(image_cmdline: str, nfs_server: str, root_export: str | Path)
     ]
     nfs = [
         "root=/dev/nfs",
-        f"nfsroot={nfs_server}:{export},vers=3,tcp",
+        f"nfsroot={nfs_server}:{export},vers=3,tcp{_ports(mount_port)}",
         "rw",
         "ip=dhcp",
         "rootwait",
     ]
     return " ".join(kept + nfs) + "\n"
+
+
+def _ports(mount_port: int) -> str:
+    if not mount_port:
+        return ""
+    return f",port={NFS_PORT},mountport={mount_port},mountproto=tcp"
 
 
 def adjust_config_txt(text: str, drop_keys: tuple[str, ...] | list[str]) -> str:

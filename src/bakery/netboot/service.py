@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import TextIO
 
+from .. import nfsserver
 from ..config import Settings, dump_settings
 from ..supervisor import ChildSupervisor
 from .bootfiles import SourceFactory
@@ -28,7 +29,9 @@ def netboot_children(
     """The TFTP server and, when their addresses are set, the HTTP boot server, the
     bootloader log listener and the metrics server (``bakery tftp``, ``http-boot``,
     ``netconsole`` and ``metrics`` processes on the same settings) and, when enabled,
-    dnsmasq for proxy DHCP, its DHCP lines recorded through ``open_source``.
+    dnsmasq for proxy DHCP, its DHCP lines recorded through ``open_source``, and the
+    host's own nfs-ganesha when ``ganesha_binary`` names one (the Pis' roots are
+    exported by it).
 
     The metrics server is here, though it serves no Pi, because this process is what
     ``bakery serve`` has for side servers: started before gunicorn forks, restarted with
@@ -50,6 +53,8 @@ def netboot_children(
     if settings.dnsmasq_enabled:
         render_config(settings)  # a bad setting stops the start here, in one line
         children.append(DnsmasqSupervisor(settings, open_source(settings)))
+    if settings.ganesha_binary:
+        children.append(ChildSupervisor("nfs-ganesha", nfsserver.command(settings)))
     return children
 
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import nfsserver
 from .server import free_port
 from .wait import wait_until
 
@@ -46,19 +47,11 @@ class Ganesha:
         return self.workdir / "ganesha.log"
 
     def config_text(self) -> str:
-        return (
-            "NFS_CORE_PARAM {\n"
-            f"    NFS_Port = {self.port};\n"
-            f"    Bind_addr = {self.bind};\n"
-            "    Protocols = 4;\n"
-            "    Enable_NLM = false;\n"
-            "    Enable_RQUOTA = false;\n"
-            "}\n"
-            "NFSV4 {\n"
-            "    Graceless = true;\n"
-            f'    RecoveryRoot = "{self.workdir / "recovery"}";\n'
-            "}\n"
-            f'%include "{self.exports_file}"\n'
+        return nfsserver.server_config(
+            bind=self.bind,
+            exports_file=self.exports_file,
+            recovery_dir=self.workdir / "recovery",
+            port=self.port,
         )
 
     def start(self, timeout: float = 30.0) -> None:

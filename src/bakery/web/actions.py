@@ -17,12 +17,12 @@ from werkzeug.wrappers import Response
 
 from ..api.bakes import BakeRequestSchema
 from ..api.blueprint import body_limit
+from ..api.current import current_fleet as fleet
 from ..api.disks import DiskCreateSchema
-from ..api.errors import error_response
+from ..api.errors import error_response, field_messages
 from ..api.pis import PowerSchema
 from ..errors import BakeryError, InvalidInput
 from .blueprint import blp
-from .pages import fleet
 from .session import local_path, requires
 
 
@@ -44,17 +44,9 @@ def form_input(
     try:
         loaded: dict[str, Any] = schema.load(values | (fixed or {}))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{field}: {' '.join(map(str, why))}" for field, why in _flat(exc.messages).items()
-        )
-        raise InvalidInput(f"invalid input: {problems}") from None
+        problems = exc.messages if isinstance(exc.messages, dict) else {"form": exc.messages}
+        raise InvalidInput(f"invalid input: {field_messages({'form': problems})}") from None
     return loaded
-
-
-def _flat(messages: Any) -> dict[str, list[Any]]:
-    if isinstance(messages, dict):
-        return {str(k): v if isinstance(v, list) else [v] for k, v in messages.items()}
-    return {"form": list(messages)}
 
 
 def done(default: str, attempt: Callable[[], str]) -> Response:

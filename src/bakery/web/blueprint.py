@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 blp = Blueprint("web", __name__, template_folder="templates", static_folder="static")
 
-#: How long a sign-in lasts; the token's revocation ends it at once.
+#: How long a sign-in lasts from the moment of signing in, whatever is done meanwhile;
+#: the token's revocation ends it at once.
 SESSION_LIFETIME = timedelta(hours=12)
 #: Scripts, styles and images from this server only, no frames, no plug-ins: a message a
 #: Pi put on its timeline can never run as script, and nothing comes from a CDN.
@@ -38,6 +39,7 @@ def configure_sessions(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=bool(settings.tls_cert_file),
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+        SESSION_REFRESH_EACH_REQUEST=False,
     )
 
 

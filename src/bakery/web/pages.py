@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from flask import current_app, render_template
+from flask import render_template
 
+from ..api.current import current_fleet as fleet
 from ..errors import NotFound
-from ..fleet import DISK_FILESYSTEMS, Bake, Fleet, Pi, PiState
+from ..fleet import BOOT_PHASES, DISK_FILESYSTEMS, Bake, Pi, PiState
 from .blueprint import blp
 from .session import requires
 
@@ -18,11 +19,6 @@ PAGE_EVENTS = 200
 PAGE_CONSOLE_LINES = 200
 #: Boots in a Pi's phase chart.
 CHARTED_BOOTS = 10
-
-
-def fleet() -> Fleet:
-    found: Fleet = current_app.extensions["bakery.fleet"]
-    return found
 
 
 def visible_bake(pi: Pi) -> Bake | None:
@@ -69,6 +65,7 @@ def pi_page(serial: str) -> str:
         events=fleet().timeline(pi.serial, limit=PAGE_EVENTS),
         console=fleet().console(pi.serial, PAGE_CONSOLE_LINES),
         boots=fleet().boot_history(pi.serial, CHARTED_BOOTS),
+        phases=BOOT_PHASES,
         bakeforms=fleet().list_bakeforms(),
     )
 

@@ -14,25 +14,32 @@ from __future__ import annotations
 import functools
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import g, redirect, render_template, request, session, url_for
+from flask import current_app, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import Forbidden
 from werkzeug.wrappers import Response
 
 from .. import auth
 from ..api.auth import FLEET, FLEET_READ, WORK, WORK_READ, act_for
-from .blueprint import blp
+from ..api.errors import error_response
+from .blueprint import SESSION_LIFETIME, blp
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 TOKEN_KEY = "token_digest"
 CSRF_KEY = "csrf"
+SIGNED_IN_KEY = "signed_in_at"
+#: Where ``requires`` notes the group of a view: a view without one is refused to all.
+GROUP_ATTRIBUTE = "_bakery_web_group"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
-#: Pages open before signing in.
-OPEN_ENDPOINTS = {"web.sign_in", "web.static"}
+FORM_TYPE = "application/x-www-form-urlencoded"
+LIFETIME_SECONDS = SESSION_LIFETIME.total_seconds()
+#: Pages open before signing in (or after: signing out needs only the CSRF token).
+OPEN_ENDPOINTS = {"web.sign_in", "web.sign_out", "web.static"}
 #: The role groups pages and buttons name (those of the API routes they stand for).
 ROLE_GROUPS = {"fleet": FLEET, "fleet_read": FLEET_READ, "work": WORK, "work_read": WORK_READ}
 
@@ -62,6 +69,7 @@ def requires(group: str) -> Callable[[F], F]:
                 raise Forbidden(f"this is for {allowed}; token {g.token.name} is {g.token.role}")
             return view(*args, **kwargs)
 
+        setattr(checked, GROUP_ATTRIBUTE, group)
         return checked  # type: ignore[return-value]
 
     return wrap
@@ -73,22 +81,53 @@ def _template_helpers() -> dict[str, Any]:
 
 
 @blp.before_request
-def _require_session() -> Response | None:
-    """CSRF first (sign-in too), then a live token behind the session, or the sign-in page."""
-    if request.method not in SAFE_METHODS:
-        _check_csrf()
+def _require_session() -> Response | tuple[Response | str, int] | None:
+    """A live token behind an unexpired session, then CSRF on anything that changes
+    something; sign-in itself is CSRF-checked too. A view that declares no role group
+    (``requires``) is refused, so a new page cannot be open by omission."""
     if request.endpoint in OPEN_ENDPOINTS:
+        if request.method not in SAFE_METHODS:
+            _check_csrf()
         return None
-    token = auth.token_by_digest(session.get(TOKEN_KEY, ""))
+    token = _session_token()
     if token is None:
         session.pop(TOKEN_KEY, None)
-        return redirect(url_for("web.sign_in", next=request.full_path.rstrip("?")))
+        return _to_sign_in()
+    if request.method not in SAFE_METHODS:
+        _check_csrf()
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and getattr(view, GROUP_ATTRIBUTE, None) is None:
+        raise Forbidden("this page declares no role that may open it")
     act_for(token)
     return None
 
 
+def _session_token() -> auth.ApiToken | None:
+    """The session's token: None if there is none, it was revoked, or the sign-in is
+    older than ``SESSION_LIFETIME`` (however busy the session has been since)."""
+    signed_in = session.get(SIGNED_IN_KEY)
+    if not isinstance(signed_in, (int, float)) or time.time() - signed_in > LIFETIME_SECONDS:
+        return None
+    return auth.token_by_digest(session.get(TOKEN_KEY, ""))
+
+
+def _to_sign_in() -> Response | tuple[Response | str, int]:
+    """Back to sign-in, to return where the user was: the page for a GET, the page the
+    form was on for a POST; the upload's script gets the API's JSON 401."""
+    if request.method in SAFE_METHODS:
+        return redirect(url_for("web.sign_in", next=request.full_path.rstrip("?")))
+    if request.mimetype != FORM_TYPE:
+        return error_response(401, "unauthorized", "signed out: sign in again"), 401
+    back = local_path(request.form.get("back"), url_for("web.fleet_grid"))
+    return redirect(url_for("web.sign_in", next=back))
+
+
 def _check_csrf() -> None:
-    presented = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token", "")
+    """The session's CSRF token, from the form (URL-encoded forms only: a multipart body
+    is never parsed here) or the ``X-CSRF-Token`` header (the upload)."""
+    presented = request.headers.get("X-CSRF-Token", "")
+    if not presented and request.mimetype == FORM_TYPE:
+        presented = request.form.get("csrf_token", "")
     expected = session.get(CSRF_KEY, "")
     if not expected or not hmac.compare_digest(presented.encode(), expected.encode()):
         raise Forbidden("this form has expired or came from another site: reload the page")
@@ -118,6 +157,7 @@ def sign_in() -> Response | tuple[str, int] | str:
     session.clear()
     session[TOKEN_KEY] = token.token_hash
     session[CSRF_KEY] = secrets.token_urlsafe(32)
+    session[SIGNED_IN_KEY] = time.time()
     session.permanent = True
     return redirect(target)
 

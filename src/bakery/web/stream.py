@@ -17,10 +17,10 @@ from typing import Any
 
 from flask import Response, request, stream_with_context
 
+from ..api.current import current_fleet as fleet
 from ..errors import NotFound
 from ..fleet import Event, Pi
-from .blueprint import blp, error_page
-from .pages import fleet
+from .blueprint import blp
 from .session import requires
 
 #: Seconds between two looks at the database.
@@ -29,8 +29,9 @@ POLL_SECONDS = 1.0
 STREAM_SECONDS = 60.0
 #: Streams one worker serves at once (it has ``serve.WORKER_THREADS`` threads).
 MAX_STREAMS = 4
-#: Milliseconds the browser waits before reconnecting.
+#: Milliseconds the browser waits before reconnecting; when the worker had no stream free.
 RETRY_MS = 1000
+BUSY_RETRY_MS = 5000
 
 _streams = threading.BoundedSemaphore(MAX_STREAMS)
 
@@ -63,12 +64,13 @@ def sse(kind: str, data: dict[str, Any], event_id: int | None = None) -> str:
 
 @blp.route("/pis/<serial>/timeline")
 @requires("fleet_read")
-def timeline_stream(serial: str) -> Response | tuple[str, int]:
+def timeline_stream(serial: str) -> Response:
     """The events after ``Last-Event-ID`` (or ``?after=``), then new ones as they come."""
     pi = fleet().get_pi(serial)
     after = _last_seen_id()
     if not _streams.acquire(blocking=False):
-        return error_page(503, "too many live timelines open on this worker; retrying")
+        # an EventSource that gets an error closes for good: this one comes back later
+        return Response(f"retry: {BUSY_RETRY_MS}\n\n", mimetype="text/event-stream")
     body = stream_with_context(_follow(pi.serial, after))
     response = Response(body, mimetype="text/event-stream", headers={"Cache-Control": "no-store"})
     response.call_on_close(_streams.release)  # also when the client left before the first byte
@@ -77,7 +79,9 @@ def timeline_stream(serial: str) -> Response | tuple[str, int]:
 
 def _last_seen_id() -> int:
     raw = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    return int(raw) if raw.isdigit() else 0
+    if not (raw.isascii() and raw.isdecimal()) or len(raw) > 18:
+        return 0
+    return int(raw)
 
 
 def _follow(serial: str, after: int) -> Iterator[str]:

@@ -1,0 +1,130 @@
+"""The release as an operator builds it, with the real bosh CLI (``BOSH_CLI``, or ``bosh``
+on the PATH; ``.ci/run`` points it at ../shared/bosh): a clean export of this checkout,
+``scripts/fetch-blobs --offline`` adding the blobs from a cache filled from the pinned
+sources, ``bosh create-release --force --tarball``, then ``bosh inspect-local-release``.
+What the tarball holds is compared with the job and package specs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from .bosh import (
+    BARE_PATH,
+    RELEASE,
+    job_spec,
+    jobs,
+    needs_ruby,
+    package_spec,
+    packages,
+    release_blobs,
+)
+
+BOSH = os.environ.get("BOSH_CLI") or shutil.which("bosh")
+pytestmark = [
+    pytest.mark.slow,
+    needs_ruby,
+    pytest.mark.skipif(not BOSH, reason="needs the bosh CLI (set BOSH_CLI)"),
+]
+
+
+def clean_export(destination: Path) -> Path:
+    """The checkout's files as a clone has them: tracked and new ones, nothing ignored
+    (no virtualenv, data dir, blobs or dev releases of this working tree)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=RELEASE,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (entry.decode() for entry in listed)):
+        source = RELEASE / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def built(request, tmp_path_factory) -> tuple[Path, dict]:
+    """The release tarball, and what inspect-local-release says of it."""
+    assert BOSH is not None  # the module is skipped otherwise
+    cache = release_blobs(request, tmp_path_factory)
+    work = tmp_path_factory.mktemp("create-release")
+    export = clean_export(work / "bakery")
+    env = {
+        "PATH": f"{Path(BOSH).parent}:{BARE_PATH}",
+        "HOME": str(work),
+        "PYTHON": sys.executable,
+    }
+    if Path(BOSH).name != "bosh":
+        (work / "bin").mkdir()
+        (work / "bin" / "bosh").symlink_to(BOSH)
+        env["PATH"] = f"{work / 'bin'}:{env['PATH']}"
+    run(env, export / "scripts" / "fetch-blobs", "--offline", str(cache), cwd=export)
+    tarball = work / "bakery.tgz"
+    run(env, BOSH, "create-release", "--force", f"--tarball={tarball}", cwd=export)
+    inspected = run(env, BOSH, "inspect-local-release", str(tarball), "--json", cwd=work)
+    return tarball, json.loads(inspected)
+
+
+def run(env: dict[str, str], *command: str | Path, cwd: Path) -> str:
+    done = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def rows(inspected: dict, column: str) -> dict[str, dict]:
+    """The rows of inspect-local-release's table with ``column``, by name."""
+    (table,) = [table for table in inspected["Tables"] if column in table["Header"]]
+    return {row[column].split("/")[0]: row for row in table["Rows"]}
+
+
+def test_the_release_is_bakery_dev_built_from_the_export(built):
+    _, inspected = built
+    (release,) = rows(inspected, "name").values()
+    assert release["name"] == "bakery"
+    assert release["version"].startswith("0+dev.")
+
+
+def test_the_tarball_holds_every_job_with_the_packages_its_spec_names(built):
+    _, inspected = built
+    found = rows(inspected, "job")
+    assert sorted(found) == jobs()
+    for job in jobs():
+        assert found[job]["packages"].split("\n") == job_spec(job)["packages"]
+
+
+def test_the_tarball_holds_every_package_with_its_dependencies(built):
+    _, inspected = built
+    found = rows(inspected, "package")
+    assert sorted(found) == packages()
+    for package in packages():
+        listed = [name for name in found[package]["dependencies"].split("\n") if name]
+        assert listed == package_spec(package)["dependencies"]
+
+
+def test_the_bakery_package_carries_bakerys_wheel_with_its_package_data(built, tmp_path):
+    tarball, _ = built
+    with tarfile.open(tarball) as release:
+        release.extract("packages/bakery.tgz", tmp_path, filter="data")
+    with tarfile.open(tmp_path / "packages" / "bakery.tgz") as package:
+        names = package.getnames()
+    (wheel,) = [name for name in names if name.startswith("./bakery/bakery-")]
+    assert wheel.endswith("-py3-none-any.whl")
+    assert any(name.startswith("./bakery-wheels/flask-") for name in names)
+    assert "./packaging" in names
