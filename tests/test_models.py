@@ -11,9 +11,16 @@ from bakery.models import ApiToken, Bake, Disk, SchemaVersion
 LATEST = 1 + len(models.MIGRATIONS)
 
 
+def as_version_3(migrator: migrate.SchemaMigrator) -> list:
+    """What version 4 added, taken away again (the hosts table is dropped beside)."""
+    models.database.drop_tables([models.Host])
+    return [migrator.drop_index("pi", "pi_host"), migrator.drop_column("pi", "host")]
+
+
 def as_version_2(migrator: migrate.SchemaMigrator) -> list:
     """What version 3 added, taken away again."""
     return [
+        *as_version_3(migrator),
         migrator.drop_column("disk", "filesystem"),
         migrator.drop_column("disk", "mount_point"),
         migrator.drop_column("pi", "boot_protocol"),
@@ -84,5 +91,26 @@ def test_a_version_2_database_keeps_its_disks_and_gains_filesystems_and_mount_po
         disk = Disk.get_by_id("d1")
         assert (disk.size_mib, disk.owner) == (64, "alice")
         assert (disk.filesystem, disk.mount_point) == (None, None)
+        assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == LATEST
+    models.database.close()
+
+
+def test_a_version_3_database_keeps_its_pis_and_gains_hosts(tmp_path):
+    open_old_database(tmp_path, 3, as_version_3)
+    with models.database.connection_context():
+        models.database.execute_sql(
+            "INSERT INTO pi (serial, model, state, broken_reason, power_driver, power_settings,"
+            " power_state, labels, boot_protocol, created_at, updated_at) VALUES ('00000001',"
+            " '4B', 'available', '', 'manual', '{}', 'off', '[]', 'tftp', '2026-01-01',"
+            " '2026-01-01')"
+        )
+
+    models.create_schema()
+
+    with models.database.connection_context():
+        pi = models.Pi.get(models.Pi.serial == "00000001")
+        assert (pi.model, pi.host) == ("4B", None)
+        assert models.database.table_exists("host")
+        assert "pi_host" in {i.name for i in models.database.get_indexes("pi")}
         assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == LATEST
     models.database.close()

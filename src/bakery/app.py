@@ -41,22 +41,25 @@ def _init_db_per_request(app: Flask) -> None:
 
 
 def prepare_host(settings: Settings) -> dict[str, Any]:
-    """What a host does once before serving: the data dir checked, the metrics of the last
-    run cleared, schema, first admin token, crash recovery. Runs in the gunicorn master,
-    before workers fork and before any child starts (they inherit its metrics directory);
-    the power restore runs beside the API (``serve.start_power_restore``)."""
+    """What a host does once before serving: the data dir checked, schema, joining the
+    database's hosts (Conflict if another live process holds ``host_id``, before anything
+    of that process is touched: its metrics, its bakes), the metrics of the last run
+    cleared, first admin token, crash recovery. Runs in the gunicorn master, before
+    workers fork and before any child starts (they inherit its metrics directory); the
+    power restore runs beside the API (``serve.start_power_restore``)."""
     log = logging.getLogger(__name__)
     datadir.claim_data_dir(settings.root)
-    metrics.start_afresh(metrics.directory_of(settings))
     warning = datadir.mount_warning(settings.root)
     if warning:
         log.warning("%s", warning)
     models.connect(settings.database)
     models.create_schema()
     with models.database.connection_context():
+        fleet = Fleet(settings)
+        instance = fleet.join_host()
+        metrics.start_afresh(metrics.directory_of(settings))
         auth.import_configured_tokens(settings)
         token_file = auth.ensure_admin_token(settings)
-        fleet = Fleet(settings)
         counts = fleet.recover()
     log.info("recovery: %s", counts)
-    return {"admin_token_file": token_file, **counts}
+    return {"admin_token_file": token_file, "host_instance": instance, **counts}

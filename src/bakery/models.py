@@ -102,6 +102,9 @@ class Pi(BaseModel):
     stalled_at = pw.DateTimeField(null=True)
     #: The live bake on this Pi, if any (a plain id, not a foreign key, to avoid a cycle).
     bake_id = pw.CharField(max_length=32, null=True)
+    #: The Bakery host whose TFTP, NFS and power devices serve it (``Host.name``); None
+    #: until a host registers it or sees it boot.
+    host = pw.CharField(max_length=255, null=True, index=True)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -221,12 +224,31 @@ class ApiToken(BaseModel):
     last_used_at = pw.DateTimeField(null=True)
 
 
+class Host(BaseModel):
+    """A Bakery host sharing this database, kept alive by its heartbeat (``fleet.hosts``)."""
+
+    id = pw.AutoField()
+    #: Its ``host_id`` setting: one live process per name.
+    name = pw.CharField(max_length=255, unique=True)
+    #: The process now serving under the name: a random id, its machine and pid.
+    instance = pw.CharField(max_length=32)
+    machine = pw.CharField(max_length=255)
+    pid = pw.IntegerField()
+    data_dir = pw.TextField()
+    data_bytes = pw.BigIntegerField(default=0)
+    data_free_bytes = pw.BigIntegerField(default=0)
+    started_at = pw.DateTimeField(default=utcnow)
+    heartbeat_at = pw.DateTimeField(default=utcnow)
+    #: Set when the process stopped cleanly: the name is free at once.
+    stopped = pw.BooleanField(default=False)
+
+
 class SchemaVersion(BaseModel):
     id = pw.AutoField()
     version = pw.IntegerField()
 
 
-MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ConsoleLine, ApiToken, SchemaVersion]
+MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ConsoleLine, ApiToken, Host, SchemaVersion]
 
 
 run_migration: Callable[..., None] = migrate.migrate  # playhouse.migrate ships no types
@@ -270,6 +292,11 @@ def _disk_filesystems_and_boot_protocols(migrator: migrate.SchemaMigrator) -> No
     )
 
 
+def _hosts(migrator: migrate.SchemaMigrator) -> None:
+    """Version 4: the host each Pi belongs to (the hosts table is new: made after)."""
+    run_migration(migrator.add_column("pi", "host", pw.CharField(max_length=255, null=True)))
+
+
 OWNED_TABLES = ("apitoken", "bakeform", "bake", "disk", "snapshot")
 #: Where lists are narrowed by owner.
 INDEXED_OWNERS = ("bake", "disk", "snapshot")
@@ -279,6 +306,7 @@ INDEXED_OWNERS = ("bake", "disk", "snapshot")
 MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [
     _owners_actors_and_bake_secrets,
     _disk_filesystems_and_boot_protocols,
+    _hosts,
 ]
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import signal
 import socket
 import subprocess
@@ -29,12 +31,16 @@ from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from . import models
 from .api.errors import HTTP_CODES
 from .app import create_app, prepare_host
 from .config import Settings, dump_settings
+from .fleet import HEARTBEAT_SECONDS, Fleet
 from .models import utcnow
 from .netboot.dnsmasq import render_config
 from .supervisor import die_with
+
+log = logging.getLogger(__name__)
 
 #: Seconds without a heartbeat from a worker's main loop before the master replaces it
 #: (requests run in threads: a long bake does not stop the heartbeat).
@@ -194,6 +200,37 @@ def run(settings: Settings) -> None:
         print(
             f"bakery: first start; admin token in {prepared['admin_token_file']}", file=sys.stderr
         )
+    beating = start_heartbeat(settings, prepared["host_instance"])
     netboot = start_netboot(settings)
     start_power_restore(settings)
-    BakeryGunicorn(settings, netboot).run()
+    try:
+        BakeryGunicorn(settings, netboot).run()
+    finally:
+        beating.set()
+        with models.database.connection_context():
+            Fleet(settings).leave_host(prepared["host_instance"])
+
+
+def start_heartbeat(settings: Settings, instance: str) -> threading.Event:
+    """The host's heartbeat, from the master every ``HEARTBEAT_SECONDS`` until the
+    returned event is set. Should another process have taken the host's name (this one
+    was stalled long enough to be thought dead), this one stops: two processes must
+    never both act as one host."""
+    done = threading.Event()
+    fleet = Fleet(settings)
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_SECONDS):
+            try:
+                with models.database.connection_context():
+                    still_ours = fleet.heartbeat(instance)
+            except Exception:  # a database that is down for a while: try again
+                log.exception("host heartbeat failed")
+                continue
+            if not still_ours:
+                log.error("another process now serves as host %s: stopping", settings.host_id)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=beat, name="host-heartbeat", daemon=True).start()
+    return done

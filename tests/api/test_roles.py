@@ -58,6 +58,7 @@ ACCESS: dict[tuple[str, str], set[str]] = {
     ("get", "/api/v1/tokens"): ADMIN,
     ("post", "/api/v1/tokens"): ADMIN,
     ("delete", "/api/v1/tokens/{name}"): ADMIN,
+    ("get", "/api/v1/hosts"): FLEET_READ,
     # Prometheus metrics: the fleet's readers (a monitoring user's viewer token)
     ("get", "/metrics"): FLEET_READ,
     # open to all, token or not: the Pi's own metadata (its bake's secret) and health

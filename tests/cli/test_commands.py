@@ -251,3 +251,28 @@ def test_pi_show_and_watch_tell_a_boot_in_seconds_since_its_power_on(bakery, ser
     assert watched.strip().splitlines()[-1].endswith("baked")
     assert "no event with 'never said' in 0.3 s" in gave_up.output
     bakery("unbake", made["id"])
+
+
+def test_host_list_shows_this_host_live_with_its_pis(bakery):
+    bakery("pi", "register", "0000ab01")
+
+    (host,) = json.loads(bakery("--json", "host", "list").output)
+    table = bakery("host", "list").output
+
+    assert host["live"] is True and host["pis"] >= 1
+    assert host["name"] in table and "live" in table and "GiB" in table
+    assert json.loads(bakery("--json", "pi", "show", "0000ab01").output)["host"] == host["name"]
+    refused = bakery("pi", "update", "0000ab01", "--host", "rack-9", ok=False)
+    assert "no Bakery host named 'rack-9'" in refused.output
+
+
+def test_a_second_bakery_under_a_live_hosts_name_is_refused_in_one_line(server, monkeypatch):
+    """Its recovery would roll back the first one's live bakes."""
+    monkeypatch.delenv("BAKERY_ROOT", raising=False)
+    bind = f"127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(main, ["serve", "--root", str(server.root), "--bind", bind])
+
+    assert result.exit_code == 1
+    assert "another Bakery serves as host" in result.output
+    assert result.output.count("\n") == 1
+    assert server.session().get(f"{server.url}/api/v1/health").ok

@@ -14,6 +14,7 @@ from . import (
     disks,
     errors,
     health,
+    hosts,
     metadata,
     metrics,
     pis,
@@ -29,6 +30,7 @@ BLUEPRINTS = [
     disks.blp,
     disks.snapshots,
     tokens.blp,
+    hosts.blp,
     metrics.blp,
 ]
 

@@ -38,6 +38,9 @@ class PiSchema(Schema):
     )
     last_seen = fields.DateTime(allow_none=True)
     bake_id = fields.String(allow_none=True)
+    host = fields.String(
+        allow_none=True, metadata={"description": "the Bakery host that serves it"}
+    )
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
@@ -59,6 +62,11 @@ class PiRegisterSchema(Schema):
     labels = Labels(load_default=list)
     ip = Ip(load_default=None)
     boot_protocol = BootProtocol(BOOT_PROTOCOL_HELP, load_default="tftp")
+    host = fields.String(
+        load_default=None,
+        validate=validate.Length(1, 255),
+        metadata={"description": "the Bakery host that serves it (default: this one)"},
+    )
 
 
 class PiUpdateSchema(Schema):
@@ -69,6 +77,10 @@ class PiUpdateSchema(Schema):
     labels = Labels()
     ip = Ip()
     boot_protocol = BootProtocol(BOOT_PROTOCOL_HELP)
+    host = fields.String(
+        validate=validate.Length(1, 255),
+        metadata={"description": "the Bakery host that serves it (move it there)"},
+    )
     state = fields.String(validate=validate.OneOf(["available", "broken"]))
     reason = fields.String(validate=validate.Length(max=500), load_default="")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from . import bakeforms, bakes, disks, pis, service, sim, stemcell, tokens
+from . import bakeforms, bakes, disks, hosts, pis, service, sim, stemcell, tokens
 from .output import DEFAULT_URL, Context, default_token, json_option
 
 
@@ -56,6 +56,7 @@ for command in (
     sim.sim_group,
     disks.disk,
     tokens.token,
+    hosts.host,
     stemcell.stemcell,
 ):
     main.add_command(command)

@@ -30,6 +30,7 @@ PI_COLUMNS = (
     "power_state",
     "labels",
     "bake_id",
+    "host",
 )
 
 
@@ -61,6 +62,7 @@ def pi_options(func: F) -> F:
                 type=click.Choice(BOOT_PROTOCOLS),
                 help="What its EEPROM boots over (http: a signed boot.img, Pi 4 and 5).",
             ),
+            click.option("--host", help="The Bakery host that serves it (default: this one)."),
             click.option("--power-driver", help="manual, ppi or webhook."),
             click.option(
                 "--power-setting",
@@ -87,6 +89,7 @@ def pi_body(
     ip: str | None,
     labels: Sequence[str],
     boot_protocol: str | None,
+    host: str | None,
     power_driver: str | None,
     power_pairs: Sequence[str],
     power_json: str | None,
@@ -97,6 +100,7 @@ def pi_body(
         "ip": ip,
         "labels": list(labels) or None,
         "boot_protocol": boot_protocol,
+        "host": host,
         "power_driver": power_driver,
         "power_settings": parse_settings(power_pairs, power_json),
     }

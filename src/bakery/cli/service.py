@@ -73,12 +73,13 @@ def counted(settings: Settings) -> Settings:
 def serve(config_file: str | None, bind: str | None, workers: int | None, root: str | None) -> None:
     """Run the API under gunicorn, ready for production."""
     from ..config import ConfigError
+    from ..errors import Conflict
     from ..serve import run
 
     settings = service_settings(config_file, bind=bind, workers=workers, root=root)
     try:
         run(settings)
-    except ConfigError as exc:  # e.g. a data dir other users can enter
+    except (ConfigError, Conflict) as exc:  # a data dir others can enter; a host_id in use
         raise click.ClickException(str(exc)) from None
 
 

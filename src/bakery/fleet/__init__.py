@@ -35,11 +35,12 @@ from ..models import (
     utcnow,
 )
 from ..power import PowerController, PowerResult
-from . import bakeforms, bakes, boots, disks, exports, netboot, pis, queries, recovery
+from . import bakeforms, bakes, boots, disks, exports, hosts, netboot, pis, queries, recovery
 from .actors import Actor, acting_as
 from .context import FleetContext
 from .events import BOOT_PHASES
 from .gauges import FleetGauges
+from .hosts import HEARTBEAT_SECONDS, HostStatus
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
 
@@ -48,6 +49,8 @@ DISK_FILESYSTEMS = disk_images.FILESYSTEMS
 
 __all__ = [
     "BOOT_PHASES",
+    "HEARTBEAT_SECONDS",
+    "HostStatus",
     "BOOT_PROTOCOLS",
     "DISK_FILESYSTEMS",
     "Actor",
@@ -166,6 +169,13 @@ class Fleet:
         return boots.boot_status(pi, self.settings.boot_deadline)
 
     console = staticmethod(queries.console)
+
+    # -- hosts ----------------------------------------------------------------------------
+
+    join_host = _InContext(hosts.join)
+    heartbeat = _InContext(hosts.heartbeat)
+    leave_host = _InContext(hosts.leave)
+    list_hosts = staticmethod(hosts.list_hosts)
 
     # -- Pis and power --------------------------------------------------------------------
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import cast
 
-import peewee as pw
 from prometheus_client.metrics_core import Metric
 
 from ..metrics.catalogue import BOOTS, LIVE_BAKES, PIS, SLOWEST_BOOT
 from ..models import LIVE_BAKE_STATES, Bake, Pi, PiState, database, utcnow
 from .boots import BOOTING, STALLED, UP, boot_status
+from .queries import count_by
 
 
 class FleetGauges:
@@ -35,8 +34,8 @@ class FleetGauges:
                 database.close()
 
     def _states(self) -> list[Metric]:
-        pis = _count_by(Pi, Pi.state)
-        bakes = _count_by(Bake, Bake.state, Bake.state.in_(LIVE_BAKE_STATES))
+        pis = count_by(Pi, Pi.state)
+        bakes = count_by(Bake, Bake.state, Bake.state.in_(LIVE_BAKE_STATES))
         return [
             PIS.family(((state.value,), pis[state.value]) for state in PiState),
             LIVE_BAKES.family(((state,), bakes[state]) for state in LIVE_BAKE_STATES),
@@ -61,12 +60,3 @@ class FleetGauges:
             BOOTS.family(((status,), statuses[status]) for status in (BOOTING, UP, STALLED)),
             SLOWEST_BOOT.family([] if slowest is None else [((), slowest)]),
         ]
-
-
-def _count_by(model: type[pw.Model], column: pw.Field, *where: pw.Expression) -> Counter[str]:
-    """Rows of ``model`` by the value of ``column``, in one query."""
-    query = model.select(column, pw.fn.COUNT(pw.SQL("*")))
-    if where:
-        query = query.where(*where)
-    rows = cast("Iterable[tuple[str, int]]", query.group_by(column).tuples())
-    return Counter(dict(rows))

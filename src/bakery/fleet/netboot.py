@@ -29,7 +29,7 @@ from ..models import (
 )
 from ..netboot import bootfiles
 from ..power import PowerError
-from . import boots, console, events
+from . import boots, console, events, hosts
 from .context import FleetContext
 from .exports import publish_exports
 from .pis import release_address
@@ -108,6 +108,7 @@ def boot_target(
     if pi is None:
         discover_pi(ctx, serial, ip, model)
         return None
+    hosts.adopt(ctx, pi)
     if pi.last_ip != ip:
         if not address_is_the_pis(ctx, pi, ip):
             return None
@@ -145,6 +146,7 @@ def discover_pi(ctx: FleetContext, serial: str, ip: str, model: str | None = Non
                 model=model or UNKNOWN_MODEL,
                 state=state.value,
                 power_driver="manual",
+                host=ctx.settings.host_id,  # the host that saw it first
             )
             events.record(pi, "state", f"discovered at {ip}", state=state.value, model=pi.model)
     except pw.IntegrityError:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import identifiers
 from ..errors import Conflict, InvalidInput
-from ..models import BOOT_PROTOCOLS, UNKNOWN_MODEL, Pi, PiState, database, utcnow
+from ..models import BOOT_PROTOCOLS, UNKNOWN_MODEL, Host, Pi, PiState, database, utcnow
 from ..power import driver_class
 from . import events
 from .context import FleetContext
@@ -30,6 +30,7 @@ def register_pi(
     labels: Sequence[str] = (),
     ip: str | None = None,
     boot_protocol: str = "tftp",
+    host: str | None = None,
 ) -> Pi:
     """A new Pi, available for bakes at once."""
     serial = identifiers.serial(serial)
@@ -43,6 +44,7 @@ def register_pi(
         ip=ip,
         boot_protocol=boot_protocol,
         current_model=model,
+        host=host or ctx.settings.host_id,
     )
     if Pi.select().where(Pi.serial == serial).exists():
         raise Conflict(f"a Pi with serial {serial} is already registered")
@@ -119,6 +121,8 @@ def checked_pi_fields(
             fields["boot_protocol"] = check_boot_protocol(ctx, changes["boot_protocol"], model)
     except identifiers.InvalidIdentifier as exc:
         raise InvalidInput(str(exc)) from None
+    if changes.get("host") is not None:
+        fields["host"] = _known_host(ctx, changes["host"])
     if changes.get("power_driver") is not None:
         try:
             driver = driver_class(changes["power_driver"])
@@ -128,6 +132,14 @@ def checked_pi_fields(
             raise InvalidInput(f"power settings: {exc}") from None
         fields["power_driver"] = changes["power_driver"]
     return fields
+
+
+def _known_host(ctx: FleetContext, name: str) -> str:
+    """``name`` if it is this host or one that has joined the database; a Pi moved to a
+    host that does not exist would never be served."""
+    if name != ctx.settings.host_id and not Host.select().where(Host.name == name).exists():
+        raise InvalidInput(f"host: no Bakery host named {name!r} has joined this database")
+    return name
 
 
 #: Models whose bootloader cannot boot over HTTP (the Pi 3 ROM knows TFTP only).

@@ -5,8 +5,9 @@ the length of the list."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import peewee as pw
 
@@ -151,3 +152,12 @@ def timeline(
 def boot_history(serial: str, boots: int = 10) -> list[events.BootRecord]:
     """The Pi's last ``boots`` boots, oldest first, with the seconds of each phase."""
     return events.boot_history(get_pi(serial), boots)
+
+
+def count_by(model: type[pw.Model], column: pw.Field, *where: pw.Expression) -> Counter[str]:
+    """Rows of ``model`` by the value of ``column``, in one query."""
+    query = model.select(column, pw.fn.COUNT(pw.SQL("*")))
+    if where:
+        query = query.where(*where)
+    rows = cast("Iterable[tuple[str, int]]", query.group_by(column).tuples())
+    return Counter(dict(rows))
