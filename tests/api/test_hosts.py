@@ -35,3 +35,19 @@ def test_a_pi_shows_its_host_and_moves_only_to_one_that_exists(client, app, sett
     assert_error(refused, 422, "validation_error", "host", "rack-9")
     assert client.get("/api/v1/pis/00000001").json["host"] == settings.host_id
     assert client.get("/api/v1/pis/00000002").status_code == 404
+
+
+def test_the_pis_of_a_host_that_stopped_beating_show_it(client, app, settings):
+    from datetime import timedelta
+
+    from bakery.models import Host, utcnow
+
+    app.extensions["bakery.fleet"].join_host()
+    Fleet(dataclasses.replace(settings, host_id="rack-2")).join_host()
+    register(client, "00000001")
+    register(client, "00000002", host="rack-2")
+    Host.update(heartbeat_at=utcnow() - timedelta(minutes=5)).where(Host.name == "rack-2").execute()
+
+    down = {pi["serial"]: pi["host_down"] for pi in client.get("/api/v1/pis").json}
+
+    assert down == {"00000001": False, "00000002": True}

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 import pytest
 
-from bakery.errors import Conflict, InvalidInput
+from bakery.errors import Conflict, InvalidInput, NoPiAvailable
 from bakery.fleet import Fleet, hosts
 from bakery.models import Host, Pi, utcnow
 
@@ -128,3 +128,47 @@ def test_an_operator_moves_a_pi_only_to_a_host_that_exists(fleet, settings):
     with pytest.raises(InvalidInput, match="host: no Bakery host named 'rack-9'"):
         fleet.update_pi("00000001", host="rack-9")
     assert Pi.get(Pi.serial == "00000001").host == "rack-2"
+
+
+@pytest.fixture
+def rack2(fleet, settings):
+    """A second host on the same database (and, here, the same data dir)."""
+    other = Fleet(dataclasses.replace(settings, host_id="rack-2"))
+    fleet.join_host()
+    other.join_host()
+    return other
+
+
+def test_a_host_bakes_only_its_own_pis(fleet, rack2, raspios):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+
+    with pytest.raises(Conflict, match="belongs to host") as refused:
+        rack2.bake("raspios", serial="00000001")
+    with pytest.raises(NoPiAvailable):
+        rack2.bake("raspios")
+
+    assert refused.value.code == "pi_on_other_host"
+    assert Pi.get(Pi.serial == "00000001").state == "available"
+    assert fleet.bake("raspios").pi.serial == "00000001"
+
+
+def test_a_host_serves_exports_and_boot_files_of_its_own_bakes_only(fleet, rack2, raspios):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    bake = fleet.bake("raspios", serial="00000001")
+
+    assert rack2.boot_target("00000001", "127.0.0.11") is None
+    assert rack2.desired_exports() == []
+    assert fleet.boot_target("00000001", "127.0.0.11").bake_id == bake.id
+    assert [export.tag for export in fleet.desired_exports()] == [bake.id]
+
+
+def test_a_bake_is_unbaked_only_by_the_host_that_holds_its_root(fleet, rack2, raspios):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    bake = fleet.bake("raspios", serial="00000001")
+
+    with pytest.raises(Conflict, match="unbake it through that host's API") as refused:
+        rack2.unbake(bake.id)
+
+    assert refused.value.code == "bake_on_other_host"
+    assert fleet.get_bake(bake.id).state == "baked"
+    assert fleet.bake_root(bake.id).is_dir()

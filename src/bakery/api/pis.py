@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import g
 from flask.views import MethodView
 from marshmallow import Schema, fields, validate
 
@@ -41,11 +42,19 @@ class PiSchema(Schema):
     host = fields.String(
         allow_none=True, metadata={"description": "the Bakery host that serves it"}
     )
+    host_down = fields.Method(
+        "_host_down", metadata={"description": "its host has stopped beating: nobody serves it"}
+    )
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 
     def _boot(self, pi: Any) -> str | None:
         return current_fleet().boot_status(pi)
+
+    def _host_down(self, pi: Any) -> bool:
+        if "down_hosts" not in g:  # once per request, however many Pis are listed
+            g.down_hosts = current_fleet().down_hosts()
+        return pi.host in g.down_hosts
 
     def _power_settings(self, pi: Any) -> dict[str, Any]:
         """Write-only secrets: a relay's password or token is never shown again."""

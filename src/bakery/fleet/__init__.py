@@ -176,6 +176,7 @@ class Fleet:
     heartbeat = _InContext(hosts.heartbeat)
     leave_host = _InContext(hosts.leave)
     list_hosts = staticmethod(hosts.list_hosts)
+    down_hosts = staticmethod(hosts.down_hosts)
 
     # -- Pis and power --------------------------------------------------------------------
 

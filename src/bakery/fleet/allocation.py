@@ -1,5 +1,7 @@
 """Allocation: a bake claims one available Pi with a conditional move, so concurrent bakes
-from several workers or hosts never get the same Pi."""
+from several workers or hosts never get the same Pi. A host claims only its own Pis (or
+nobody's yet, which become its own): the root, exports and boot files it makes are where
+only its TFTP and NFS look."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from ..errors import Conflict, NoPiAvailable
 from ..models import Bake, Bakeform, PiState, database
 from .actors import new_owner
 from .context import FleetContext
+from .hosts import adopt, check_ours
 from .queries import available_pis, get_pi
 from .states import move_pi
 
@@ -31,9 +34,11 @@ def claim(
     row in one transaction. NoPiAvailable when every candidate is taken. The bake boots
     over ``boot_protocol``, by default the one its Pi is set to."""
     if serial:
-        get_pi(serial)
+        check_ours(ctx, get_pi(serial), "bake")
     bake_id = identifiers.new_id()
-    for pi in available_pis(serial, labels, model):
+    for pi in available_pis(serial, labels, model, ctx.settings.host_id):
+        if not adopt(ctx, pi):  # moved to another host meanwhile
+            continue
         try:
             with database.atomic():
                 move_pi(

@@ -211,6 +211,12 @@ def free_pi(pi: Pi, bake: Bake, target: PiState, reason: str = "") -> None:
 def unbake(ctx: FleetContext, bake_id: str) -> Bake:
     """Power off, unexport, delete the root and the bake's own disks, free the Pi."""
     bake = get_live_bake(bake_id)
+    if bake.host_id != ctx.settings.host_id:
+        raise Conflict(
+            f"bake {bake.id} was made by host {bake.host_id!r}, which holds its root and "
+            "exports: unbake it through that host's API",
+            code="bake_on_other_host",
+        )
     if bake.state != BakeState.BAKED.value:
         raise Conflict(f"bake {bake.id} is {bake.state}", code="bake_in_progress")
     with database.atomic():

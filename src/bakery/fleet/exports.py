@@ -12,9 +12,13 @@ from .states import BOOTABLE_BAKE_STATES
 
 
 def desired_exports(ctx: FleetContext) -> list[exports.Export]:
-    """Exports for the bakes whose Pi may boot. A Pi whose address is not yet known gets
-    nothing (never a wildcard). Two queries, however many bakes and disks."""
-    bootable = (Bake.state.in_(BOOTABLE_BAKE_STATES)) & (Pi.last_ip.is_null(False))
+    """Exports for this host's bakes whose Pi may boot. A Pi whose address is not yet
+    known gets nothing (never a wildcard). Two queries, however many bakes and disks."""
+    bootable = (
+        (Bake.state.in_(BOOTABLE_BAKE_STATES))
+        & (Pi.last_ip.is_null(False))
+        & (Bake.host_id == ctx.settings.host_id)
+    )
     result = [
         # ``bootable`` selects only Pis with an address
         exports.Export(ctx.bake_root(bake.id), cast(str, bake.pi.last_ip), "root", bake.id)

@@ -106,6 +106,12 @@ def list_hosts() -> list[HostStatus]:
     ]
 
 
+def down_hosts() -> set[str]:
+    """The hosts that have joined and stopped beating: their Pis are not being served."""
+    now = utcnow()
+    return {host.name for host in Host.select() if not is_live(host, now)}
+
+
 def get_host(name: str) -> Host:
     host = Host.get_or_none(Host.name == name)
     if host is None:
@@ -113,10 +119,24 @@ def get_host(name: str) -> Host:
     return host
 
 
-def adopt(ctx: FleetContext, pi: Pi) -> None:
-    """Make ``pi`` this host's if it is no host's yet (this host saw it first)."""
+def adopt(ctx: FleetContext, pi: Pi) -> bool:
+    """Make ``pi`` this host's if it is no host's yet (this host saw it first); whether
+    it is this host's now."""
+    me = ctx.settings.host_id
     if pi.host is None:
-        Pi.update(host=ctx.settings.host_id).where(Pi.id == pi.id, Pi.host.is_null()).execute()
+        Pi.update(host=me).where(Pi.id == pi.id, Pi.host.is_null()).execute()
+        pi.host = Pi.get_by_id(pi.id).host
+    return bool(pi.host == me)
+
+
+def check_ours(ctx: FleetContext, pi: Pi, doing: str) -> None:
+    """Conflict unless ``pi`` is this host's (or nobody's, and now becomes this host's):
+    its root, exports and boot files would be made where its TFTP and NFS never look."""
+    if not adopt(ctx, pi):
+        raise Conflict(
+            f"Pi {pi.serial} belongs to host {pi.host!r}: {doing} it through that host's API",
+            code="pi_on_other_host",
+        )
 
 
 def _this_process(ctx: FleetContext) -> dict[str, object]:

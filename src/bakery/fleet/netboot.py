@@ -108,7 +108,8 @@ def boot_target(
     if pi is None:
         discover_pi(ctx, serial, ip, model)
         return None
-    hosts.adopt(ctx, pi)
+    if not hosts.adopt(ctx, pi):
+        return None  # another host's Pi: its TFTP serves it
     if pi.last_ip != ip:
         if not address_is_the_pis(ctx, pi, ip):
             return None

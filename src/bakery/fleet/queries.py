@@ -97,10 +97,14 @@ def list_pis(state: str | None = None, labels: Sequence[str] = ()) -> list[Pi]:
     return with_labels(query, labels)
 
 
-def available_pis(serial: str | None, labels: Sequence[str], model: str | None) -> list[Pi]:
-    """The Pis a bake may claim, in random order: concurrent bakes try different Pis
-    first and rarely collide."""
-    query = Pi.select().where(Pi.state == PiState.AVAILABLE.value)
+def available_pis(
+    serial: str | None, labels: Sequence[str], model: str | None, host: str
+) -> list[Pi]:
+    """The Pis of ``host`` (or of none yet) a bake may claim, in random order: concurrent
+    bakes try different Pis first and rarely collide."""
+    query = Pi.select().where(
+        Pi.state == PiState.AVAILABLE.value, (Pi.host == host) | Pi.host.is_null()
+    )
     if serial:
         query = query.where(Pi.serial == identifiers.serial(serial))
     if model:
