@@ -24,6 +24,13 @@ from bakery.netboot.tftp import TftpServer, listening_socket
 from bakery.sim.server import BakeryProcess as LiveServer
 from tests.support.postgres import create_database, pg_bindir, postgres_server
 
+# Bakery's own settings in the environment (``make`` exports BAKERY_ROOT for ``make run``,
+# a developer's shell may hold more) would override what each test configures for the
+# Bakery processes it starts; the tests' own variables (BAKERY_TEST_*) stay.
+for _name in [name for name in os.environ if name.startswith("BAKERY_")]:
+    if not _name.startswith("BAKERY_TEST_"):
+        del os.environ[_name]
+
 #: Where the tests' relay boards listen (the webhook_hosts of their Bakery).
 LOOPBACK_RELAYS = ["127.0.0.1", "localhost"]
 

@@ -39,6 +39,7 @@ from .fleet import HEARTBEAT_SECONDS, Fleet
 from .models import utcnow
 from .netboot.dnsmasq import render_config
 from .supervisor import die_with
+from .web.stream import stop_streams
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ class BakeryWorker(ThreadWorker):
         self._heads: dict[TConn, float] = {}
         self._heads_lock = threading.Lock()
         super().init_process()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """A graceful stop (SIGTERM): the dashboard's live timelines end now, or each
+        would hold the stop for up to a minute."""
+        stop_streams()
+        super().handle_exit(sig, frame)
 
     def handle(self, conn: TConn) -> Any:
         with self._heads_lock:

@@ -211,7 +211,7 @@ def test_an_operator_powers_pis_but_a_cpi_token_cannot_open_the_fleet(app, fleet
     assert "token director is cpi" in response.get_data(as_text=True)
 
 
-def test_a_file_name_a_pi_asked_for_is_shown_as_text_never_as_markup(admin, fleet):
+def test_a_file_name_a_pi_asked_for_is_shown_as_text_never_as_markup(admin, fleet, short_streams):
     """An attacker on the Pi LAN chooses the file names its TFTP requests carry."""
     pi = fleet.register_pi("00000001")
     hostile = '<script>alert("pwned")</script><img src=x onerror=alert(1)>'
@@ -394,3 +394,17 @@ def test_a_page_that_declares_no_role_is_refused_to_every_token(app, browser, ad
 def test_a_page_that_does_not_exist_is_a_404_not_a_request_for_a_token(browser):
     assert browser.get("/bakeform").status_code == 404
     assert browser.get("/api/v1/nothing").status_code == 401
+
+
+def test_a_stopping_worker_ends_its_live_timelines_at_once(admin, fleet, monkeypatch):
+    """Else each open dashboard holds a graceful stop of the service for a minute."""
+    import threading
+
+    fleet.register_pi("00000001")
+    monkeypatch.setattr(stream, "_stopping", threading.Event())
+    stream.stop_streams()
+
+    text = read_stream(admin, "/pis/00000001/timeline")  # returns: the stream ended
+
+    assert [kind for kind, _, _ in stream_events(text)][-1] == "pi"
+    assert stream.STREAM_SECONDS == 60.0

@@ -34,6 +34,14 @@ RETRY_MS = 1000
 BUSY_RETRY_MS = 5000
 
 _streams = threading.BoundedSemaphore(MAX_STREAMS)
+#: Set when the worker is stopping: open streams end at once instead of holding the
+#: worker's graceful stop for up to ``STREAM_SECONDS`` (the browser reconnects elsewhere).
+_stopping = threading.Event()
+
+
+def stop_streams() -> None:
+    """End every open stream of this process (its worker is stopping)."""
+    _stopping.set()
 
 
 def event_data(event: Event) -> dict[str, Any]:
@@ -101,6 +109,5 @@ def _follow(serial: str, after: int) -> Iterator[str]:
         if head != shown:
             shown = head
             yield sse("pi", head)
-        if time.monotonic() >= ends:
+        if time.monotonic() >= ends or _stopping.wait(POLL_SECONDS):
             return
-        time.sleep(POLL_SECONDS)
