@@ -227,10 +227,14 @@ def test_a_file_name_a_pi_asked_for_is_shown_as_text_never_as_markup(admin, flee
 
 
 def read_stream(browser: Browser, path: str, **headers) -> str:
+    """The whole stream; closed after, as the server closes it (its slot is freed)."""
     response = browser.client.get(path, headers=headers)
-    assert response.status_code == 200
-    assert response.mimetype == "text/event-stream"
-    return response.get_data(as_text=True)
+    try:
+        assert response.status_code == 200
+        assert response.mimetype == "text/event-stream"
+        return response.get_data(as_text=True)
+    finally:
+        response.close()
 
 
 def stream_events(text: str) -> list[tuple[str, str, str | None]]:
