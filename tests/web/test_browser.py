@@ -19,6 +19,7 @@ from bakery.sim.runner import SimulatedSite, SiteOptions
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 pytestmark = [
@@ -93,9 +94,12 @@ def wait_for(driver: webdriver.Chrome, css: str, seconds: float = 30, text: str 
 
 
 def sign_in(driver: webdriver.Chrome, url: str, token: str) -> None:
+    """Sign in from the front page; returns once the answer to the form has loaded."""
     driver.get(url + "/")
     wait_for(driver, "#token").send_keys(token)
-    driver.find_element(By.ID, "sign-in").click()
+    button = driver.find_element(By.ID, "sign-in")
+    button.click()
+    WebDriverWait(driver, 30, poll_frequency=0.1).until(staleness_of(button))
 
 
 def flash(driver: webdriver.Chrome) -> str:
@@ -113,6 +117,7 @@ def test_an_operator_bakes_a_pi_watches_it_boot_live_and_unbakes_it(site, browse
     assert browser.title == "Sign in · Bakery"
 
     sign_in(browser, url, site.server.token)
+    wait_for(browser, "#fleet li.pi")
     tiles = browser.find_elements(By.CSS_SELECTOR, "#fleet li.pi")
     assert sorted(tile.get_attribute("data-serial") for tile in tiles) == sorted(
         pi.serial for pi in site.pis
@@ -149,7 +154,7 @@ def test_an_operator_bakes_a_pi_watches_it_boot_live_and_unbakes_it(site, browse
 def test_a_bakeform_uploads_with_its_progress_and_a_disk_is_made(site, browser, tmp_path):
     image = build_sd_image(tmp_path / "uploaded.img", boot=fleet_boot_files())
     sign_in(browser, site.server.url, site.server.token)
-    browser.find_element(By.LINK_TEXT, "Bakeforms").click()
+    wait_for(browser, "header nav a", text="Bakeforms").click()
     wait_for(browser, "#upload-name").send_keys("uploaded")
     browser.find_element(By.ID, "upload-file").send_keys(str(image))
     browser.find_element(By.ID, "upload-button").click()
@@ -158,11 +163,11 @@ def test_a_bakeform_uploads_with_its_progress_and_a_disk_is_made(site, browser, 
     assert [form["name"] for form in site.api.get("/bakeforms")] == ["demo", "uploaded"]
     screenshot(browser, "bakeforms")
 
-    browser.find_element(By.LINK_TEXT, "Bakes").click()
+    wait_for(browser, "header nav a", text="Bakes").click()
     wait_for(browser, "#bakes")
     screenshot(browser, "bakes")
 
-    browser.find_element(By.LINK_TEXT, "Disks").click()
+    wait_for(browser, "header nav a", text="Disks").click()
     wait_for(browser, "#disk-size").send_keys("64")
     browser.find_element(By.ID, "create-disk").click()
     assert flash(browser).startswith("created disk ")
