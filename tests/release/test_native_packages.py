@@ -242,3 +242,12 @@ def test_bakeform_import_works_with_only_the_packaged_mtools(mtools, sd_image_fi
     assert result.returncode == 0, result.stderr
     for name, content in default_boot_files().items():
         assert (staging / "boot" / name).read_bytes() == content, name
+
+
+def test_fetch_blobs_offline_names_a_source_missing_from_the_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+
+    result = offline(tmp_path / "empty", tmp_path / "blobs", "dnsmasq")
+
+    assert result.returncode != 0
+    assert f"--offline: no {Path(PINS['DNSMASQ_ORIG']).name} in" in result.stderr

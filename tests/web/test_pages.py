@@ -412,3 +412,14 @@ def test_a_stopping_worker_ends_its_live_timelines_at_once(admin, fleet, monkeyp
 
     assert [kind for kind, _, _ in stream_events(text)][-1] == "pi"
     assert stream.STREAM_SECONDS == 60.0
+
+
+@pytest.mark.parametrize("last_seen", ["²", "-5", "99999999999999999999999", "abc"])
+def test_a_hostile_last_event_id_replays_from_the_start_without_an_error(
+    admin, fleet, short_streams, last_seen
+):
+    fleet.register_pi("00000001")
+
+    text = read_stream(admin, "/pis/00000001/timeline", **{"Last-Event-ID": last_seen})
+
+    assert "registered" in text
