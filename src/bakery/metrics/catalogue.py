@@ -122,11 +122,15 @@ SLOWEST_BOOT = GaugeFamily(
 # -- what the layers call ----------------------------------------------------------------
 
 
+def _file_sent(files: CounterFamily, sent: CounterFamily, name: str, size: int) -> None:
+    kind = file_kind(name)
+    files.inc(kind)
+    sent.inc(kind, amount=size)
+
+
 def tftp_sent(name: str, size: int) -> None:
     """A TFTP transfer of ``size`` bytes ended with the last ACK."""
-    kind = file_kind(name)
-    TFTP_TRANSFERS.inc(kind)
-    TFTP_BYTES.inc(kind, amount=size)
+    _file_sent(TFTP_TRANSFERS, TFTP_BYTES, name, size)
 
 
 def tftp_failed(name: str) -> None:
@@ -134,9 +138,7 @@ def tftp_failed(name: str) -> None:
 
 
 def http_boot_sent(name: str, size: int) -> None:
-    kind = file_kind(name)
-    HTTP_BOOT_DOWNLOADS.inc(kind)
-    HTTP_BOOT_BYTES.inc(kind, amount=size)
+    _file_sent(HTTP_BOOT_DOWNLOADS, HTTP_BOOT_BYTES, name, size)
 
 
 def http_boot_failed(name: str) -> None:
