@@ -346,7 +346,8 @@ def test_address_is_pinned_and_exported_before_cmdline_is_answered(server, fleet
 
 def test_boot_timeline_has_first_request_files_and_cmdline(pi, fleet):
     pi.boot()
-    wait_for(lambda: "cmdline.txt" in {e.data["file"] for e in steps(fleet, "served")})
+    # Events are written as each transfer ends, so wait for the last file's too.
+    wait_for(lambda: set(PI4_BOOT_FILES) <= {e.data["file"] for e in steps(fleet, "served")})
     timeline = [e for e in events(fleet) if e.kind == "boot"]
     assert timeline[0].message == "first request: start4.elf from 127.0.0.1"
     assert timeline[0].data == {"step": "first_request", "file": "start4.elf", "ip": "127.0.0.1"}
