@@ -43,6 +43,7 @@ def test_environment_overrides_the_file(tmp_path):
         ({"pi_api_url": "ftp://10.0.0.1"}, "pi_api_url"),
         ({"pi_api_url": "http://10.0.0.1:8080/$(reboot)"}, "pi_api_url"),
         ({"pi_api_url": "http://a b"}, "pi_api_url"),
+        ({"host_url": "http://10.0.0.1:8080/$(reboot)"}, "host_url"),
         ({"boot_deadline": 0}, "boot_deadline"),
         ({"nfs_mount_port": 70000}, "nfs_mount_port"),
         ({"nfs_mount_port": "mountd"}, "nfs_mount_port"),

@@ -11,8 +11,22 @@ from bakery.models import ApiToken, Bake, Disk, SchemaVersion
 LATEST = 1 + len(models.MIGRATIONS)
 
 
+def as_version_4(migrator: migrate.SchemaMigrator) -> list:
+    """What version 5 added, taken away again (the copies and jobs tables beside)."""
+    models.database.drop_tables([models.BakeformCopy, models.Job])
+    return [
+        migrator.drop_column("disk", "host"),
+        migrator.drop_column("snapshot", "host"),
+        migrator.drop_column("bakeform", "source_host"),
+        migrator.drop_column("host", "url"),
+        migrator.drop_column("host", "nfs_server"),
+    ]
+
+
 def as_version_3(migrator: migrate.SchemaMigrator) -> list:
     """What version 4 added, taken away again (the hosts table is dropped beside)."""
+    steps = as_version_4(migrator)
+    migrate.migrate(*steps)
     models.database.drop_tables([models.Host])
     return [migrator.drop_index("pi", "pi_host"), migrator.drop_column("pi", "host")]
 
@@ -112,5 +126,29 @@ def test_a_version_3_database_keeps_its_pis_and_gains_hosts(tmp_path):
         assert (pi.model, pi.host) == ("4B", None)
         assert models.database.table_exists("host")
         assert "pi_host" in {i.name for i in models.database.get_indexes("pi")}
+        assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == LATEST
+    models.database.close()
+
+
+def test_a_version_4_database_keeps_its_disks_and_hosts_and_gains_where_things_are(tmp_path):
+    open_old_database(tmp_path, 4, as_version_4)
+    with models.database.connection_context():
+        models.database.execute_sql(
+            "INSERT INTO disk (id, size_mib, ephemeral, metadata, owner, created_at) VALUES"
+            " ('d1', 16, 0, '{}', '', '2026-01-01')"
+        )
+        models.database.execute_sql(
+            "INSERT INTO host (name, instance, machine, pid, data_dir, data_bytes,"
+            " data_free_bytes, started_at, heartbeat_at, stopped) VALUES ('rack-1', 'x',"
+            " 'm', 1, '/d', 0, 0, '2026-01-01', '2026-01-01', 1)"
+        )
+
+    models.create_schema()
+
+    with models.database.connection_context():
+        assert Disk.get_by_id("d1").host is None  # this host's, as before
+        assert models.Host.get(models.Host.name == "rack-1").url == ""
+        assert models.database.table_exists("job")
+        assert models.database.table_exists("bakeformcopy")
         assert SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() == LATEST
     models.database.close()

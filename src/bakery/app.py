@@ -9,7 +9,7 @@ from flask import Flask
 
 from . import api, auth, datadir, metrics, models, web
 from .config import Settings, load_settings
-from .fleet import Fleet
+from .fleet import Fleet, shared_database
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -60,6 +60,8 @@ def prepare_host(settings: Settings) -> dict[str, Any]:
         metrics.start_afresh(metrics.directory_of(settings))
         auth.import_configured_tokens(settings)
         token_file = auth.ensure_admin_token(settings)
+        if shared_database():  # other hosts may ask this one for its bakeforms
+            auth.ensure_host_token(settings)
         counts = fleet.recover()
     log.info("recovery: %s", counts)
     return {"admin_token_file": token_file, "host_instance": instance, **counts}

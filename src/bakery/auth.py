@@ -144,6 +144,29 @@ def ensure_admin_token(settings: Settings) -> str | None:
     return str(path)
 
 
+def ensure_host_token(settings: Settings) -> None:
+    """This host's own admin token (the other hosts' APIs let it copy their bakeforms), in
+    ``host_token_file`` (mode 0600), made again if it is missing or no longer valid."""
+    path = settings.host_token_file
+    name = _host_token_name(settings.host_id)
+    if path.exists():
+        row = verify_token(path.read_text().strip())
+        if row is not None and row.name == name:
+            return
+    ApiToken.delete().where(ApiToken.name == name).execute()
+    _, plaintext = create_token(name, role="admin")
+    fsutil.write_atomically(path, plaintext + "\n", mode=0o600)
+
+
+def _host_token_name(host_id: str) -> str:
+    """``host-<host_id>``, or a digest of it where the name would not be a valid one."""
+    name = f"host-{host_id}"
+    try:
+        return identifiers.name(name, "token name")
+    except identifiers.InvalidIdentifier:
+        return "host-" + hashlib.sha256(host_id.encode()).hexdigest()[:16]
+
+
 # -- the dashboard's sign-in ----------------------------------------------------------------
 
 #: The file in the data dir holding the key that signs the dashboard's session cookies.

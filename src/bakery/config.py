@@ -146,6 +146,12 @@ class Settings:
     )
     #: Hostname of this bakery host; bakes are recovered only by the host that made them.
     host_id: str = ""
+    #: The URL the other hosts sharing the database reach this host's API at (to copy
+    #: its bakeforms); empty = the URL the Pis use (``pi_api_url``'s rule).
+    host_url: str = ""
+    #: The CA bundle (PEM) that other hosts' TLS certificates are checked against;
+    #: empty = the system's.
+    host_ca_file: str = ""
     #: Log level of the service.
     log_level: str = "INFO"
     #: Serve the API over HTTPS with this certificate and key (PEM files).
@@ -197,6 +203,15 @@ class Settings:
     @property
     def admin_token_file(self) -> Path:
         return self.root / "admin-token"
+
+    @property
+    def host_token_file(self) -> Path:
+        """This host's own API token, which it shows the other hosts' APIs."""
+        return self.root / "host-token"
+
+    @property
+    def url_for_hosts(self) -> str:
+        return self.host_url.rstrip("/") if self.host_url else self.api_url_for_pis
 
     def path(self, *parts: str) -> Path:
         """A path inside the data directory."""
@@ -289,8 +304,10 @@ def _validate(s: Settings) -> None:
         parts = getattr(s, name).split("/")
         if not all(re.fullmatch(r"[A-Za-z0-9._-]+", p) and p not in (".", "..") for p in parts):
             raise ConfigError(f"setting {name!r}: must be a relative path inside the Pi's root")
-    if s.pi_api_url and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(:\d+)?/?", s.pi_api_url):
-        raise ConfigError(f"setting 'pi_api_url': {s.pi_api_url!r} is not http(s)://<host>[:port]")
+    for name in ("pi_api_url", "host_url"):
+        url = getattr(s, name)
+        if url and not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]-]+(:\d+)?/?", url):
+            raise ConfigError(f"setting {name!r}: {url!r} is not http(s)://<host>[:port]")
     if s.ppi_dir and not Path(s.ppi_dir).is_absolute():
         raise ConfigError(f"setting 'ppi_dir': {s.ppi_dir!r} must be an absolute path")
     for host in s.webhook_hosts:

@@ -126,7 +126,28 @@ class Bakeform(BaseModel):
     metadata = JSONField(default=dict)
     #: The owner of the token that imported it ("" for one made by Bakery itself).
     owner = pw.CharField(max_length=64, default="")
+    #: The host that imported it and keeps its upload for the other hosts to copy (None:
+    #: imported before hosts shared bakeforms; only its own host has it).
+    source_host = pw.CharField(max_length=255, null=True)
     created_at = pw.DateTimeField(default=utcnow)
+
+
+class BakeformCopy(BaseModel):
+    """A host's extracted copy of a bakeform (``fleet.copies``): a bake on a host clones
+    its root from that host's copy, made from the same upload (same ``sha256``)."""
+
+    id = pw.AutoField()
+    bakeform = pw.ForeignKeyField(Bakeform, backref="copies", on_delete="CASCADE")
+    host = pw.CharField(max_length=255)
+    #: The upload this copy was made from: a copy of an older upload is stale.
+    sha256 = pw.CharField(max_length=64)
+    #: copying, ready or failed (with the reason in ``error``).
+    state = pw.CharField(max_length=8)
+    error = pw.TextField(default="")
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("bakeform", "host"), True),)
 
 
 class Bake(BaseModel):
@@ -171,6 +192,8 @@ class Disk(BaseModel):
     filesystem = pw.CharField(max_length=16, null=True)
     #: Where the disk agent mounts it on its Pi at boot, or None to leave it a device.
     mount_point = pw.CharField(max_length=255, null=True)
+    #: The host whose data dir holds its image (None: made before hosts; this one's).
+    host = pw.CharField(max_length=255, null=True)
 
 
 class Snapshot(BaseModel):
@@ -181,6 +204,8 @@ class Snapshot(BaseModel):
     metadata = JSONField(default=dict)
     owner = pw.CharField(max_length=64, default="", index=True)
     created_at = pw.DateTimeField(default=utcnow)
+    #: The host whose data dir holds it (None: made before hosts; this one's).
+    host = pw.CharField(max_length=255, null=True)
 
 
 class Event(BaseModel):
@@ -235,6 +260,10 @@ class Host(BaseModel):
     machine = pw.CharField(max_length=255)
     pid = pw.IntegerField()
     data_dir = pw.TextField()
+    #: Where the other hosts reach its API (``Settings.url_for_hosts``), and where its
+    #: Pis reach its NFS server: what any host's API says a bake's exports are.
+    url = pw.CharField(max_length=255, default="")
+    nfs_server = pw.CharField(max_length=255, default="")
     data_bytes = pw.BigIntegerField(default=0)
     data_free_bytes = pw.BigIntegerField(default=0)
     started_at = pw.DateTimeField(default=utcnow)
@@ -243,12 +272,51 @@ class Host(BaseModel):
     stopped = pw.BooleanField(default=False)
 
 
+class Job(BaseModel):
+    """A request for work on another host's Pis, disks or files (``fleet.jobs``): written
+    by the API host that took the request, done by the host it names, which writes the
+    result (or the error) back for the waiting request."""
+
+    id = pw.AutoField()
+    host = pw.CharField(max_length=255, index=True)
+    #: What to run: a key of ``fleet.forwarding.WORK``, never a user's value.
+    kind = pw.CharField(max_length=32)
+    #: The call's arguments; emptied when the job ends (they may hold user-data).
+    args = JSONField(default=dict)
+    #: Who asked (the token's name, role and owner): the work is done for them.
+    actor = JSONField(null=True)
+    #: pending, running, done, failed or cancelled (the asker stopped waiting first).
+    state = pw.CharField(max_length=10, default="pending", index=True)
+    result = JSONField(null=True)
+    #: A failure as the asker re-raises it: status, code, message, details.
+    error = JSONField(null=True)
+    #: The instance of the host process that took it (``Host.instance``).
+    taken_by = pw.CharField(max_length=32, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    #: Past it, a pending job is not started any more (its asker has given up).
+    start_by = pw.DateTimeField()
+    finished_at = pw.DateTimeField(null=True)
+
+
 class SchemaVersion(BaseModel):
     id = pw.AutoField()
     version = pw.IntegerField()
 
 
-MODELS = [Pi, Bakeform, Bake, Disk, Snapshot, Event, ConsoleLine, ApiToken, Host, SchemaVersion]
+MODELS = [
+    Pi,
+    Bakeform,
+    BakeformCopy,
+    Bake,
+    Disk,
+    Snapshot,
+    Event,
+    ConsoleLine,
+    ApiToken,
+    Host,
+    Job,
+    SchemaVersion,
+]
 
 
 run_migration: Callable[..., None] = migrate.migrate  # playhouse.migrate ships no types
@@ -297,6 +365,26 @@ def _hosts(migrator: migrate.SchemaMigrator) -> None:
     run_migration(migrator.add_column("pi", "host", pw.CharField(max_length=255, null=True)))
 
 
+def _hosts_hold_disks_and_copies(migrator: migrate.SchemaMigrator) -> None:
+    """Version 5: the host holding each disk and snapshot, the host that imported each
+    bakeform, where each host's API is (the copies and jobs tables are new: made after)."""
+
+    def host() -> pw.CharField:
+        return pw.CharField(max_length=255, null=True)
+
+    steps = [
+        migrator.add_column("disk", "host", host()),
+        migrator.add_column("snapshot", "host", host()),
+        migrator.add_column("bakeform", "source_host", host()),
+    ]
+    if database.table_exists("host"):  # not before version 4 (it comes whole after)
+        steps += [
+            migrator.add_column("host", name, pw.CharField(max_length=255, default=""))
+            for name in ("url", "nfs_server")
+        ]
+    run_migration(*steps)
+
+
 OWNED_TABLES = ("apitoken", "bakeform", "bake", "disk", "snapshot")
 #: Where lists are narrowed by owner.
 INDEXED_OWNERS = ("bake", "disk", "snapshot")
@@ -307,6 +395,7 @@ MIGRATIONS: list[Callable[[migrate.SchemaMigrator], None]] = [
     _owners_actors_and_bake_secrets,
     _disk_filesystems_and_boot_protocols,
     _hosts,
+    _hosts_hold_disks_and_copies,
 ]
 
 
@@ -364,13 +453,32 @@ def write_transaction() -> pw._atomic:
     return database.atomic()
 
 
+#: The PostgreSQL advisory lock that one host at a time holds while it changes the schema.
+SCHEMA_LOCK_KEY = 0x42414B45
+
+
+def _schema_is_current() -> bool:
+    """Whether every table is there at the latest version: then nothing is locked. (A
+    ``CREATE INDEX IF NOT EXISTS`` still locks its table: on a database other hosts are
+    serving from, every process start would wait on, and deadlock with, their writes.)"""
+    if not database.table_exists("schemaversion"):
+        return False
+    current = SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 1
+    tables = set(database.get_tables())
+    return current == 1 + len(MIGRATIONS) and all(m._meta.table_name in tables for m in MODELS)
+
+
 def create_schema() -> None:
     """Create missing tables and run pending migrations; safe on every start.
 
     An existing database is migrated first and its tables completed after (new tables,
     and the indexes of columns a migration added); a new one is made whole at once."""
     with database.connection_context():
+        if _schema_is_current():
+            return
         with database.atomic():
+            if isinstance(database.obj, pw.PostgresqlDatabase):  # hosts starting together
+                database.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
             if not database.table_exists("schemaversion"):
                 database.create_tables(MODELS, safe=True)
                 SchemaVersion.create(version=1 + len(MIGRATIONS))

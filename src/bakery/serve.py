@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import IO, Any, cast
 
+from flask import Flask
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -35,7 +36,7 @@ from . import models
 from .api.errors import HTTP_CODES
 from .app import create_app, prepare_host
 from .config import Settings, dump_settings
-from .fleet import HEARTBEAT_SECONDS, Fleet
+from .fleet import HEARTBEAT_SECONDS, Fleet, JobRunners, shared_database
 from .models import utcnow
 from .netboot.dnsmasq import render_config
 from .supervisor import die_with
@@ -52,6 +53,8 @@ WORKER_THREADS = 8
 HEAD_TIMEOUT = 10.0
 #: Seconds a request body (an upload) may pause before the request is dropped.
 BODY_IDLE_TIMEOUT = 120.0
+#: Threads per worker doing the jobs other hosts send this one (PostgreSQL only).
+JOB_RUNNERS = 2
 
 
 class BakeryWorker(ThreadWorker):
@@ -64,13 +67,26 @@ class BakeryWorker(ThreadWorker):
         # this one function: answer them as the API answers every error.
         gunicorn_util.write_error = write_json_error
         self._heads: dict[TConn, float] = {}
+        self._job_runners: JobRunners | None = None
         self._heads_lock = threading.Lock()
         super().init_process()
 
+    def load_wsgi(self) -> None:
+        """The app, then (on a database several hosts share) the threads that do the
+        jobs other hosts' APIs send this host, with the app's own fleet."""
+        super().load_wsgi()
+        if shared_database():
+            fleet: Fleet = cast(Flask, self.wsgi).extensions["bakery.fleet"]
+            self._job_runners = fleet.job_runners(JOB_RUNNERS)
+            self._job_runners.start()
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         """A graceful stop (SIGTERM): the dashboard's live timelines end now, or each
-        would hold the stop for up to a minute."""
+        would hold the stop for up to a minute; no new job is taken (one running ends
+        with the worker's graceful stop)."""
         stop_streams()
+        if self._job_runners is not None:
+            self._job_runners.stop()
         super().handle_exit(sig, frame)
 
     def handle(self, conn: TConn) -> Any:

@@ -245,10 +245,14 @@ class Cloud:
     # -- disks -----------------------------------------------------------------------
 
     def create_disk(self, size: int, cloud_properties: Any, vm_cid: str | None = None) -> str:
-        """A detached disk; ``vm_cid`` is only a placement hint and Pis have no locality."""
+        """A detached disk, made on the host of ``vm_cid`` (BOSH's placement hint): a disk
+        is attached to bakes of the host that holds it."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise CpiError(f"create_disk: size must be a whole number of MiB >= 1, got {size!r}")
-        return cast(str, self.client.post("/disks", {"size_mib": size})["id"])
+        request: dict[str, Any] = {"size_mib": size}
+        if vm_cid and is_object_id(vm_cid):
+            request["near"] = vm_cid
+        return cast(str, self.client.post("/disks", request)["id"])
 
     def delete_disk(self, disk_cid: str) -> None:
         with missing_is(DiskNotFound(f"Disk '{disk_cid}' not found")):

@@ -19,6 +19,7 @@ from bakery.sim.runner import SimulatedSite, SiteOptions
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip)")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
 from selenium.webdriver.support.expected_conditions import staleness_of  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
@@ -97,7 +98,13 @@ def sign_in(driver: webdriver.Chrome, url: str, token: str) -> None:
     """Sign in from the front page; returns once the answer to the form has loaded."""
     driver.get(url + "/")
     wait_for(driver, "#token").send_keys(token)
-    button = driver.find_element(By.ID, "sign-in")
+    submit(driver, driver.find_element(By.ID, "sign-in"))
+
+
+def submit(driver: webdriver.Chrome, button: WebElement) -> None:
+    """Click a form's button; returns once the page its answer loads has replaced this
+    one (reading the old page meanwhile would find the last answer's message, or lose it
+    half-read as the page goes)."""
     button.click()
     WebDriverWait(driver, 30, poll_frequency=0.1).until(staleness_of(button))
 
@@ -128,7 +135,7 @@ def test_an_operator_bakes_a_pi_watches_it_boot_live_and_unbakes_it(site, browse
     pi = site.pis[0]
     browser.find_element(By.CSS_SELECTOR, f'li[data-serial="{pi.serial}"] a').click()
     Select(wait_for(browser, "#bakeform")).select_by_visible_text("demo")
-    browser.find_element(By.ID, "bake").click()
+    submit(browser, browser.find_element(By.ID, "bake"))
     assert flash(browser).startswith(f"baked demo onto {pi.serial} as bake ")
     assert wait_for(browser, "#timeline").get_attribute("data-live") == "yes"
 
@@ -145,7 +152,7 @@ def test_an_operator_bakes_a_pi_watches_it_boot_live_and_unbakes_it(site, browse
     assert {bar.get_attribute("class") for bar in bars} >= {"phase-0", "phase-1", "phase-2"}
     screenshot(browser, "pi-boot-chart")
 
-    browser.find_element(By.XPATH, "//button[text()='Unbake']").click()
+    submit(browser, browser.find_element(By.XPATH, "//button[text()='Unbake']"))
     assert flash(browser).endswith(f"{pi.serial} is free")
     assert "available" in wait_for(browser, '#pi-head [data-field="state"]').text
     assert site.api.get(f"/pis/{pi.serial}")["state"] == "available"
@@ -169,12 +176,12 @@ def test_a_bakeform_uploads_with_its_progress_and_a_disk_is_made(site, browser, 
 
     wait_for(browser, "header nav a", text="Disks").click()
     wait_for(browser, "#disk-size").send_keys("64")
-    browser.find_element(By.ID, "create-disk").click()
+    submit(browser, browser.find_element(By.ID, "create-disk"))
     assert flash(browser).startswith("created disk ")
     (disk,) = site.api.get("/disks")
     wait_for(browser, f'#disks tr[data-id="{disk["id"]}"]')
     screenshot(browser, "disks")
-    browser.find_element(By.XPATH, f'//tr[@data-id="{disk["id"]}"]//button').click()
+    submit(browser, browser.find_element(By.XPATH, f'//tr[@data-id="{disk["id"]}"]//button'))
     assert flash(browser) == f"deleted disk {disk['id']}"
 
 

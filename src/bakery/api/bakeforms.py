@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from flask import request
+from flask import Response, request, send_file
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from .auth import WORK, WORK_READ, allow
+from .auth import ADMIN, WORK, WORK_READ, allow
 from .blueprint import Blueprint, body_limit
 from .current import current_fleet
 
@@ -29,6 +29,16 @@ class BakeformSchema(Schema):
     clone_method = fields.String()
     cmdline = fields.String()
     created_at = fields.DateTime()
+    source_host = fields.String(
+        allow_none=True, metadata={"description": "the host that imported it and keeps its upload"}
+    )
+    hosts = fields.Method(
+        "_hosts",
+        metadata={"description": "each host's copy: ready, copying, failed or stale"},
+    )
+
+    def _hosts(self, bakeform: Any) -> dict[str, str]:
+        return current_fleet().bakeform_copies(bakeform)
 
 
 class UploadQuerySchema(Schema):
@@ -76,3 +86,14 @@ class BakeformResource(MethodView):
     def delete(self, name: str) -> None:
         """Delete a bakeform no live bake uses."""
         current_fleet().delete_bakeform(name)
+
+
+@blp.route("/<name>/upload")
+class BakeformUpload(MethodView):
+    @allow(ADMIN)
+    @blp.response(200, description="the upload, as it was received")
+    def get(self, name: str) -> Response:
+        """The bakeform's upload as received, from the host that imported it: what the
+        other hosts sharing the database make their copies from (with their host token)."""
+        path = current_fleet().bakeform_upload(name)
+        return send_file(path, mimetype="application/octet-stream", conditional=False)

@@ -38,11 +38,12 @@ class BakeSchema(Schema):
     root_export = fields.Method("_root_export")
     disks = fields.Method("_disks")
     boot_protocol = fields.String()
+    host = fields.String(attribute="host_id", metadata={"description": "the host that made it"})
     created_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
 
     def _root_export(self, bake: Any) -> str:
-        return current_fleet().root_export(bake.id)
+        return current_fleet().root_export(bake)
 
     def _disks(self, bake: Any) -> list[str]:
         return sorted(disk.id for disk in bake.disks)

@@ -27,6 +27,7 @@ class DiskSchema(Schema):
     filesystem = fields.String(allow_none=True)
     mount_point = fields.String(allow_none=True)
     metadata = fields.Dict()
+    host = fields.String(allow_none=True, metadata={"description": "the host holding its image"})
     export = fields.Method("_export")
     device = fields.Method(
         "_device", metadata={"description": "the block device it is on its Pi once attached"}
@@ -34,7 +35,7 @@ class DiskSchema(Schema):
     created_at = fields.DateTime()
 
     def _export(self, disk: Any) -> str:
-        return current_fleet().disk_export(disk.id)
+        return current_fleet().disk_export(disk)
 
     def _device(self, disk: Any) -> str:
         return current_fleet().disk_device(disk.id)
@@ -49,6 +50,10 @@ MOUNT_POINT_HELP = (
 class DiskCreateSchema(Schema):
     size_mib = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
     bake_id = ObjectId(load_default=None)
+    near = ObjectId(
+        load_default=None,
+        metadata={"description": "a bake the disk is for: made on its host, not attached"},
+    )
     ephemeral = fields.Boolean(load_default=False)
     metadata = JsonObject(METADATA_LIMIT, load_default=None)
     filesystem = fields.String(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Concatenate, Generic, ParamSpec, TypeVar, cast, overload
 
 from .. import disks as disk_images
 from .. import stemcell
@@ -35,12 +35,27 @@ from ..models import (
     utcnow,
 )
 from ..power import PowerController, PowerResult
-from . import bakeforms, bakes, boots, disks, exports, hosts, netboot, pis, queries, recovery
+from . import (
+    bakeforms,
+    bakes,
+    boots,
+    copies,
+    disks,
+    exports,
+    forwarding,
+    hosts,
+    jobs,
+    netboot,
+    pis,
+    queries,
+    recovery,
+)
 from .actors import Actor, acting_as
 from .context import FleetContext
 from .events import BOOT_PHASES
 from .gauges import FleetGauges
 from .hosts import HEARTBEAT_SECONDS, HostStatus
+from .jobs import JobRunners, shared_database
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
 
@@ -51,6 +66,7 @@ __all__ = [
     "BOOT_PHASES",
     "HEARTBEAT_SECONDS",
     "HostStatus",
+    "JobRunners",
     "BOOT_PROTOCOLS",
     "DISK_FILESYSTEMS",
     "Actor",
@@ -67,6 +83,7 @@ __all__ = [
     "PowerResult",
     "Snapshot",
     "acting_as",
+    "shared_database",
     "utcnow",
 ]
 
@@ -79,8 +96,11 @@ class _InContext(Generic[P, R]):
     its parameters (but the context) and its docstring are the function's own, so each
     signature is written once, where the work is."""
 
-    def __init__(self, func: Callable[Concatenate[FleetContext, P], R]) -> None:
+    def __init__(
+        self, func: Callable[Concatenate[FleetContext, P], R], *, on_owning_host: bool = False
+    ) -> None:
         self.func = func
+        self.on_owning_host = on_owning_host
         self.__doc__ = func.__doc__
 
     @overload
@@ -93,11 +113,23 @@ class _InContext(Generic[P, R]):
         if fleet is None:
             return self
         context, func = fleet.context, self.func
+        if self.on_owning_host:
+
+            def on_owning_host(*args: P.args, **kwargs: P.kwargs) -> R:
+                return cast(R, forwarding.call(context, func, *args, **kwargs))
+
+            return on_owning_host
 
         def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
             return func(context, *args, **kwargs)
 
         return in_context
+
+
+def _on_owning_host(func: Callable[Concatenate[FleetContext, P], R]) -> _InContext[P, R]:
+    """A facade method whose work the host owning what it touches does
+    (``fleet.forwarding``): this one, or another one through a job."""
+    return _InContext(func, on_owning_host=True)
 
 
 class Fleet:
@@ -137,12 +169,13 @@ class Fleet:
     def bake_boot(self, bake_id: str) -> Path:
         return self.context.bake_boot(bake_id)
 
-    def root_export(self, bake_id: str) -> str:
-        """The NFS export of a bake's root, as its Pi mounts it."""
-        return f"{self.settings.nfs_server}:{self.bake_root(bake_id)}"
+    def root_export(self, bake: Bake) -> str:
+        """The NFS export of a bake's root, as its Pi mounts it (from the bake's host)."""
+        return hosts.export_on(self.context, bake.host_id, self.bake_root(bake.id))
 
-    def disk_export(self, disk_id: str) -> str:
-        return f"{self.settings.nfs_server}:{disk_images.disk_dir(self.settings, disk_id)}"
+    def disk_export(self, disk: Disk) -> str:
+        path = disk_images.disk_dir(self.settings, disk.id)
+        return hosts.export_on(self.context, disk.host, path)
 
     disk_device = staticmethod(stemcell.disk_device)
 
@@ -184,28 +217,30 @@ class Fleet:
     update_pi = _InContext(pis.update_pi)
     set_pi_state = staticmethod(pis.set_pi_state)
     delete_pi = staticmethod(pis.delete_pi)
-    operator_power = _InContext(operator_power)
+    operator_power = _on_owning_host(operator_power)
     restore_power = _InContext(restore_power)
 
     # -- bakeforms, bakes, disks ------------------------------------------------------------
 
     import_bakeform = _InContext(bakeforms.import_bakeform)
+    bakeform_copies = staticmethod(copies.where)
+    bakeform_upload = _InContext(copies.upload_of)
     delete_bakeform = _InContext(bakeforms.delete_bakeform)
-    bake = _InContext(bakes.bake)
-    unbake = _InContext(bakes.unbake)
-    power_bake = _InContext(bakes.power_bake)
-    set_agent_settings = _InContext(bakes.set_agent_settings)
+    bake = _on_owning_host(bakes.bake)
+    unbake = _on_owning_host(bakes.unbake)
+    power_bake = _on_owning_host(bakes.power_bake)
+    set_agent_settings = _on_owning_host(bakes.set_agent_settings)
     agent_settings_for_caller = staticmethod(bakes.agent_settings_for_caller)
     shown_agent_settings = staticmethod(bakes.shown_agent_settings)
     set_bake_metadata = staticmethod(bakes.set_bake_metadata)
-    create_disk = _InContext(disks.create_disk)
-    delete_disk = _InContext(disks.delete_disk)
-    attach_disk = _InContext(disks.attach_disk)
-    detach_disk = _InContext(disks.detach_disk)
-    resize_disk = _InContext(disks.resize_disk)
+    create_disk = _on_owning_host(disks.create_disk)
+    delete_disk = _on_owning_host(disks.delete_disk)
+    attach_disk = _on_owning_host(disks.attach_disk)
+    detach_disk = _on_owning_host(disks.detach_disk)
+    resize_disk = _on_owning_host(disks.resize_disk)
     set_disk_metadata = staticmethod(disks.set_disk_metadata)
-    snapshot_disk = _InContext(disks.snapshot_disk)
-    delete_snapshot = _InContext(disks.delete_snapshot)
+    snapshot_disk = _on_owning_host(disks.snapshot_disk)
+    delete_snapshot = _on_owning_host(disks.delete_snapshot)
 
     # -- exports, netboot, recovery -------------------------------------------------------
 
@@ -214,3 +249,7 @@ class Fleet:
     boot_target = _InContext(netboot.boot_target)
     turn_away = _InContext(netboot.turn_away)
     recover = _InContext(recovery.recover)
+
+    def job_runners(self, count: int) -> jobs.JobRunners:
+        """``count`` threads doing the jobs other hosts write for this one (not started)."""
+        return jobs.JobRunners(self.context, forwarding.do_job, count)

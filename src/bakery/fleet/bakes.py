@@ -27,6 +27,7 @@ from .bakefiles import (
     write_bake_files,
 )
 from .context import FleetContext
+from .copies import ensure_copy
 from .disks import attach, release_disks
 from .exports import publish_exports
 from .pis import check_boot_protocol
@@ -113,6 +114,7 @@ def _prepare(
 ) -> Bake:
     pi = bake.pi
     check_boot_protocol(ctx, bake.boot_protocol, pi.model)  # the settings may have changed
+    ensure_copy(ctx, bakeform)  # this host's copy of it, made first if need be
     root = ctx.bake_root(bake.id)
     root.parent.mkdir(parents=True, exist_ok=True)
     source = ctx.bakeform_dir(bakeform.name)

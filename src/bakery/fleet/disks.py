@@ -31,9 +31,11 @@ def create_disk(
     metadata: dict[str, Any] | None = None,
     filesystem: str | None = None,
     mount_point: str | None = None,
+    near: str | None = None,
 ) -> Disk:
     """A new sparse disk, formatted with ``filesystem`` if given, attached to ``bake_id``
-    at once if given."""
+    at once if given. ``near`` names a bake it is meant for (BOSH's placement hint): it is
+    made on that bake's host (``fleet.forwarding``), where only that bake can use it."""
     if not 1 <= size_mib <= ctx.settings.max_disk_mib:
         raise InvalidInput(f"size_mib must be between 1 and {ctx.settings.max_disk_mib}")
     if filesystem is not None and filesystem not in disks.FILESYSTEMS:
@@ -56,6 +58,7 @@ def create_disk(
                 owner=new_owner(),
                 filesystem=filesystem,
                 mount_point=mount_point,
+                host=ctx.settings.host_id,
             )
             if bake:
                 _check_mount_point_free(disk, bake)
@@ -103,7 +106,14 @@ def attach_disk(
 
 def attach(disk: Disk, bake: Bake) -> None:
     """Attach a detached disk (or check one attached already); Conflict if another bake
-    got it first, or if another disk of the bake has its mount point."""
+    got it first, if another disk of the bake has its mount point, or if the disk's image
+    is on another host than the bake's (its Pi could not mount it)."""
+    if disk.host not in (None, bake.host_id):
+        raise Conflict(
+            f"disk {disk.id} is on host {disk.host!r} and bake {bake.id} on {bake.host_id!r}: "
+            "a disk is attached to bakes of its own host",
+            code="disk_on_other_host",
+        )
     if disk.bake_id != bake.id:
         query = Disk.update(bake=bake.id).where(Disk.id == disk.id, Disk.bake.is_null())
         if not query.execute():
@@ -194,6 +204,7 @@ def snapshot_disk(
             size_mib=disk.size_mib,
             metadata=metadata or {},
             owner=disk.owner,
+            host=ctx.settings.host_id,
         )
     except BaseException:
         disks.delete_snapshot_image(ctx.settings, snapshot_id)

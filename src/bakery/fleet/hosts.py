@@ -139,6 +139,20 @@ def check_ours(ctx: FleetContext, pi: Pi, doing: str) -> None:
         )
 
 
+def export_on(ctx: FleetContext, host: str | None, path: Path) -> str:
+    """The NFS export of ``path`` (in this host's data dir) as its Pi mounts it from
+    ``host``'s NFS server and data dir (this host's for None)."""
+    if host in (None, ctx.settings.host_id):
+        return f"{ctx.settings.nfs_server}:{path}"
+    row = get_host(host)
+    return f"{row.nfs_server}:{Path(row.data_dir) / path.relative_to(ctx.settings.root)}"
+
+
+def host_token(ctx: FleetContext) -> str:
+    """The token this host shows other hosts' APIs (made at start, ``auth.ensure_host_token``)."""
+    return ctx.settings.host_token_file.read_text().strip()
+
+
 def _this_process(ctx: FleetContext) -> dict[str, object]:
     now = utcnow()
     return {
@@ -146,6 +160,8 @@ def _this_process(ctx: FleetContext) -> dict[str, object]:
         "machine": os.uname().nodename,
         "pid": os.getpid(),
         "data_dir": str(ctx.settings.root),
+        "url": ctx.settings.url_for_hosts,
+        "nfs_server": ctx.settings.nfs_server,
         "started_at": now,
         "heartbeat_at": now,
         **_disk_usage(ctx.settings.root),

@@ -12,6 +12,7 @@ from ..models import Bake, Bakeform, BakeState, Disk, Pi, PiState, Snapshot
 from .bakes import best_effort, finish_unbake, free_pi, roll_back
 from .context import FleetContext
 from .exports import publish_exports
+from .jobs import recover_jobs
 from .queries import live_bake_of
 from .states import LIVE_BAKE_STATES, move_pi
 
@@ -24,7 +25,9 @@ def recover(ctx: FleetContext) -> dict[str, int]:
     Every item is best effort: one that cannot be recovered is logged and left for the
     next start, and the service starts anyway (a fleet half-recovered still serves)."""
     mine = Bake.host_id == ctx.settings.host_id
+    my_pis = (Pi.host == ctx.settings.host_id) | Pi.host.is_null()
     counts = {"rolled_back": 0, "unbaked": 0, "stray_paths": 0, "failed": 0}
+    counts["jobs_failed"] = recover_jobs(ctx)
 
     def attempt(step: Callable[[], object], what: str, counted: str | None = None) -> None:
         if not best_effort(step, what):
@@ -40,9 +43,9 @@ def recover(ctx: FleetContext) -> dict[str, int]:
         )
     for bake in Bake.select().where(mine, Bake.state == BakeState.UNBAKING.value):
         attempt(partial(finish_unbake, ctx, bake), f"recovery of bake {bake.id}", "unbaked")
-    for pi in Pi.select().where(Pi.bake_id.is_null(False)):
+    for pi in Pi.select().where(my_pis, Pi.bake_id.is_null(False)):
         attempt(partial(_free_if_bake_gone, pi), f"recovery of Pi {pi.serial}")
-    for pi in Pi.select().where(Pi.state == PiState.PREPARING.value, Pi.bake_id.is_null()):
+    for pi in Pi.select().where(my_pis, Pi.state == PiState.PREPARING.value, Pi.bake_id.is_null()):
         attempt(
             partial(move_pi, pi, PiState.AVAILABLE, "claim without a bake"),
             f"recovery of Pi {pi.serial}",

@@ -1,0 +1,182 @@
+"""fleet.forwarding and fleet.jobs: two hosts on one PostgreSQL, in one process. Work a
+host's API takes for the other host's Pis, bakes or disks is done by that host (its job
+runners, woken by NOTIFY) and answered as if it were local, errors included; a host that
+is down or never takes the job fails the request with ``host_down`` and leaves nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from bakery.errors import BakeryError, NoPiAvailable
+from bakery.fleet import Fleet, jobs
+from bakery.fleet.jobs import HostDown
+from bakery.models import Bake, Disk, Host, Job, Pi, PiState, utcnow
+
+pytestmark = pytest.mark.parametrize(
+    "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@pytest.fixture
+def rack2(fleet, settings, tmp_path):
+    """A second host on the same database, with its own data dir and NFS address."""
+    other = Fleet(
+        dataclasses.replace(
+            settings, host_id="rack-2", root=tmp_path / "rack2", nfs_server="10.2.0.1"
+        )
+    )
+    other.settings.root.mkdir()
+    fleet.join_host()
+    other.join_host()
+    return other
+
+
+@pytest.fixture
+def runners(fleet):
+    """Job runners of the first host (``fleet``), as its API workers run them."""
+    started = fleet.job_runners(2)
+    started.start()
+    yield started
+    started.stop()
+
+
+def test_a_bake_and_unbake_through_another_host_are_done_by_the_pi_s_host(
+    fleet, rack2, raspios, runners
+):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+
+    bake = rack2.bake("raspios", serial="00000001", user_data="#cloud-config\n{}\n")
+
+    assert bake.host_id == fleet.settings.host_id
+    assert fleet.bake_root(bake.id).is_dir()
+    assert not rack2.settings.path("bakes").exists()
+    assert rack2.root_export(bake) == f"127.0.0.1:{fleet.bake_root(bake.id)}"
+    done = Job.get(Job.kind == "bake")
+    assert (done.state, done.args) == ("done", {})  # the user-data went into the root only
+
+    unbaked = rack2.unbake(bake.id)
+
+    assert unbaked.state == "unbaked"
+    assert not fleet.bake_dir(bake.id).exists()
+    assert Pi.get(Pi.serial == "00000001").state == "available"
+
+
+def test_a_bake_naming_no_pi_goes_to_a_host_with_a_free_one(fleet, rack2, raspios, runners):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+
+    bake = rack2.bake("raspios")
+
+    assert (bake.pi.serial, bake.host_id) == ("00000001", fleet.settings.host_id)
+    with pytest.raises(NoPiAvailable):
+        rack2.bake("raspios")
+
+
+def test_the_owning_host_s_error_is_the_answer(fleet, rack2, raspios, runners):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    fleet.set_pi_state("00000001", PiState.BROKEN, "bad SD slot")
+
+    with pytest.raises(NoPiAvailable) as local:
+        fleet.bake("raspios", serial="00000001")
+    with pytest.raises(BakeryError) as forwarded:
+        rack2.bake("raspios", serial="00000001")
+
+    assert (forwarded.value.status, forwarded.value.code, forwarded.value.message) == (
+        local.value.status,
+        local.value.code,
+        local.value.message,
+    )
+    assert Job.get(Job.kind == "bake").state == "failed"
+
+
+def test_a_disk_made_near_a_bake_is_on_the_bake_s_host_and_attaches_there(
+    fleet, rack2, raspios, runners
+):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    bake = fleet.bake("raspios", serial="00000001")
+
+    disk = rack2.create_disk(16, near=bake.id)
+    here = rack2.create_disk(16)
+
+    assert (disk.host, disk.bake_id) == (fleet.settings.host_id, None)
+    assert rack2.attach_disk(disk.id, bake.id).bake_id == bake.id
+    assert (fleet.settings.root / "disks" / disk.id / "disk.img").is_file()
+    with pytest.raises(BakeryError, match="attached to bakes of its own host") as refused:
+        rack2.attach_disk(here.id, bake.id)  # rack-2 holds the disk, rack-1 the bake
+    assert refused.value.code == "disk_on_other_host"
+    assert Disk.get_by_id(here.id).bake_id is None
+
+
+def test_a_host_that_is_down_gets_no_job(fleet, rack2, raspios):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    Host.update(heartbeat_at=utcnow() - timedelta(minutes=5)).where(
+        Host.name == fleet.settings.host_id
+    ).execute()
+
+    with pytest.raises(HostDown, match="is down"):
+        rack2.bake("raspios", serial="00000001")
+    with pytest.raises(NoPiAvailable):  # no other host has a free Pi
+        rack2.bake("raspios")
+
+    assert not Job.select().exists()
+    assert Pi.get(Pi.serial == "00000001").state == "available"
+
+
+def test_a_job_its_host_never_takes_is_cancelled_and_never_done(fleet, rack2, raspios, monkeypatch):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    monkeypatch.setattr(jobs, "PICKUP_SECONDS", 0.5)
+
+    with pytest.raises(HostDown, match="did not take the bake"):
+        rack2.bake("raspios", serial="00000001")
+    late = fleet.job_runners(1)
+    late.start()
+    try:
+        assert jobs.take(fleet.context) is None  # nothing left to take
+    finally:
+        late.stop()
+
+    assert Job.get(Job.kind == "bake").state == "cancelled"
+    assert not Bake.select().exists()
+
+
+def test_concurrent_runners_never_take_the_same_job(fleet, rack2):
+    for _ in range(40):
+        Job.create(host=fleet.settings.host_id, kind="delete_disk", args={}, start_by=far())
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def take_all() -> None:
+        from bakery.models import database
+
+        with database.connection_context():
+            while (job := jobs.take(fleet.context)) is not None:
+                with lock:
+                    taken.append(job.id)
+
+    threads = [threading.Thread(target=take_all) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(taken) == sorted(job.id for job in Job.select())
+    assert len(set(taken)) == 40
+
+
+def test_a_runner_wakes_on_the_notification_not_on_its_recheck(fleet, rack2, raspios, runners):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    rack2.bake("raspios", serial="00000001")  # the runners are listening now
+    Pi.create(serial="00000002", state="available", host=fleet.settings.host_id)
+
+    started = time.monotonic()
+    rack2.bake("raspios", serial="00000002", power_on=False)
+
+    assert time.monotonic() - started < jobs.RECHECK_SECONDS
+
+
+def far():
+    return utcnow() + timedelta(hours=1)
