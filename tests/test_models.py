@@ -57,25 +57,31 @@ def as_version_1(migrator: migrate.SchemaMigrator) -> list:
     ]
 
 
-def open_old_database(tmp_path, version: int, downgrade) -> None:
+def open_old_database(tmp_path, version: int, downgrade, *rows: str) -> None:
     """A database as Bakery at schema ``version`` left it: today's, with the columns of
-    later versions dropped and the version row put back."""
+    later versions dropped and the version row put back, holding the ``rows`` (INSERTs
+    in that version's columns)."""
     models.connect(f"sqlite:///{tmp_path / 'old.db'}")
     models.create_schema()
     with models.database.connection_context():
         migrate.migrate(*downgrade(migrate.SchemaMigrator.from_database(models.database.obj)))
         SchemaVersion.delete().execute()
         SchemaVersion.create(version=version)
+        for row in rows:
+            models.database.execute_sql(row)
 
 
 def test_a_version_1_database_gains_owners_actors_and_bake_secrets(tmp_path):
-    open_old_database(tmp_path, 1, as_version_1)
-    with models.database.connection_context():
-        models.database.execute_sql(
+    open_old_database(
+        tmp_path,
+        1,
+        as_version_1,
+        (
             "INSERT INTO apitoken (name, token_hash, prefix, role, created_at) "
             "VALUES ('director', 'h1', 'p', 'configured', '2026-01-01'), "
             "('alice', 'h2', 'p', 'admin', '2026-01-01')"
-        )
+        ),
+    )
 
     models.create_schema()
 
@@ -92,12 +98,15 @@ def test_a_version_1_database_gains_owners_actors_and_bake_secrets(tmp_path):
 
 
 def test_a_version_2_database_keeps_its_disks_and_gains_filesystems_and_mount_points(tmp_path):
-    open_old_database(tmp_path, 2, as_version_2)
-    with models.database.connection_context():
-        models.database.execute_sql(
+    open_old_database(
+        tmp_path,
+        2,
+        as_version_2,
+        (
             "INSERT INTO disk (id, size_mib, ephemeral, metadata, owner, created_at) "
             "VALUES ('d1', 64, 0, '{}', 'alice', '2026-01-01')"
-        )
+        ),
+    )
 
     models.create_schema()
 
@@ -110,14 +119,17 @@ def test_a_version_2_database_keeps_its_disks_and_gains_filesystems_and_mount_po
 
 
 def test_a_version_3_database_keeps_its_pis_and_gains_hosts(tmp_path):
-    open_old_database(tmp_path, 3, as_version_3)
-    with models.database.connection_context():
-        models.database.execute_sql(
+    open_old_database(
+        tmp_path,
+        3,
+        as_version_3,
+        (
             "INSERT INTO pi (serial, model, state, broken_reason, power_driver, power_settings,"
             " power_state, labels, boot_protocol, created_at, updated_at) VALUES ('00000001',"
             " '4B', 'available', '', 'manual', '{}', 'off', '[]', 'tftp', '2026-01-01',"
             " '2026-01-01')"
-        )
+        ),
+    )
 
     models.create_schema()
 
@@ -131,17 +143,20 @@ def test_a_version_3_database_keeps_its_pis_and_gains_hosts(tmp_path):
 
 
 def test_a_version_4_database_keeps_its_disks_and_hosts_and_gains_where_things_are(tmp_path):
-    open_old_database(tmp_path, 4, as_version_4)
-    with models.database.connection_context():
-        models.database.execute_sql(
+    open_old_database(
+        tmp_path,
+        4,
+        as_version_4,
+        (
             "INSERT INTO disk (id, size_mib, ephemeral, metadata, owner, created_at) VALUES"
             " ('d1', 16, 0, '{}', '', '2026-01-01')"
-        )
-        models.database.execute_sql(
+        ),
+        (
             "INSERT INTO host (name, instance, machine, pid, data_dir, data_bytes,"
             " data_free_bytes, started_at, heartbeat_at, stopped) VALUES ('rack-1', 'x',"
             " 'm', 1, '/d', 0, 0, '2026-01-01', '2026-01-01', 1)"
-        )
+        ),
+    )
 
     models.create_schema()
 

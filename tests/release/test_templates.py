@@ -328,3 +328,14 @@ def test_the_job_runs_its_own_nfs_server_unless_told_otherwise(tmp_path):
     exportfs, _ = settings_from(render_job("bakery", kernel, tmp_path / "kernel"))
     assert "ganesha_binary" not in theirs and "ganesha_binary" not in exportfs
     assert theirs["ganesha_pid_file"] == "/x"
+
+
+def test_a_host_sharing_a_database_says_where_the_others_reach_it(tmp_path):
+    shared = REQUIRED["bakery"] | {
+        "database_url": "postgresql://bakery@db.lab/bakery",
+        "host_url": "https://rack-2.lab:8443",
+    }
+    _, settings = settings_from(render_job("bakery", shared, tmp_path / "shared"))
+    alone, _ = settings_from(render_job("bakery", REQUIRED["bakery"], tmp_path / "alone"))
+    assert settings.url_for_hosts == "https://rack-2.lab:8443"
+    assert "host_url" not in alone
