@@ -247,6 +247,8 @@ def start_heartbeat(settings: Settings, instance: str) -> threading.Event:
             try:
                 with models.database.connection_context():
                     still_ours = fleet.heartbeat(instance)
+                    if still_ours and shared_database():
+                        fleet.forget_ended_jobs()
             except Exception:  # a database that is down for a while: try again
                 log.exception("host heartbeat failed")
                 continue

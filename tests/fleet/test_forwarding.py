@@ -180,3 +180,17 @@ def test_a_runner_wakes_on_the_notification_not_on_its_recheck(fleet, rack2, ras
 
 def far():
     return utcnow() + timedelta(hours=1)
+
+
+def test_ended_jobs_are_kept_a_day_then_forgotten(fleet, rack2):
+    me = fleet.settings.host_id
+    old = utcnow() - timedelta(hours=jobs.KEEP_ENDED_HOURS + 1)
+    for state, finished in [("done", old), ("failed", utcnow()), ("cancelled", old)]:
+        Job.create(host=me, kind="delete_disk", state=state, start_by=old, finished_at=finished)
+    Job.create(host=me, kind="delete_disk", start_by=far())  # pending: kept however old
+    Job.create(host="rack-2", kind="delete_disk", state="done", start_by=old, finished_at=old)
+
+    assert fleet.forget_ended_jobs() == 2
+
+    left = {(job.host, job.state) for job in Job.select()}
+    assert left == {(me, "failed"), (me, "pending"), ("rack-2", "done")}

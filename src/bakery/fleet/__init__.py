@@ -208,6 +208,7 @@ class Fleet:
     join_host = _InContext(hosts.join)
     heartbeat = _InContext(hosts.heartbeat)
     leave_host = _InContext(hosts.leave)
+    forget_ended_jobs = _InContext(jobs.forget_ended)
     list_hosts = staticmethod(hosts.list_hosts)
     down_hosts = staticmethod(hosts.down_hosts)
 

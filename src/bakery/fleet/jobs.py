@@ -105,7 +105,25 @@ def _wait(hub: JobHub, job: Job) -> Job:
 
 def _cancel(*which: pw.Expression) -> None:
     """Cancel the pending jobs ``which`` selects (a running one finishes)."""
-    Job.update(state="cancelled").where(Job.state == "pending", *which).execute()
+    Job.update(state="cancelled", args={}, finished_at=utcnow()).where(
+        Job.state == "pending", *which
+    ).execute()
+
+
+#: Hours an ended job is kept (to read what became of a request) before it is deleted.
+KEEP_ENDED_HOURS = 24
+
+
+def forget_ended(ctx: FleetContext) -> int:
+    """Delete this host's jobs that ended more than ``KEEP_ENDED_HOURS`` ago."""
+    ended_before = utcnow() - timedelta(hours=KEEP_ENDED_HOURS)
+    return int(
+        Job.delete()
+        .where(
+            Job.host == ctx.settings.host_id, Job.state.in_(ENDED), Job.finished_at < ended_before
+        )
+        .execute()
+    )
 
 
 def remote_error(error: dict[str, Any]) -> BakeryError:
