@@ -155,6 +155,7 @@ class Cloud:
         """The create_vm steps; each pushes onto ``undo`` what removes what it made."""
         require_stemcell_cid(stemcell_cid)
         _require_networks(networks)
+        mbus = self.config.agent_mbus()
         size = ephemeral_disk_mib(
             cloud_properties.get("ephemeral_disk_mib", self.config.ephemeral_disk_mib),
             "cloud_properties.ephemeral_disk_mib",
@@ -186,7 +187,7 @@ class Cloud:
             networks=networks,
             env=env,
             ephemeral_disk=disk,
-            mbus=self.config.mbus,
+            mbus=mbus,
             ntp=self.config.ntp,
             blobstore=self.config.blobstore,
         )

@@ -14,8 +14,9 @@ Format (keys not listed are refused, so misspellings are caught)::
         "ca_file": "/var/vcap/jobs/bakery_cpi/config/ca.pem",  # optional, a PEM file instead
         "timeout": 600                           # optional seconds per HTTP request (default 600)
       },
-      "agent": {                                 # copied into every VM's agent settings
-        "mbus": "nats://10.0.0.6:4222",          # required
+      "agent": {                                 # copied into every VM's agent settings;
+                                                 # only create_vm needs it
+        "mbus": "nats://10.0.0.6:4222",          # required with the block
         "ntp": ["0.pool.ntp.org"],               # optional, default []
         "blobstore": {"provider": "dav", "options": {...}}   # optional, default {}
       },
@@ -53,13 +54,23 @@ class CpiConfig:
 
     url: str
     token: str
-    mbus: str
+    #: Empty when the file has no agent block: every call but create_vm works without.
+    mbus: str = ""
     ca_cert: str = ""
     ca_file: str = ""
     timeout: float = DEFAULT_TIMEOUT
     ntp: list[str] = field(default_factory=list)
     blobstore: dict[str, Any] = field(default_factory=dict)
     ephemeral_disk_mib: int = DEFAULT_EPHEMERAL_DISK_MIB
+    #: Where the configuration came from, for errors found after loading.
+    source: str = "cpi.json"
+
+    def agent_mbus(self) -> str:
+        """The agent's mbus URL, for a VM's settings; CpiError when there is no agent block
+        (a CPI configured for stemcells and disks only, or for ``info``)."""
+        if not self.mbus:
+            raise _bad(self.source, "agent.mbus", "is missing: creating a VM needs the agent block")
+        return self.mbus
 
 
 def load_config(path: str, context: dict[str, Any] | None = None) -> CpiConfig:
@@ -97,20 +108,21 @@ def parse_config(raw: dict[str, Any], source: str = "cpi.json") -> CpiConfig:
     """Validate a merged configuration; every problem names its key."""
     _refuse_unknown(raw, TOP_KEYS, "", source)
     bakery = _section(raw, "bakery", BAKERY_KEYS, source)
-    agent = _section(raw, "agent", AGENT_KEYS, source)
+    agent = _section(raw, "agent", AGENT_KEYS, source) if "agent" in raw else {}
     return CpiConfig(
         url=_url(bakery.get("url"), source),
         token=_string(bakery, "bakery.token", source, required=True),
         ca_cert=_string(bakery, "bakery.ca_cert", source),
         ca_file=_string(bakery, "bakery.ca_file", source),
         timeout=_number(bakery.get("timeout", DEFAULT_TIMEOUT), "bakery.timeout", source),
-        mbus=_string(agent, "agent.mbus", source, required=True),
+        mbus=_string(agent, "agent.mbus", source, required="agent" in raw),
         ntp=_string_list(agent.get("ntp", []), "agent.ntp", source),
         blobstore=_object(agent.get("blobstore", {}), "agent.blobstore", source),
         ephemeral_disk_mib=ephemeral_disk_mib(
             raw.get("ephemeral_disk_mib", DEFAULT_EPHEMERAL_DISK_MIB),
             f"{source}: ephemeral_disk_mib",
         ),
+        source=source,
     )
 
 

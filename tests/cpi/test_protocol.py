@@ -87,6 +87,21 @@ def test_a_bad_cpi_json_is_a_cpi_error_naming_the_problem(tmp_path, content, wor
     assert str(config_file) in error["message"]
 
 
+def test_a_cpi_json_without_the_agent_block_answers_info_and_refuses_only_create_vm(tmp_path):
+    config_file = tmp_path / "cpi.json"
+    config_file.write_text(json.dumps({"bakery": {"url": "http://127.0.0.1:9", "token": "t"}}))
+
+    info = run_cpi(config_file, request("info"))
+    refused = failed(
+        run_cpi(config_file, request("create_vm", "agent-1", "sc", {}, {"n": {}}, [], {})),
+        "VMCreationFailed",
+    )
+
+    assert info["error"] is None and info["result"]["stemcell_formats"]
+    assert "agent.mbus is missing: creating a VM needs the agent block" in refused["message"]
+    assert str(config_file) in refused["message"]
+
+
 def test_an_unreachable_bakery_is_a_cloud_error_saying_so(config_file):
     error = failed(run_cpi(config_file, request("has_vm", ANY_ID)), "CloudError")
 

@@ -23,6 +23,7 @@ from bakery.images.receive import detect_compression
 from bakery.sim.image import REQUIRED_TOOLS, build_sd_image, populate_root
 from bakery.stemcell import StemcellError, build_stemcell
 from bakery.stemcell.install import packaged_file
+from bakery_cpi.cids import stemcell_name
 
 TOOLS = (*REQUIRED_TOOLS, "debugfs", "pigz", "xz", "e2fsck")
 FAKE_AGENT = b"#!/bin/sh\necho 'fake bosh-agent' \"$@\"\n"
@@ -118,8 +119,10 @@ def test_the_manifest_is_the_yaml_the_director_validates(stemcell: Path):
         "sha1": hashlib.sha1(files["image"], usedforsecurity=False).hexdigest(),
         "operating_system": "raspios",
         "stemcell_formats": ["bakery-raw"],
-        "cloud_properties": {},
+        "cloud_properties": {"name": "bosh-bakery-raspios", "version": "1.0"},
     }
+    # what the CPI names the bakeform: the same stemcell uploaded again replaces it
+    assert stemcell_name(parsed["cloud_properties"]) == "bosh-bakery-raspios-1.0"
 
 
 def test_the_image_is_gzipped_and_its_root_filesystem_is_clean(stemcell: Path, tmp_path: Path):

@@ -99,7 +99,9 @@ def manifest(*, name: str, version: str, api_version: int, sha1: str, operating_
         f"sha1: {_quoted(sha1)}\n"
         f"operating_system: {_quoted(operating_system)}\n"
         f"stemcell_formats: [{', '.join(_quoted(f) for f in STEMCELL_FORMATS)}]\n"
-        "cloud_properties: {}\n"
+        # what the CPI's create_stemcell names the bakeform by: a re-upload of the same
+        # name and version replaces it instead of adding a randomly named one
+        f"cloud_properties: {{name: {_quoted(name)}, version: {_quoted(version)}}}\n"
     )
 
 
