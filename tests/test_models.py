@@ -161,7 +161,7 @@ def test_a_version_4_database_keeps_its_disks_and_hosts_and_gains_where_things_a
     models.create_schema()
 
     with models.database.connection_context():
-        assert Disk.get_by_id("d1").host is None  # this host's, as before
+        assert Disk.get_by_id("d1").host == "rack-1"  # the one host there was made it
         assert models.Host.get(models.Host.name == "rack-1").url == ""
         assert models.database.table_exists("job")
         assert models.database.table_exists("bakeformcopy")

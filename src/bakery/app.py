@@ -9,7 +9,8 @@ from flask import Flask
 
 from . import api, auth, datadir, metrics, models, web
 from .config import Settings, load_settings
-from .fleet import Fleet, shared_database
+from .fleet import Fleet
+from .models import shared_database
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -145,16 +145,17 @@ def ensure_admin_token(settings: Settings) -> str | None:
 
 
 def ensure_host_token(settings: Settings) -> None:
-    """This host's own admin token (the other hosts' APIs let it copy their bakeforms), in
-    ``host_token_file`` (mode 0600), made again if it is missing or no longer valid."""
+    """This host's own token, of role ``host``: all it may do on the other hosts' APIs is
+    fetch the uploads of the bakeforms they imported (the role a stolen one gives is no
+    more). In ``host_token_file`` (0600); made again if missing or no longer valid."""
     path = settings.host_token_file
     name = _host_token_name(settings.host_id)
     if path.exists():
         row = verify_token(path.read_text().strip())
-        if row is not None and row.name == name:
+        if row is not None and (row.name, row.role) == (name, "host"):
             return
     ApiToken.delete().where(ApiToken.name == name).execute()
-    _, plaintext = create_token(name, role="admin")
+    _, plaintext = create_token(name, role="host")
     fsutil.write_atomically(path, plaintext + "\n", mode=0o600)
 
 

@@ -86,3 +86,16 @@ class StorageFailed(Unavailable):
     """The data directory refused a write (full disk, failed snapshot)."""
 
     code = "storage_failed"
+
+
+def error_class(code: str) -> type[BakeryError]:
+    """The most general error class whose own ``code`` is ``code`` (BakeryError for a
+    code only some instance carries): what re-raises another host's error as the same
+    kind of error."""
+    pending: list[type[BakeryError]] = [BakeryError]
+    while pending:  # breadth first: a class before its subclasses
+        cls = pending.pop(0)
+        if cls.code == code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return BakeryError

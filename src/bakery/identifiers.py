@@ -90,7 +90,7 @@ def label(value: str) -> str:
 
 
 #: What an API token may be given: everything; the fleet; what the BOSH CPI calls; reading.
-ROLES = ("admin", "operator", "cpi", "viewer")
+ROLES = ("admin", "operator", "cpi", "viewer", "host")
 
 
 def role(value: str) -> str:

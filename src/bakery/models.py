@@ -143,6 +143,8 @@ class BakeformCopy(BaseModel):
     sha256 = pw.CharField(max_length=64)
     #: copying, ready or failed (with the reason in ``error``).
     state = pw.CharField(max_length=8)
+    #: How this host clones bake roots from its copy (its own data dir's way).
+    clone_method = pw.CharField(max_length=16, default="copy")
     error = pw.TextField(default="")
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -239,7 +241,7 @@ class ApiToken(BaseModel):
     token_hash = pw.CharField(max_length=64, unique=True)
     #: The first characters of the token, to tell tokens apart in listings.
     prefix = pw.CharField(max_length=12)
-    #: admin, operator, cpi or viewer (bakery.auth.ROLES): what the token may call.
+    #: admin, operator, cpi, viewer or host (identifiers.ROLES): what the token may call.
     role = pw.CharField(max_length=16, default="viewer")
     #: Whose bakes, disks and bakeforms the token makes and sees (Ironic's owner).
     owner = pw.CharField(max_length=64, default="")
@@ -290,8 +292,8 @@ class Job(BaseModel):
     result = JSONField(null=True)
     #: A failure as the asker re-raises it: status, code, message, details.
     error = JSONField(null=True)
-    #: The instance of the host process that took it (``Host.instance``).
-    taken_by = pw.CharField(max_length=32, default="")
+    #: Until when the running job is known to be alive: its runner's process renews it.
+    lease_until = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
     #: Past it, a pending job is not started any more (its asker has given up).
     start_by = pw.DateTimeField()
@@ -377,12 +379,18 @@ def _hosts_hold_disks_and_copies(migrator: migrate.SchemaMigrator) -> None:
         migrator.add_column("snapshot", "host", host()),
         migrator.add_column("bakeform", "source_host", host()),
     ]
+    hosts: list[str] = []
     if database.table_exists("host"):  # not before version 4 (it comes whole after)
         steps += [
             migrator.add_column("host", name, pw.CharField(max_length=255, default=""))
             for name in ("url", "nfs_server")
         ]
+        hosts = [name for (name,) in database.execute_sql("SELECT name FROM host").fetchall()]
     run_migration(*steps)
+    if len(hosts) == 1:  # one host made them all: say so, as for those made from now on
+        Disk.update(host=hosts[0]).where(Disk.host.is_null()).execute()
+        Snapshot.update(host=hosts[0]).where(Snapshot.host.is_null()).execute()
+        Bakeform.update(source_host=hosts[0]).where(Bakeform.source_host.is_null()).execute()
 
 
 OWNED_TABLES = ("apitoken", "bakeform", "bake", "disk", "snapshot")
@@ -440,6 +448,11 @@ def connect(url: str) -> pw.Database:
     # settings and token hashes would reach the log of a service run at DEBUG.
     logging.getLogger("peewee").setLevel(logging.INFO)
     return db
+
+
+def shared_database() -> bool:
+    """Whether several hosts may share this database (PostgreSQL); SQLite is one host's."""
+    return isinstance(database.obj, pw.PostgresqlDatabase)
 
 
 def write_transaction() -> pw._atomic:

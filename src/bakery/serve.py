@@ -36,8 +36,8 @@ from . import models
 from .api.errors import HTTP_CODES
 from .app import create_app, prepare_host
 from .config import Settings, dump_settings
-from .fleet import HEARTBEAT_SECONDS, Fleet, JobRunners, shared_database
-from .models import utcnow
+from .fleet import HEARTBEAT_SECONDS, Fleet, JobRunners
+from .models import shared_database, utcnow
 from .netboot.dnsmasq import render_config
 from .supervisor import die_with
 from .web.stream import stop_streams
@@ -82,8 +82,8 @@ class BakeryWorker(ThreadWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """A graceful stop (SIGTERM): the dashboard's live timelines end now, or each
-        would hold the stop for up to a minute; no new job is taken (one running ends
-        with the worker's graceful stop)."""
+        would hold the stop for up to a minute; no new job is taken (one still running
+        when the worker exits loses its lease, which its asker sees)."""
         stop_streams()
         if self._job_runners is not None:
             self._job_runners.stop()

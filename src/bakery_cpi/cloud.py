@@ -129,12 +129,19 @@ class Cloud:
         """Bake the stemcell on a free Pi with its agent settings in place and power it on.
 
         Returns without waiting for the Pi to boot: the director waits for the agent.
-        Whatever was made is removed again if any step fails. ``disk_cids`` is a
-        placement hint, and Pis have no locality: any Pi can mount any disk export."""
+        Whatever was made is removed again if any step fails. ``disk_cids`` (the disks
+        the VM will be given) is a placement hint: with several Bakery hosts, a disk is
+        attached to bakes of the host that holds it, so the bake is made there if it can."""
         undo: list[Callable[[], None]] = []
         try:
             vm_cid, networks = self._bake_vm(
-                undo, agent_id, stemcell_cid, cloud_properties or {}, networks, env or {}
+                undo,
+                agent_id,
+                stemcell_cid,
+                cloud_properties or {},
+                networks,
+                env or {},
+                disk_cids if isinstance(disk_cids, list) else [],
             )
         except BaseException as exc:
             self._undo(undo)
@@ -151,6 +158,7 @@ class Cloud:
         cloud_properties: dict[str, Any],
         networks: dict[str, Any],
         env: dict[str, Any],
+        disk_cids: list[Any],
     ) -> tuple[str, dict[str, Any]]:
         """The create_vm steps; each pushes onto ``undo`` what removes what it made."""
         require_stemcell_cid(stemcell_cid)
@@ -160,24 +168,25 @@ class Cloud:
             cloud_properties.get("ephemeral_disk_mib", self.config.ephemeral_disk_mib),
             "cloud_properties.ephemeral_disk_mib",
         )
-        disk = None
-        if size:
-            disk = self.client.post("/disks", {"size_mib": size, "ephemeral": True})
-            undo.append(lambda: self._delete_quietly(f"/disks/{disk['id']}"))
         request = {k: cloud_properties[k] for k in BAKE_KEYS if cloud_properties.get(k)}
         bake = self.client.post(
             "/bakes",
             {
                 **request,
                 "bakeform": stemcell_cid,
-                "disk_ids": [disk["id"]] if disk else [],
+                "near_disks": [cid for cid in disk_cids if is_object_id(cid)],
                 "power_on": False,
                 "metadata": {"agent_id": agent_id},
             },
         )
         vm_cid = bake["id"]
-        # Unbaking also deletes the ephemeral disk, which is now attached to the bake.
-        undo[:] = [lambda: self._delete_quietly(f"/bakes/{vm_cid}")]
+        # Unbaking also deletes the ephemeral disk, made next on the bake's own host.
+        undo.append(lambda: self._delete_quietly(f"/bakes/{vm_cid}"))
+        disk = None
+        if size:
+            disk = self.client.post(
+                "/disks", {"size_mib": size, "ephemeral": True, "bake_id": vm_cid}
+            )
         self.log.info(f"VM {vm_cid} is a bake on Pi {bake['serial']} (ip {bake['ip']})")
         networks = agent_settings.pi_networks(networks, bake.get("mac"))
         self._warn_about_addresses(networks, bake.get("ip"))

@@ -35,7 +35,7 @@ ACCESS: dict[tuple[str, str], set[str]] = {
     ("get", "/api/v1/bakeforms/{name}"): WORK_READ,
     ("put", "/api/v1/bakeforms/{name}"): WORK,
     ("delete", "/api/v1/bakeforms/{name}"): WORK,
-    ("get", "/api/v1/bakeforms/{name}/upload"): ADMIN,
+    ("get", "/api/v1/bakeforms/{name}/upload"): {"admin", "host"},
     ("get", "/api/v1/bakes"): WORK_READ,
     ("post", "/api/v1/bakes"): WORK,
     ("get", "/api/v1/bakes/{bake_id}"): WORK_READ,

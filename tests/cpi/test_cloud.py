@@ -39,6 +39,7 @@ class FakeBakery:
         self.settings: dict[str, dict[str, Any]] = {}
         self.bakeforms: dict[str, bytes] = {}
         self.calls: list[tuple[str, str]] = []
+        self.bake_requests: list[dict[str, Any]] = []
         self.fail: dict[tuple[str, str], ApiError] = {}
         self.snapshots_supported = True
 
@@ -59,7 +60,8 @@ class FakeBakery:
         body = body or {}
         if path == "/disks":
             disk_id = next(self.ids)
-            disk = {"id": disk_id, "size_mib": body["size_mib"], "bake_id": None,
+            bake_id = self._bake(body["bake_id"])["id"] if body.get("bake_id") else None
+            disk = {"id": disk_id, "size_mib": body["size_mib"], "bake_id": bake_id,
                     "ephemeral": body.get("ephemeral", False),
                     "device": f"/dev/disk/by-id/bakery-{disk_id}"}  # fmt: skip
             self.disks[disk["id"]] = disk
@@ -134,6 +136,7 @@ class FakeBakery:
                 raise error
 
     def _bake_request(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.bake_requests.append(body)
         if body["bakeform"] not in self.bakeforms:
             raise ApiError(404, "bakeform_not_found", f"no bakeform named {body['bakeform']!r}")
         bake = {"id": next(self.ids), "state": "baked", "serial": "00000001", "mac": MAC,
@@ -181,8 +184,8 @@ def test_create_vm_writes_the_settings_before_the_pi_powers_on(cloud, bakery):
 
     order = [call for call in bakery.calls if call[0] != "GET"]
     assert order == [
-        ("POST", "/disks"),
         ("POST", "/bakes"),
+        ("POST", "/disks"),  # on the bake's own host, attached to it
         ("PUT", f"/bakes/{vm_cid}/agent-settings"),
         ("POST", f"/bakes/{vm_cid}/power"),
     ]
@@ -192,6 +195,12 @@ def test_create_vm_writes_the_settings_before_the_pi_powers_on(cloud, bakery):
     assert ephemeral["bake_id"] == vm_cid
     assert settings["agent_id"] == "agent-1" and settings["vm"]["name"] == vm_cid
     assert networks["default"]["mac"] == MAC and networks["default"]["preconfigured"]
+
+
+def test_create_vm_asks_for_the_pi_where_the_vm_s_disks_are(cloud, bakery):
+    cloud.create_vm("agent-1", "stemcell-1.0", {}, NETWORKS, ["d" * 32, "not-a-cid"], {})
+
+    assert bakery.bake_requests[-1]["near_disks"] == ["d" * 32]
 
 
 def test_create_vm_answers_only_the_cid_to_api_version_1(bakery, log):

@@ -11,12 +11,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 from bakery import auth
 from bakery.errors import Unavailable
 from bakery.fleet import Fleet
 from bakery.models import Bakeform, Host, Pi, utcnow
+
+#: Roles that may not fetch an upload (only ``host`` and ``admin`` may).
+ROLES_BELOW = ("operator", "cpi", "viewer")
 
 pytestmark = pytest.mark.parametrize(
     "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
@@ -73,7 +77,7 @@ def test_an_upload_that_is_not_the_one_imported_fails_the_bake_and_leaves_nothin
     assert fleet.bakeform_copies(Bakeform.get(Bakeform.name == "raspios"))["rack-2"] == "failed"
 
 
-def test_a_copy_waits_for_a_source_host_that_is_down(fleet, raspios, rack2):
+def test_no_copy_is_made_from_a_source_host_that_is_down(fleet, raspios, rack2):
     Host.update(heartbeat_at=utcnow() - timedelta(minutes=5)).where(
         Host.name == fleet.settings.host_id
     ).execute()
@@ -84,15 +88,48 @@ def test_a_copy_waits_for_a_source_host_that_is_down(fleet, raspios, rack2):
     assert_nothing_made(rack2)
 
 
-def test_the_upload_is_given_to_a_host_token_only_and_only_by_its_source(
-    fleet, raspios, rack2, source_api
-):
+def test_a_copy_is_refused_without_a_valid_host_token(fleet, raspios, rack2):
     rack2.settings.host_token_file.write_text("bky_" + "x" * 40 + "\n")  # not a token
 
     with pytest.raises(Unavailable, match="answered 401"):
         rack2.bake("raspios", serial="00000002")
 
     assert_nothing_made(rack2)
+
+
+def test_the_upload_is_given_to_host_and_admin_tokens_only_and_only_by_its_source(
+    fleet, raspios, source_api, sd_image_file
+):
+    client = requests.Session()
+    url = f"{source_api}/api/v1/bakeforms/raspios/upload"
+    headers = {
+        role: {"Authorization": f"Bearer {auth.create_token(f'a-{role}', role=role)[1]}"}
+        for role in ("host", "admin", *ROLES_BELOW)
+    }
+
+    given = client.get(url, headers=headers["host"])
+    refused = {role: client.get(url, headers=headers[role]).status_code for role in ROLES_BELOW}
+    traversal = client.get(
+        f"{source_api}/api/v1/bakeforms/..%2Fbakes/upload", headers=headers["admin"]
+    )
+    Bakeform.update(source_host="rack-2").where(Bakeform.name == "raspios").execute()
+    elsewhere = client.get(url, headers=headers["admin"])
+
+    assert given.status_code == 200 and given.content == sd_image_file.read_bytes()
+    assert refused == dict.fromkeys(ROLES_BELOW, 403)
+    assert traversal.status_code in (404, 422)
+    assert (elsewhere.status_code, elsewhere.json()["error"]["code"]) == (404, "upload_not_here")
+
+
+def test_a_copy_host_clones_its_way_not_the_importing_host_s(fleet, raspios, rack2):
+    # the importing host's data dir is on btrfs: it snapshots, which rack-2 cannot
+    Bakeform.update(clone_method="snapshot").where(Bakeform.name == "raspios").execute()
+
+    bake = rack2.bake("raspios", serial="00000002")
+
+    assert (rack2.bake_root(bake.id) / "etc" / "hostname").is_file()
+    cloned = [e for e in rack2.timeline("00000002") if e.message == "root cloned"]
+    assert cloned[-1].data["method"] != "snapshot"
 
 
 def assert_nothing_made(host: Fleet) -> None:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, g, request
 
-from .. import auth
+from .. import auth, identifiers
 from ..fleet import Actor, acting_as
 from .blueprint import route_handler
 from .errors import error_response
@@ -33,7 +33,9 @@ FLEET_READ = ("admin", "operator", "viewer")
 #: What the BOSH CPI calls: bakeforms (stemcells), bakes (VMs), disks, snapshots.
 WORK = ("admin", "operator", "cpi")
 WORK_READ = ("admin", "operator", "cpi", "viewer")
-ANY_ROLE = ("admin", "operator", "cpi", "viewer")
+ANY_ROLE = identifiers.ROLES
+#: What another Bakery host sharing the database fetches from this one (its host token).
+HOSTS = ("admin", "host")
 
 ROLES_ATTRIBUTE = "_bakery_roles"
 

@@ -8,7 +8,7 @@ from flask import Response, request, send_file
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from .auth import ADMIN, WORK, WORK_READ, allow
+from .auth import HOSTS, WORK, WORK_READ, allow
 from .blueprint import Blueprint, body_limit
 from .current import current_fleet
 
@@ -90,7 +90,7 @@ class BakeformResource(MethodView):
 
 @blp.route("/<name>/upload")
 class BakeformUpload(MethodView):
-    @allow(ADMIN)
+    @allow(HOSTS)
     @blp.response(200, description="the upload, as it was received")
     def get(self, name: str) -> Response:
         """The bakeform's upload as received, from the host that imported it: what the

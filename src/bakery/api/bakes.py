@@ -58,6 +58,11 @@ class BakeRequestSchema(Schema):
     agent_settings = JsonObject(AGENT_SETTINGS_LIMIT, load_default=None)
     metadata = JsonObject(METADATA_LIMIT, load_default=None)
     disk_ids = fields.List(ObjectId(), load_default=list)
+    near_disks = fields.List(
+        ObjectId(),
+        load_default=list,
+        metadata={"description": "disks the bake will be given: made on their host if it can"},
+    )
     boot_protocol = BootProtocol(
         "tftp, or http for a signed boot.img; default the Pi's", load_default=None
     )

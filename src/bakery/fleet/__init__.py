@@ -32,6 +32,7 @@ from ..models import (
     Pi,
     PiState,
     Snapshot,
+    shared_database,
     utcnow,
 )
 from ..power import PowerController, PowerResult
@@ -55,7 +56,7 @@ from .context import FleetContext
 from .events import BOOT_PHASES
 from .gauges import FleetGauges
 from .hosts import HEARTBEAT_SECONDS, HostStatus
-from .jobs import JobRunners, shared_database
+from .jobs import JobRunners
 from .netboot import FleetBootSource
 from .power import operator_power, restore_power
 

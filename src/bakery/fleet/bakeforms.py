@@ -12,12 +12,21 @@ from typing import IO, cast
 
 from .. import fsutil, identifiers, images, metrics, roots
 from ..errors import Conflict, Forbidden, InvalidInput, TooLarge
-from ..models import Bake, Bakeform, BakeformCopy, Pi, database, utcnow, write_transaction
+from ..models import (
+    Bake,
+    Bakeform,
+    BakeformCopy,
+    Pi,
+    database,
+    shared_database,
+    utcnow,
+    write_transaction,
+)
 from . import events
 from .actors import new_owner, owner_scope
 from .context import FleetContext
 from .hosts import down_hosts
-from .jobs import send, shared_database
+from .jobs import send
 from .queries import get_bakeform
 from .states import LIVE_BAKE_STATES
 
@@ -124,6 +133,8 @@ def _kept(stream: IO[bytes], keep: Path | None) -> Iterator[IO[bytes]]:
         return
     with keep.open("wb") as copy:
         yield cast(IO[bytes], _Tee(stream, copy))
+        copy.flush()
+        os.fsync(copy.fileno())  # the other hosts check it against the sha256 recorded
 
 
 class _Tee(io.RawIOBase):
@@ -172,7 +183,7 @@ def _install(
         else:
             Bakeform.create(name=name, owner=new_owner(), **fields)
         bakeform = Bakeform.get(Bakeform.name == name)
-        record_copy(ctx, bakeform, "ready")
+        record_copy(ctx, bakeform, "ready", clone_method=clone_method)
     roots.delete_tree(trash)
     events.record(None, "bakeform", f"bakeform {name} imported", sha256=imported.sha256)
     return bakeform
@@ -189,12 +200,19 @@ def swap_in(ctx: FleetContext, name: str, staging: Path) -> Path:
     return trash
 
 
-def record_copy(ctx: FleetContext, bakeform: Bakeform, state: str, error: str = "") -> None:
-    """Say what this host's copy of ``bakeform`` is now (``ready``: of its current upload)."""
+def record_copy(
+    ctx: FleetContext, bakeform: Bakeform, state: str, *, error: str = "", clone_method: str = ""
+) -> None:
+    """Say what this host's copy of ``bakeform`` is now (``ready``: of its current upload,
+    cloned with ``clone_method``, what this host's data dir allows)."""
     fields = dict(sha256=bakeform.sha256, state=state, error=error[:2000], updated_at=utcnow())
-    mine = (BakeformCopy.bakeform == bakeform.id) & (BakeformCopy.host == ctx.settings.host_id)
-    if not BakeformCopy.update(**fields).where(mine).execute():
-        BakeformCopy.create(bakeform=bakeform.id, host=ctx.settings.host_id, **fields)
+    if clone_method:
+        fields["clone_method"] = clone_method
+    row = dict(bakeform=bakeform.id, host=ctx.settings.host_id, **fields)
+    upsert = BakeformCopy.insert(**row).on_conflict(
+        conflict_target=[BakeformCopy.bakeform, BakeformCopy.host], update=fields
+    )
+    upsert.execute()
 
 
 def delete_bakeform(ctx: FleetContext, name: str) -> None:

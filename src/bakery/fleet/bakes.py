@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from .. import exports, fsutil, identifiers, metrics, roots, stemcell
 from ..errors import Conflict, InvalidInput, NotFound, PowerFailed, StorageFailed
@@ -27,7 +27,7 @@ from .bakefiles import (
     write_bake_files,
 )
 from .context import FleetContext
-from .copies import ensure_copy
+from .copies import clone_method, ensure_copy
 from .disks import attach, release_disks
 from .exports import publish_exports
 from .pis import check_boot_protocol
@@ -49,14 +49,16 @@ def bake(
     agent_settings: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     disk_ids: Sequence[str] = (),
+    near_disks: Sequence[str] = (),
     power_on: bool = True,
     user_data: str | None = None,
     boot_protocol: str | None = None,
 ) -> Bake:
     """Put a bakeform on a free Pi and power it on; undo everything on failure.
 
-    ``disk_ids`` are detached disks to attach before the Pi powers on (a BOSH ephemeral
-    disk made beforehand, so its id can go into the agent settings). With
+    ``disk_ids`` are detached disks to attach before the Pi powers on. ``near_disks`` are
+    disks it will be given later (BOSH's persistent disk of a recreated VM): a placement
+    hint ``fleet.forwarding`` reads to choose the host, where only they can be attached. With
     ``power_on=False`` the bake is complete but the Pi stays off until ``power_bake``: a
     client can first write settings that name the bake or the Pi. ``user_data`` (cloud-init)
     goes into the root's seed and nowhere else: it may hold secrets. ``boot_protocol``
@@ -119,10 +121,10 @@ def _prepare(
     root.parent.mkdir(parents=True, exist_ok=True)
     source = ctx.bakeform_dir(bakeform.name)
     with ctx.lock("bakeforms", shared=True):  # root and boot of one import
-        # the column only ever holds what roots.create_base chose (or the default "copy")
-        roots.clone_root(source / "root", root, cast(roots.CloneMethod, bakeform.clone_method))
+        method = clone_method(ctx, bakeform)
+        roots.clone_root(source / "root", root, method)
         roots.clone_boot(source / "boot", ctx.bake_boot(bake.id))
-    _step(bake, "cloned", "root cloned", method=bakeform.clone_method)
+    _step(bake, "cloned", "root cloned", method=method)
     roots.season_root(root, hostname=bake.hostname, resolv_conf=ctx.settings.resolv_conf)
     stemcell.install_disk_agent(root, ctx.settings.disks_list_path)
     stemcell.install_boot_report(root, ctx.settings.api_url_for_pis, ctx.settings.bake_secret_path)

@@ -20,11 +20,10 @@ import requests
 
 from .. import fsutil, roots
 from ..errors import BakeryError, NotFound, Unavailable
-from ..models import Bakeform, BakeformCopy, Host
+from ..models import Bakeform, BakeformCopy, Host, shared_database
 from .bakeforms import UPLOAD_NAME, extract, record_copy, staged, swap_in
 from .context import FleetContext
 from .hosts import down_hosts, host_token
-from .jobs import shared_database
 from .queries import get_bakeform
 
 log = logging.getLogger(__name__)
@@ -48,6 +47,17 @@ def ensure_copy(ctx: FleetContext, bakeform: Bakeform) -> None:
             _make_copy(ctx, bakeform)
 
 
+def clone_method(ctx: FleetContext, bakeform: Bakeform) -> roots.CloneMethod:
+    """How this host clones roots from its copy of ``bakeform``: what its own data dir
+    allowed when the copy was made (a snapshot on btrfs, a reflink on xfs, else a copy),
+    not what the importing host's did."""
+    copy = BakeformCopy.get_or_none(
+        BakeformCopy.bakeform == bakeform.id, BakeformCopy.host == ctx.settings.host_id
+    )
+    # the columns only ever hold what roots.create_base chose (or the default "copy")
+    return cast(roots.CloneMethod, copy.clone_method if copy else bakeform.clone_method)
+
+
 def copy_bakeform(ctx: FleetContext, name: str) -> None:
     """A ``copy_bakeform`` job: make this host's copy now, not at its first bake."""
     ensure_copy(ctx, get_bakeform(name))
@@ -67,7 +77,7 @@ def _make_copy(ctx: FleetContext, bakeform: Bakeform) -> None:
     record_copy(ctx, bakeform, "copying")
     try:
         with staged(ctx) as staging, _fetch(ctx, bakeform) as upload:
-            imported, _ = extract(ctx, cast(IO[bytes], upload.raw), staging)
+            imported, clone_method = extract(ctx, cast(IO[bytes], upload.raw), staging)
             if imported.sha256 != bakeform.sha256:
                 raise CopyFailed(
                     f"the upload host {bakeform.source_host} sent for bakeform {bakeform.name} "
@@ -76,12 +86,12 @@ def _make_copy(ctx: FleetContext, bakeform: Bakeform) -> None:
             with ctx.lock("bakeforms"):
                 trash = swap_in(ctx, bakeform.name, staging)
     except (BakeryError, OSError, requests.RequestException) as exc:
-        record_copy(ctx, bakeform, "failed", str(exc))
+        record_copy(ctx, bakeform, "failed", error=str(exc))
         if isinstance(exc, BakeryError):
             raise
         raise CopyFailed(f"could not copy bakeform {bakeform.name}: {exc}") from None
     roots.delete_tree(trash)
-    record_copy(ctx, bakeform, "ready")
+    record_copy(ctx, bakeform, "ready", clone_method=clone_method)
 
 
 def _fetch(ctx: FleetContext, bakeform: Bakeform) -> requests.Response:
@@ -90,7 +100,7 @@ def _fetch(ctx: FleetContext, bakeform: Bakeform) -> requests.Response:
     if source is None or source.name in down_hosts():
         raise CopyFailed(
             f"bakeform {bakeform.name} is on host {bakeform.source_host!r}, which is down: "
-            "bakes of it on this host wait for it to return"
+            "this host can bake it once that host is back"
         )
     answer = requests.get(
         f"{source.url}/api/v1/bakeforms/{bakeform.name}/{UPLOAD_NAME}",
@@ -100,10 +110,11 @@ def _fetch(ctx: FleetContext, bakeform: Bakeform) -> requests.Response:
         verify=ctx.settings.host_ca_file or True,
     )
     if answer.status_code != 200:
+        said = answer.raw.read(200).decode(errors="replace")  # no more: a source may lie
         answer.close()
         raise CopyFailed(
             f"host {source.name} answered {answer.status_code} for bakeform "
-            f"{bakeform.name}'s upload: {answer.text[:200]}"
+            f"{bakeform.name}'s upload: {said}"
         )
     answer.raw.decode_content = True
     return answer

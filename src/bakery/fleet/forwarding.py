@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import NoPiAvailable, NotFound
-from ..models import Bake, Disk, Job, Pi, PiState, Snapshot
+from ..models import Bake, Disk, Job, Pi, PiState, Snapshot, shared_database
 from ..power import PowerResult
 from . import bakes, copies, disks, jobs, power
 from .context import FleetContext
@@ -52,7 +52,7 @@ class Work:
 
 def call(ctx: FleetContext, run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``run(ctx, *args, **kwargs)`` on the host that owns what it touches."""
-    if not jobs.shared_database():
+    if not shared_database():
         return run(ctx, *args, **kwargs)
     work = WORK[run.__name__]
     arguments = inspect.signature(run).bind(ctx, *args, **kwargs).arguments
@@ -61,7 +61,7 @@ def call(ctx: FleetContext, run: Callable[..., Any], *args: Any, **kwargs: Any) 
     for host in hosts[:-1]:
         try:
             return _call_on(ctx, host, work, arguments)
-        except NoPiAvailable:  # taken meanwhile: the next host may have one
+        except (NoPiAvailable, jobs.NotTaken):  # nothing done there: the next may do it
             continue
     return _call_on(ctx, hosts[-1], work, arguments)
 
@@ -70,7 +70,7 @@ def _call_on(ctx: FleetContext, host: str, work: Work, arguments: dict[str, Any]
     if host == ctx.settings.host_id:
         return work.run(ctx, **arguments)
     if not is_live(get_host(host)):
-        raise jobs.HostDown(f"host {host!r} is down: what it holds waits for it to return")
+        raise jobs.NotTaken(f"host {host!r} is down: what it holds waits for it to return")
     return work.result.decode(jobs.ask(host, work.run.__name__, arguments))
 
 
@@ -93,13 +93,24 @@ def _bake_hosts(
     bakeform_name: str,
     serial: str | None = None,
     disk_ids: tuple[str, ...] | list[str] = (),
+    near_disks: tuple[str, ...] | list[str] = (),
     **_: Any,
 ) -> list[str]:
     if serial:
         return _own(ctx, get_pi(serial).host)
     if disk_ids:  # the disks are attached where they are
         return _own(ctx, get_disk(disk_ids[0]).host)
-    return hosts_with_free_pis(ctx)
+    ranked = hosts_with_free_pis(ctx)
+    wanted = [host for host in _hosts_of_disks(ctx, near_disks) if host in ranked]
+    return [*wanted, *(host for host in ranked if host not in wanted)]
+
+
+def _hosts_of_disks(ctx: FleetContext, disk_ids: tuple[str, ...] | list[str]) -> list[str]:
+    """The hosts holding these disks (those that exist), in order: a VM that will be given
+    a persistent disk is best made where the disk is."""
+    found = Disk.select(Disk.id, Disk.host).where(Disk.id.in_(list(disk_ids)))
+    hosts = {disk.id: disk.host or ctx.settings.host_id for disk in found}
+    return list(dict.fromkeys(hosts[d] for d in disk_ids if d in hosts))
 
 
 def hosts_with_free_pis(ctx: FleetContext) -> list[str]:

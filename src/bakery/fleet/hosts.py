@@ -21,7 +21,7 @@ from pathlib import Path
 import peewee as pw
 
 from ..errors import Conflict, NotFound
-from ..models import Host, Pi, utcnow, write_transaction
+from ..models import Host, Pi, shared_database, utcnow, write_transaction
 from .context import FleetContext
 from .queries import count_by
 
@@ -142,9 +142,12 @@ def check_ours(ctx: FleetContext, pi: Pi, doing: str) -> None:
 def export_on(ctx: FleetContext, host: str | None, path: Path) -> str:
     """The NFS export of ``path`` (in this host's data dir) as its Pi mounts it from
     ``host``'s NFS server and data dir (this host's for None)."""
-    if host in (None, ctx.settings.host_id):
-        return f"{ctx.settings.nfs_server}:{path}"
-    row = get_host(host)
+    here = f"{ctx.settings.nfs_server}:{path}"
+    if host in (None, ctx.settings.host_id) or not shared_database():  # SQLite: one host
+        return here
+    row = Host.get_or_none(Host.name == host)
+    if row is None:
+        return here
     return f"{row.nfs_server}:{Path(row.data_dir) / path.relative_to(ctx.settings.root)}"
 
 

@@ -9,10 +9,12 @@ work for the asker's token, and write the result or the error back. ``NOTIFY`` w
 runners when a job is written and the waiter when it ends: no polling delay. A lost
 notification (a dropped connection) costs at most ``RECHECK_SECONDS``.
 
-The asker waits until the job ends, as long as the owning host is alive: a job not
-started within ``PICKUP_SECONDS`` (the host is down or stuck) is cancelled and the
-request fails with ``host_down``; one whose host dies while running it fails the same
-way, and the host's recovery undoes what it left when it comes back. SQLite is one host's
+The asker waits as long as the work is alive. A pending job is cancelled (``NotTaken``:
+nothing was done, another host may be asked) when its host is down, or when no runner of
+it took the job within ``QUEUE_SECONDS``. A running job holds a lease its runner's
+process renews; when the lease runs out (the worker died, the host was killed), the
+asker is answered ``host_down`` and the host's recovery undoes what the job left. Every
+time is the database's clock, so hosts whose clocks differ agree. SQLite is one host's
 database: there, nothing goes through jobs.
 """
 
@@ -24,35 +26,45 @@ import select
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from datetime import timedelta
 from typing import Any
 
 import peewee as pw
 
-from ..errors import BakeryError, Unavailable
+from ..errors import BakeryError, Unavailable, error_class
 from ..models import Job, database, utcnow
 from .actors import Actor, acting_as, current_actor
 from .context import FleetContext
-from .hosts import LIVE_SECONDS, get_host, is_live
+from .hosts import get_host, is_live
 
 log = logging.getLogger(__name__)
 
-#: Seconds a pending job waits for its host to take it: a live host takes it at once.
-PICKUP_SECONDS = LIVE_SECONDS
+#: Seconds a pending job may wait for a runner of its (live, busy) host.
+QUEUE_SECONDS = 300
+#: Seconds a running job's lease lasts; its runner's process renews it every third of that.
+LEASE_SECONDS = 30
 #: Seconds between two looks at the database when no notification came.
 RECHECK_SECONDS = 5.0
+#: Hours an ended job is kept (to read what became of a request) before it is deleted.
+KEEP_ENDED_HOURS = 24
 NEW_JOB_CHANNEL = "bakery_job_new"
 JOB_DONE_CHANNEL = "bakery_job_done"
 ENDED = ("done", "failed", "cancelled")
+#: The database's clock, in UTC as every stored time is.
+NOW = pw.SQL("(now() at time zone 'utc')")
 
 
-def shared_database() -> bool:
-    """Whether several hosts may share this database (PostgreSQL): only then do jobs run."""
-    return isinstance(database.obj, pw.PostgresqlDatabase)
+def _later(seconds: float) -> pw.SQL:
+    return pw.SQL(f"(now() at time zone 'utc') + interval '{int(seconds)} seconds'")
 
 
 class HostDown(Unavailable):
+    """The host that owns the work is not doing it: down, or died doing it."""
+
     code = "host_down"
+
+
+class NotTaken(HostDown):
+    """The job was cancelled before any of it was done: another host may be asked."""
 
 
 # -- the asking side ------------------------------------------------------------------------
@@ -60,13 +72,13 @@ class HostDown(Unavailable):
 
 def ask(host: str, kind: str, args: dict[str, Any]) -> Any:
     """Have ``host`` run ``kind`` with ``args`` for the current actor; its result (JSON) or
-    its error, raised here as the owning host raised it."""
+    its error, raised here as the owning host raised it (same class, code and message)."""
     hub = JobHub.shared()
     ended = _wait(hub, send(host, kind, args))
     if ended.state == "done":
         return ended.result
     if ended.state == "cancelled":
-        raise HostDown(f"host {host!r} did not take the {kind} within {PICKUP_SECONDS:.0f} s")
+        raise NotTaken(f"host {host!r} did not take the {kind}: it is down or too busy")
     raise remote_error(ended.error or {})
 
 
@@ -79,7 +91,7 @@ def send(host: str, kind: str, args: dict[str, Any]) -> Job:
             kind=kind,
             args=args,
             actor=asdict(actor) if actor else None,
-            start_by=utcnow() + timedelta(seconds=PICKUP_SECONDS),
+            start_by=_later(QUEUE_SECONDS),
         )
         _notify(NEW_JOB_CHANNEL, host)
     return job
@@ -91,10 +103,9 @@ def _wait(hub: JobHub, job: Job) -> Job:
             job = Job.get_by_id(job.id)
             if job.state in ENDED:
                 return job
-            if job.state == "pending" and utcnow() > job.start_by:
-                _cancel(Job.id == job.id)
+            if job.state == "pending" and _cancel_if_overdue(job):
                 continue
-            if job.state == "running" and not is_live(get_host(job.host)):
+            if _lease_lost(job):
                 raise HostDown(
                     f"host {job.host!r} stopped during the {job.kind}; "
                     "its recovery undoes what it left when it starts again"
@@ -103,34 +114,48 @@ def _wait(hub: JobHub, job: Job) -> Job:
             ended.clear()
 
 
-def _cancel(*which: pw.Expression) -> None:
-    """Cancel the pending jobs ``which`` selects (a running one finishes)."""
-    Job.update(state="cancelled", args={}, finished_at=utcnow()).where(
-        Job.state == "pending", *which
-    ).execute()
+def _cancel_if_overdue(job: Job) -> bool:
+    """Cancel a pending job whose host is down, or that waited ``QUEUE_SECONDS``."""
+    this = Job.id == job.id
+    if is_live(get_host(job.host)):
+        return _cancel(this, Job.start_by < NOW) > 0
+    return _cancel(this) > 0
 
 
-#: Hours an ended job is kept (to read what became of a request) before it is deleted.
-KEEP_ENDED_HOURS = 24
+def _lease_lost(job: Job) -> bool:
+    """Whether ``job`` runs with a lease nobody renews any more."""
+    if job.state != "running":
+        return False
+    lost = Job.select().where(Job.id == job.id, Job.state == "running", Job.lease_until < NOW)
+    return bool(lost.exists())
+
+
+def _cancel(*which: pw.Expression) -> int:
+    """Cancel the pending jobs ``which`` selects (a running one finishes); their arguments
+    (user-data, maybe) go with them. How many were cancelled."""
+    cancelled = Job.update(state="cancelled", args={}, finished_at=utcnow())
+    return int(cancelled.where(Job.state == "pending", *which).execute())
 
 
 def forget_ended(ctx: FleetContext) -> int:
-    """Delete this host's jobs that ended more than ``KEEP_ENDED_HOURS`` ago."""
-    ended_before = utcnow() - timedelta(hours=KEEP_ENDED_HOURS)
-    return int(
-        Job.delete()
-        .where(
-            Job.host == ctx.settings.host_id, Job.state.in_(ENDED), Job.finished_at < ended_before
-        )
-        .execute()
-    )
+    """Cancel every host's jobs nobody took in time (their askers are gone), and delete
+    this host's jobs that ended more than ``KEEP_ENDED_HOURS`` ago."""
+    _cancel(Job.start_by < NOW)
+    ended_before = pw.SQL(f"(now() at time zone 'utc') - interval '{KEEP_ENDED_HOURS} hours'")
+    mine_ended = (Job.host == ctx.settings.host_id) & Job.state.in_(ENDED)
+    return int(Job.delete().where(mine_ended, Job.finished_at < ended_before).execute())
 
 
 def remote_error(error: dict[str, Any]) -> BakeryError:
-    """The error a job ended with, as the API answers it: same status, code and message."""
-    raised = BakeryError(error.get("message", "the owning host failed"), code=error.get("code"))
+    """The error a job ended with, as the owning host raised it: its class (so a caller
+    can tell "no Pi free there" from any other failure), status, code and message."""
+    code = str(error.get("code", "internal_error"))
+    raised = error_class(code)(
+        str(error.get("message", "the owning host failed")),
+        code=code,
+        details=error.get("details"),
+    )
     raised.status = int(error.get("status", 500))
-    raised.details = error.get("details")
     return raised
 
 
@@ -138,10 +163,10 @@ def remote_error(error: dict[str, Any]) -> BakeryError:
 
 
 def take(ctx: FleetContext) -> Job | None:
-    """The oldest pending job for this host, now ``running``; None when there is none.
-    Jobs whose asker has given up are cancelled on the way."""
+    """The oldest pending job for this host, now ``running`` under a lease; None when
+    there is none. Jobs whose asker has given up are cancelled on the way."""
     me = ctx.settings.host_id
-    _cancel(Job.host == me, Job.start_by < utcnow())
+    _cancel(Job.host == me, Job.start_by < NOW)
     with database.atomic():
         query = Job.select().where(Job.host == me, Job.state == "pending").order_by(Job.id)
         # peewee takes the locking clause as written; its stubs only know True
@@ -149,25 +174,38 @@ def take(ctx: FleetContext) -> Job | None:
         job: Job | None = locked.limit(1).first()
         if job is None:
             return None
-        Job.update(state="running").where(Job.id == job.id).execute()
+        running = dict(state="running", lease_until=_later(LEASE_SECONDS))
+        Job.update(**running).where(Job.id == job.id).execute()
     return job
 
 
 def run(job: Job, work: Callable[[dict[str, Any]], Any]) -> None:
     """Do ``job`` for its asker and write how it ended (its arguments are dropped then:
-    they may hold a bake's user-data, which belongs in the root only)."""
-    actor = Actor(**job.actor) if job.actor else None
-    ended: dict[str, Any]
+    they may hold a bake's user-data, which belongs in the root only). Whatever goes
+    wrong, the job ends: an asker never waits on a job nobody runs."""
+    ended = _outcome(job, work)
     try:
-        with acting_as(actor):
-            ended = {"state": "done", "result": work(job.args)}
+        _end(job, ended)
+    except Exception:  # the result would not store (not JSON?): the asker is told so
+        log.exception("job %d (%s): could not store its outcome", job.id, job.kind)
+        message = f"the {job.kind} on host {job.host} ended, but its answer could not be stored"
+        _end(job, {"state": "failed", "error": _error_of(500, "internal_error", message)})
+
+
+def _outcome(job: Job, work: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+    try:
+        with acting_as(Actor(**job.actor) if job.actor else None):
+            return {"state": "done", "result": work(job.args)}
     except BakeryError as exc:
-        ended = {"state": "failed", "error": _error_of(exc.status, exc.code, exc.message)}
-        ended["error"]["details"] = exc.details
+        error = _error_of(exc.status, exc.code, exc.message)
+        return {"state": "failed", "error": {**error, "details": exc.details}}
     except Exception as exc:
         log.exception("job %d (%s) failed", job.id, job.kind)
         message = f"the {job.kind} failed on host {job.host}: {type(exc).__name__}"
-        ended = {"state": "failed", "error": _error_of(500, "internal_error", message)}
+        return {"state": "failed", "error": _error_of(500, "internal_error", message)}
+
+
+def _end(job: Job, ended: dict[str, Any]) -> None:
     with database.atomic():
         Job.update(**ended, args={}, finished_at=utcnow()).where(Job.id == job.id).execute()
         _notify(JOB_DONE_CHANNEL, str(job.id))
@@ -194,7 +232,7 @@ def recover_jobs(ctx: FleetContext) -> int:
 
 class JobRunners:
     """``count`` threads of one process doing this host's jobs with ``work`` until
-    ``stop()``."""
+    ``stop()``, and one renewing the leases of the jobs they run."""
 
     def __init__(
         self, ctx: FleetContext, work: Callable[[FleetContext, Job], None], count: int
@@ -203,18 +241,19 @@ class JobRunners:
         self.work = work
         self.count = count
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         hub = JobHub.shared()
         for number in range(self.count):
-            thread = threading.Thread(
-                target=self._serve, args=(hub,), name=f"job-runner-{number}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            name = f"job-runner-{number}"
+            threading.Thread(target=self._serve, args=(hub,), name=name, daemon=True).start()
+        threading.Thread(target=self._renew_leases, name="job-leases", daemon=True).start()
 
     def stop(self) -> None:
+        """No new job is taken; one running ends with the process (a graceful stop of a
+        worker waits for it), and its lease, no longer renewed, tells its asker."""
         self._stopping.set()
         JobHub.shared().new_job.set()
 
@@ -224,12 +263,34 @@ class JobRunners:
                 with database.connection_context():
                     job = take(self.ctx)
                     if job is not None:
-                        self.work(self.ctx, job)
+                        self._do(job)
                         continue
             except Exception:  # the database away for a while: try again
                 log.exception("job runner")
             hub.new_job.wait(RECHECK_SECONDS)
             hub.new_job.clear()
+
+    def _do(self, job: Job) -> None:
+        with self._lock:
+            self._running.add(job.id)
+        try:
+            self.work(self.ctx, job)
+        finally:
+            with self._lock:
+                self._running.discard(job.id)
+
+    def _renew_leases(self) -> None:
+        while not self._stopping.wait(LEASE_SECONDS / 3):
+            with self._lock:
+                running = list(self._running)
+            if not running:
+                continue
+            try:
+                with database.connection_context():
+                    renewed = Job.update(lease_until=_later(LEASE_SECONDS))
+                    renewed.where(Job.id.in_(running), Job.state == "running").execute()
+            except Exception:  # the database away for a while: the next round renews
+                log.exception("job leases")
 
 
 # -- notifications ----------------------------------------------------------------------------
