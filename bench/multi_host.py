@@ -13,9 +13,9 @@ allocation in the shared database, the root clone, seasoning and the exports.
 A round sends ``hosts x --pis-per-host`` bake requests without a serial, round-robin over
 the hosts' APIs, ``--clients`` per host in flight, and is timed until all are answered
 (every one must be 201); then every bake is unbaked untimed, each through another host's
-API than the one that baked it (the baking host when that one answers 409
-``bake_on_other_host``). An untimed warm-up round first puts the bakeform copies in place.
-Prints the median of ``--rounds`` per host count and its ratio to one host.
+API than the one that baked it (which hands the unbake to the bake's host). An untimed
+warm-up round first puts the bakeform copies in place. Prints the median of ``--rounds``
+per host count and its ratio to one host.
 
 Fairness: all hosts run on this one machine and share its cores and its disk (and the
 database server runs there too), so n hosts get no more hardware than one. The ratio
@@ -75,10 +75,16 @@ class Host:
 
 @dataclass
 class Baked:
-    """A bake and the host whose API answered it."""
+    """A bake, the host whose API answered it and the host that made it (another one when
+    the answering host had no free Pi and handed the bake on)."""
 
     host: Host
     bake_id: str
+    made_by: str
+
+    @property
+    def handed_on(self) -> bool:
+        return self.made_by != self.host.name
 
 
 @dataclass
@@ -87,7 +93,7 @@ class Result:
     bakes: int
     seconds: float
     runs: list[float]
-    fallbacks: int
+    handed_on: int
 
     @property
     def rate(self) -> float:
@@ -95,11 +101,12 @@ class Result:
 
 
 def start_host(
-    stack: ExitStack, base: Path, index: int, database_url: str, pis: int, clients: int
+    stack: ExitStack, base: Path, index: int, database_url: str, pis: int, connections: int
 ) -> Host:
     """Host ``rack-<index + 1>``, stopped with ``stack``. The first host of a database
     makes the admin token; later ones are handed its file before they start (the token
-    is in the database, the file only in the first host's data dir)."""
+    is in the database, the file only in the first host's data dir). ``connections``: the
+    most requests the bench may have in flight to it."""
     name = f"rack-{index + 1}"
     root = base / name / "data"
     options = SiteOptions(
@@ -117,7 +124,7 @@ def start_host(
     site = stack.enter_context(SimulatedSite(options))
     assert site.server is not None  # the site started it
     session = site.server.session()
-    session.mount("http://", HTTPAdapter(pool_maxsize=clients))
+    session.mount("http://", HTTPAdapter(pool_maxsize=connections))
     host = Host(name, site, session, site.server.url)
     readdress(host, index)
     return host
@@ -145,7 +152,7 @@ def start_hosts(
     stack: ExitStack, base: Path, count: int, database_url: str, args: argparse.Namespace
 ) -> list[Host]:
     hosts = [
-        start_host(stack, base, i, database_url, args.pis_per_host, args.clients)
+        start_host(stack, base, i, database_url, args.pis_per_host, args.clients * count)
         for i in range(count)
     ]
     for host in hosts:  # the bakeform is shared in the database
@@ -163,33 +170,22 @@ def bake_all(hosts: Sequence[Host], pool: ThreadPoolExecutor, per_host: int) -> 
                 f"bake {number} of {len(answers)} through {host.name} answered "
                 f"HTTP {answer.status_code}: {answer.text.strip()}"
             )
-    return [Baked(host, answer.json()["id"]) for host, answer in answers]
+    return [Baked(host, answer.json()["id"], answer.json()["host"]) for host, answer in answers]
 
 
-def unbake_all(hosts: Sequence[Host], pool: ThreadPoolExecutor, baked: list[Baked]) -> int:
-    """Unbake each bake through the next host's API; how many had to go to their own."""
-    return sum(pool.map(lambda bake: unbake_elsewhere(hosts, bake), baked))
+def unbake_all(hosts: Sequence[Host], pool: ThreadPoolExecutor, baked: list[Baked]) -> None:
+    """Unbake each bake through the API of the host after the one asked to bake it."""
+    list(pool.map(lambda bake: unbake_elsewhere(hosts, bake), baked))
 
 
-def unbake_elsewhere(hosts: Sequence[Host], baked: Baked) -> bool:
-    """Unbake through the host after the baking one; whether it fell back to the latter."""
+def unbake_elsewhere(hosts: Sequence[Host], baked: Baked) -> None:
     other = hosts[(hosts.index(baked.host) + 1) % len(hosts)]
     answer = other.unbake(baked.bake_id)
-    fell_back = other is not baked.host and refused_as_other_host(answer)
-    if fell_back:
-        answer = baked.host.unbake(baked.bake_id)
     if answer.status_code != 200:
         raise SystemExit(
-            f"unbake of {baked.bake_id} (baked by {baked.host.name}) answered "
-            f"HTTP {answer.status_code}: {answer.text.strip()}"
+            f"unbake of {baked.bake_id} (baked by {baked.made_by}) through {other.name} "
+            f"answered HTTP {answer.status_code}: {answer.text.strip()}"
         )
-    return fell_back
-
-
-def refused_as_other_host(answer: requests.Response) -> bool:
-    if answer.status_code != 409:
-        return False
-    return answer.json().get("error", {}).get("code") == "bake_on_other_host"
 
 
 def timed(run: Callable[[], list[Baked]]) -> tuple[float, list[Baked]]:
@@ -201,14 +197,16 @@ def timed(run: Callable[[], list[Baked]]) -> tuple[float, list[Baked]]:
 def measure(hosts: Sequence[Host], per_host: int, clients: int, rounds: int) -> Result:
     """A warm-up round, then ``rounds`` timed ones (bakes timed, unbakes not)."""
     runs: list[float] = []
-    fallbacks = 0
+    handed_on = 0
     with ThreadPoolExecutor(clients * len(hosts)) as pool:
         for round_number in range(rounds + 1):
             seconds, baked = timed(lambda: bake_all(hosts, pool, per_host))
-            fallbacks += unbake_all(hosts, pool, baked)
+            unbake_all(hosts, pool, baked)
             if round_number:
                 runs.append(seconds)
-    return Result(len(hosts), per_host * len(hosts), statistics.median(runs), runs, fallbacks)
+                handed_on += sum(bake.handed_on for bake in baked)
+    median = statistics.median(runs)
+    return Result(len(hosts), per_host * len(hosts), median, runs, handed_on)
 
 
 def run_hosts(admin_url: str, base: Path, count: int, args: argparse.Namespace) -> Result:
@@ -225,11 +223,8 @@ def report(result: Result, one: Result) -> str:
         line += f", {result.rate / one.rate:.2f}x one host"
     spread = ", ".join(f"{t:.2f}" for t in result.runs)
     line += f" (runs {spread})"
-    if result.fallbacks:
-        line += (
-            f"; {result.fallbacks} unbakes answered 409 bake_on_other_host "
-            "and went to the baking host"
-        )
+    if result.handed_on:
+        line += f"; {result.handed_on} timed bakes made by another host than the one asked"
     return line
 
 
