@@ -9,6 +9,7 @@ import dataclasses
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +235,29 @@ def test_ended_jobs_are_kept_a_day_then_forgotten(fleet, rack2):
 
     left = {(job.host, job.state) for job in Job.select()}
     assert left == {(me, "failed"), (me, "pending"), ("rack-2", "done")}
+
+
+def test_a_pi_s_new_address_set_through_another_host_moves_its_owner_s_exports(
+    fleet, rack2, raspios, runners
+):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    bake = fleet.bake("raspios", serial="00000001")
+
+    moved = rack2.update_pi("00000001", ip="127.0.0.21", labels=["rack-a"])
+
+    assert (moved.last_ip, moved.labels) == ("127.0.0.21", ["rack-a"])
+    assert Job.get(Job.kind == "update_pi").state == "done"
+    exports = Path(fleet.settings.exports_file).read_text()
+    assert bake.id in exports and "127.0.0.21" in exports and "127.0.0.11" not in exports
+
+
+def test_a_pi_moved_to_another_host_is_changed_by_that_host_from_then_on(
+    fleet, rack2, runners
+):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+
+    assert rack2.update_pi("00000001", host="rack-2").host == "rack-2"  # rack-1's job
+    with pytest.raises(BakeryError, match="no Bakery host named 'rack-9'"):
+        rack2.update_pi("00000001", host="rack-9")  # rack-2's own now: no job
+
+    assert [job.host for job in Job.select().order_by(Job.id)] == [fleet.settings.host_id]

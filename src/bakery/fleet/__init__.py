@@ -216,7 +216,7 @@ class Fleet:
     # -- Pis and power --------------------------------------------------------------------
 
     register_pi = _InContext(pis.register_pi)
-    update_pi = _InContext(pis.update_pi)
+    update_pi = _on_owning_host(pis.update_pi)
     set_pi_state = staticmethod(pis.set_pi_state)
     delete_pi = staticmethod(pis.delete_pi)
     operator_power = _on_owning_host(operator_power)

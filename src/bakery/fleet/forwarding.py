@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import NoPiAvailable, NotFound
 from ..models import Bake, Disk, Job, Pi, PiState, Snapshot, shared_database
 from ..power import PowerResult
-from . import bakes, copies, disks, jobs, power
+from . import bakes, copies, disks, jobs, pis, power
 from .context import FleetContext
 from .hosts import down_hosts, get_host, is_live
 from .queries import count_by, get_disk, get_live_bake, get_pi, get_snapshot
@@ -38,6 +38,7 @@ class Result:
 NOTHING = Result(lambda _: None, lambda _: None)
 BAKE = Result(lambda bake: bake.id, Bake.get_by_id)
 DISK = Result(lambda disk: disk.id, Disk.get_by_id)
+PI = Result(lambda pi: pi.id, Pi.get_by_id)
 SNAPSHOT = Result(lambda snapshot: snapshot.id, Snapshot.get_by_id)
 POWER = Result(asdict, lambda answer: PowerResult(**answer))
 
@@ -55,8 +56,7 @@ def call(ctx: FleetContext, run: Callable[..., Any], *args: Any, **kwargs: Any) 
     if not shared_database():
         return run(ctx, *args, **kwargs)
     work = WORK[run.__name__]
-    arguments = inspect.signature(run).bind(ctx, *args, **kwargs).arguments
-    arguments.pop("ctx")
+    arguments = _keywords(run, ctx, *args, **kwargs)
     hosts = work.hosts(ctx, **arguments)
     for host in hosts[:-1]:
         try:
@@ -64,6 +64,19 @@ def call(ctx: FleetContext, run: Callable[..., Any], *args: Any, **kwargs: Any) 
         except (NoPiAvailable, jobs.NotTaken):  # nothing done there: the next may do it
             continue
     return _call_on(ctx, hosts[-1], work, arguments)
+
+
+def _keywords(run: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """A call's arguments (the context left out) as keywords, as a job carries them."""
+    signature = inspect.signature(run)
+    bound = signature.bind(*args, **kwargs).arguments
+    keywords: dict[str, Any] = {}
+    for name, value in list(bound.items())[1:]:
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            keywords.update(value)
+        else:
+            keywords[name] = value
+    return keywords
 
 
 def _call_on(ctx: FleetContext, host: str, work: Work, arguments: dict[str, Any]) -> Any:
@@ -167,6 +180,7 @@ WORK: dict[str, Work] = {
         Work(bakes.power_bake, _bake_host, POWER),
         Work(bakes.set_agent_settings, _bake_host, BAKE),
         Work(power.operator_power, _pi_host, POWER),
+        Work(pis.update_pi, _pi_host, PI),  # its address moves its exports
         Work(disks.create_disk, _new_disk_host, DISK),
         Work(disks.delete_disk, _disk_host),
         Work(disks.attach_disk, _disk_host, DISK),
