@@ -251,9 +251,7 @@ def test_a_pi_s_new_address_set_through_another_host_moves_its_owner_s_exports(
     assert bake.id in exports and "127.0.0.21" in exports and "127.0.0.11" not in exports
 
 
-def test_a_pi_moved_to_another_host_is_changed_by_that_host_from_then_on(
-    fleet, rack2, runners
-):
+def test_a_pi_moved_to_another_host_is_changed_by_that_host_from_then_on(fleet, rack2, runners):
     fleet.register_pi("00000001", ip="127.0.0.11")
 
     assert rack2.update_pi("00000001", host="rack-2").host == "rack-2"  # rack-1's job
