@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from bakery import models
 from tests.conftest import install_ppi
 
@@ -350,3 +352,15 @@ def test_boot_protocols_are_tftp_or_http(client, bakeform, pis):
     assert client.get(f"/api/v1/pis/{serial}").json["boot_protocol"] == "tftp"
     made = client.post("/api/v1/bakes", json={"bakeform": "raspios", "boot_protocol": "tftp"})
     assert made.json["boot_protocol"] == "tftp"
+
+
+@pytest.mark.parametrize("near_disks", [["../../etc"], "d" * 32, [{"id": "x"}], [None]])
+def test_a_malformed_placement_hint_is_refused_naming_it_and_takes_no_pi(
+    client, bakeform, pis, near_disks
+):
+    assert_error(bake(client, near_disks=near_disks), 422, "validation_error", "near_disks")
+    assert {pi["state"] for pi in client.get("/api/v1/pis").json} == {"available"}
+
+
+def test_a_hint_naming_disks_that_do_not_exist_still_bakes(client, bakeform, pis):
+    assert bake(client, near_disks=["f" * 32]).status_code == 201

@@ -118,3 +118,15 @@ def test_snapshots_need_a_reflink_filesystem(client, settings):
     assert not settings.path("snapshots").exists() or not os.listdir(settings.path("snapshots"))
     assert_error(client.get(f"/api/v1/snapshots/{NO_SUCH}"), 404, "snapshot_not_found")
     assert_error(client.delete(f"/api/v1/snapshots/{NO_SUCH}"), 404, "snapshot_not_found")
+
+
+@pytest.mark.parametrize("near", ["../bakes", 7, ["x"], "a" * 33])
+def test_a_malformed_near_is_refused_naming_it_and_makes_no_disk(client, near):
+    response = client.post("/api/v1/disks", json={"size_mib": 8, "near": near})
+    assert_error(response, 422, "validation_error", "near")
+    assert client.get("/api/v1/disks").json == []
+
+
+def test_a_disk_near_a_bake_that_is_gone_is_made_here(client):
+    made = client.post("/api/v1/disks", json={"size_mib": 8, "near": "f" * 32})
+    assert made.status_code == 201 and made.json["bake_id"] is None

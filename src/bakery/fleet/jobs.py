@@ -54,6 +54,7 @@ NOW = pw.SQL("(now() at time zone 'utc')")
 
 
 def _later(seconds: float) -> pw.SQL:
+    """The database's time ``seconds`` from now (before now, when negative)."""
     return pw.SQL(f"(now() at time zone 'utc') + interval '{int(seconds)} seconds'")
 
 
@@ -141,7 +142,7 @@ def forget_ended(ctx: FleetContext) -> int:
     """Cancel every host's jobs nobody took in time (their askers are gone), and delete
     this host's jobs that ended more than ``KEEP_ENDED_HOURS`` ago."""
     _cancel(Job.start_by < NOW)
-    ended_before = pw.SQL(f"(now() at time zone 'utc') - interval '{KEEP_ENDED_HOURS} hours'")
+    ended_before = _later(-KEEP_ENDED_HOURS * 3600)
     mine_ended = (Job.host == ctx.settings.host_id) & Job.state.in_(ENDED)
     return int(Job.delete().where(mine_ended, Job.finished_at < ended_before).execute())
 
