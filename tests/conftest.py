@@ -53,6 +53,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)}"))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test (``item.report_call``...): a fixture's teardown
+    can then tell whether its test failed, and say more about why."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test ``request`` belongs to failed (to call from a fixture's teardown)."""
+    return any(
+        getattr(getattr(request.node, f"report_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url():
     with postgres_server() as url:

@@ -5,11 +5,13 @@ It turns every failure (refused connection, bad token, API error) into one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
+from urllib3.exceptions import MaxRetryError, ProtocolError
 
 UPLOAD_CHUNK = 1024 * 1024
 
@@ -38,6 +40,17 @@ class _ProgressReader:
         return chunk
 
 
+def connection_failure(exc: requests.ConnectionError) -> str:
+    """What went wrong, in the system's words without urllib3's wrappers: a refused
+    connection and one closed before the answer are different troubles."""
+    cause = exc.args[0] if exc.args else exc
+    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+        cause = cause.reason
+    if isinstance(cause, ProtocolError) and len(cause.args) == 2:
+        return f"{str(cause.args[0]).rstrip('.')}: {cause.args[1]}"
+    return re.sub(r"^<[^>]*>: ", "", str(cause))
+
+
 class ApiClient:
     def __init__(self, url: str, token: str | None, timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
@@ -53,8 +66,10 @@ class ApiClient:
             response = self.session.request(
                 method, f"{self.url}/api/v1{path}", headers=headers, timeout=self.timeout, **kwargs
             )
-        except requests.ConnectionError:
-            raise ApiError(f"cannot reach Bakery at {self.url} (is it running?)") from None
+        except requests.ConnectionError as exc:
+            raise ApiError(
+                f"cannot reach Bakery at {self.url} (is it running?): {connection_failure(exc)}"
+            ) from None
         except requests.Timeout:
             raise ApiError(f"Bakery at {self.url} did not answer in {self.timeout:.0f} s") from None
         if response.status_code == 204:

@@ -24,7 +24,7 @@ from bakery.datadir import claim_data_dir
 from bakery.sim.network import NETNS_TOOLS
 from bakery.sim.runner import FIRST_SERIAL, SimulatedSite, SiteOptions
 from bakery.sim.wait import wait_until
-from tests.conftest import install_gated_ppi
+from tests.conftest import failed, install_gated_ppi
 from tests.support.postgres import create_database
 
 pytestmark = [
@@ -92,6 +92,16 @@ def racks(tmp_path_factory, pg_admin_url) -> Iterator[list[Rack]]:
                 os.chmod(options.root / "admin-token", 0o600)
             racks.append(Rack(stack.enter_context(SimulatedSite(options)), name))
         yield racks
+
+
+@pytest.fixture(autouse=True)
+def server_logs_on_failure(request, racks) -> Iterator[None]:
+    """A failed test shows what each host's server logged last (its output is captured)."""
+    yield
+    if failed(request):
+        for rack in racks:
+            tail = rack.site.server.log_file.read_text(errors="replace").splitlines()[-80:]
+            print(f"--- {rack.name}: the end of {rack.site.server.log_file}", *tail, sep="\n")
 
 
 def cli(rack: Rack, *args: str) -> str:
