@@ -7,7 +7,6 @@ What the tarball holds is compared with the job and package specs."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from tests.support import bosh_tools
 
 from .bosh import (
     BARE_PATH,
@@ -27,12 +28,8 @@ from .bosh import (
     release_blobs,
 )
 
-BOSH = os.environ.get("BOSH_CLI") or shutil.which("bosh")
-pytestmark = [
-    pytest.mark.slow,
-    needs_ruby,
-    pytest.mark.skipif(not BOSH, reason="needs the bosh CLI (set BOSH_CLI)"),
-]
+BOSH = bosh_tools.CLI
+pytestmark = [pytest.mark.slow, needs_ruby, bosh_tools.needs("cli")]
 
 
 def clean_export(destination: Path) -> Path:

@@ -8,8 +8,6 @@ cpi-config and cloud-config interpolate and name each other's CPIs and AZs."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,24 +17,13 @@ import yaml
 
 from bakery_cpi import agent_settings
 from bakery_cpi.config import load_config
+from tests.support import bosh_tools
 
 from .bosh import RELEASE, job_spec, needs_ruby, render_job
 
-BOSH = os.environ.get("BOSH_CLI") or shutil.which("bosh")
-#: The real bosh-deployment: beside the real CLI in ../shared/bosh, or BOSH_DEPLOYMENT.
-DEPLOYMENT = Path(
-    os.environ.get("BOSH_DEPLOYMENT")
-    or (Path(BOSH).parent / "bosh-deployment" if BOSH else Path("/nonexistent"))
-)
-
-pytestmark = [
-    needs_ruby,
-    pytest.mark.skipif(not BOSH, reason="needs the bosh CLI (set BOSH_CLI)"),
-    pytest.mark.skipif(
-        not (DEPLOYMENT / "bosh.yml").is_file(),
-        reason="needs cloudfoundry/bosh-deployment (set BOSH_DEPLOYMENT)",
-    ),
-]
+BOSH = bosh_tools.CLI
+DEPLOYMENT = bosh_tools.DEPLOYMENT or Path("/nonexistent")
+pytestmark = [needs_ruby, bosh_tools.needs("cli", "deployment")]
 
 DIRECTOR_IP = "10.0.0.6"
 BAKERY_IP = "10.0.0.9"
@@ -178,3 +165,6 @@ def test_the_cpi_config_and_cloud_config_name_each_other_s_cpis_and_azs():
     for network in cloud_config["networks"]:
         for subnet in network["subnets"]:
             assert set(subnet["azs"]) <= azs
+    # the Pis' agent would restart systemd-resolved for a dns list; Pi OS has none
+    (pis,) = [n for n in cloud_config["networks"] if n["name"] == "pis-dynamic"]
+    assert all("dns" not in subnet for subnet in pis["subnets"])

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bakery.sim.image import REQUIRED_TOOLS, build_sd_image
+from bakery.sim.image import REQUIRED_TOOLS
 from bakery.sim.network import NETNS_TOOLS
 from bakery.sim.runner import SimulatedSite, SiteOptions
 from bakery.sim.wait import wait_until
 from bakery.stemcell import build_stemcell
+from tests.stemcell.conftest import debian_image, needs_agent_and_monit
 
 TOOLS = (*REQUIRED_TOOLS, "debugfs", "pigz")
 AGENT_SETTINGS = {"agent_id": "agent-1", "mbus": "nats://10.0.0.6:4222", "disks": {}}
@@ -23,6 +24,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.root,
     pytest.mark.tools(*NETNS_TOOLS, *TOOLS),
+    needs_agent_and_monit,
 ]
 
 
@@ -31,12 +33,11 @@ def ignore(_sent: int) -> None:
 
 
 @pytest.fixture
-def stemcell_image(tmp_path: Path) -> Path:
+def stemcell_image(tmp_path: Path, agent: Path, monit_source: Path) -> Path:
     """The ``image`` of a freshly built stemcell, as the director hands it to the CPI."""
-    agent = tmp_path / "bosh-agent"
-    agent.write_bytes(b"#!/bin/sh\nexit 0\n")
-    pi_os = build_sd_image(tmp_path / "raspios.img")
-    build_stemcell(pi_os, agent, tmp_path / "stemcell.tgz", name="bosh-bakery", version="1")
+    pi_os = debian_image(tmp_path / "raspios.img")
+    out = tmp_path / "stemcell.tgz"
+    build_stemcell(pi_os, agent, out, monit_source=monit_source, name="bosh-bakery", version="1")
     with tarfile.open(tmp_path / "stemcell.tgz", "r:gz") as tar:
         tar.extract("image", tmp_path / "unpacked")
     return tmp_path / "unpacked/image"

@@ -21,6 +21,13 @@ def stemcell() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The bosh-agent executable (arm64 for 64-bit Pi OS).",
 )
+@click.option(
+    "--monit-source",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="monit 5.2.5's source tarball, compiled for the image's architecture "
+    "(cross-compiled for a Pi: needs gcc-aarch64-linux-gnu and libcrypt-dev:arm64).",
+)
 @click.option("--name", required=True, help="Stemcell name, e.g. bosh-bakery-raspios-arm64.")
 @click.option("--version", required=True, help="Stemcell version, e.g. 1.0.")
 @click.option(
@@ -41,6 +48,7 @@ def stemcell() -> None:
 def stemcell_build(
     image: Path,
     agent_binary: Path,
+    monit_source: Path,
     name: str,
     version: str,
     api_version: str,
@@ -48,7 +56,8 @@ def stemcell_build(
     output: Path,
 ) -> None:
     """Turn IMAGE (a Raspberry Pi OS .img, .img.xz or .img.gz) into a stemcell: the BOSH
-    agent set to read the settings Bakery writes, and the disk agent, installed."""
+    agent set to read the settings Bakery writes, monit built for it, its user and
+    services, and the disk agent, installed."""
     from ..stemcell import StemcellError, build_stemcell
 
     try:
@@ -56,6 +65,7 @@ def stemcell_build(
             image,
             agent_binary,
             output,
+            monit_source=monit_source,
             name=name,
             version=version,
             api_version=int(api_version),

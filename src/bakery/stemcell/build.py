@@ -2,8 +2,10 @@
 
 A stemcell is a tarball of ``image`` and ``stemcell.MF`` (bosh-cpi.md §6). Its image is
 what the CPI's create_stemcell imports as a bakeform, so it is an SD card image Bakery's
-import accepts (here gzipped), with the BOSH agent, its ``agent.json`` (File settings
-source: the file Bakery writes into each bake's root) and the disk agent added.
+import accepts (here gzipped), with what the real bosh-agent needs added: the agent, its
+``agent.json`` (File settings source: the file Bakery writes into each bake's root), the
+stemcell scripts it runs at start, monit 5.2.5 compiled for the image's architecture, the
+user vcap and the groups it expects, systemd units for both, and the disk agent.
 
 The image's ext4 root is changed with ``debugfs -w`` (libext2fs, user space) rather than a
 loop mount: that needs no root, no loop device and no kernel parsing of the image, and it
@@ -19,8 +21,10 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,10 +34,27 @@ from bakery.images import ImageError, read_layout
 from bakery.images.layout import Partition
 from bakery.images.receive import detect_compression
 from bakery.images.tools import run_debugfs
-from bakery.stemcell.install import RootEntry, RootFile, disk_agent_entries, unit_entries
+from bakery.stemcell import accounts, monit
+from bakery.stemcell.architecture import Architecture, elf_architecture
+from bakery.stemcell.install import (
+    UNIT_DIR,
+    RootEntry,
+    RootFile,
+    disk_agent_entries,
+    packaged_file,
+    unit_entries,
+)
 
-AGENT_BINARY = "var/vcap/bosh/bin/bosh-agent"
-AGENT_CONFIG = "var/vcap/bosh/agent.json"
+BOSH_DIR = "var/vcap/bosh"
+AGENT_BINARY = f"{BOSH_DIR}/bin/bosh-agent"
+AGENT_CONFIG = f"{BOSH_DIR}/agent.json"
+#: The scripts the agent runs at start (from its PATH, and by this absolute path).
+AGENT_SCRIPTS = ("bosh-agent-rc", "bosh-start-logging-and-auditing")
+MONIT_CONFIG = f"{BOSH_DIR}/etc/monitrc"
+#: Where the agent writes monit.user and the jobs' control files.
+MONIT_DIR = "var/vcap/monit"
+#: A program of the image itself, whose ELF header says what the image runs on.
+IMAGE_PROGRAMS = ("usr/bin/ls", "bin/ls")
 #: Where Bakery writes each bake's agent settings, as the Pi sees it.
 SETTINGS_PATH = f"/{Settings.agent_settings_path}"
 #: What the CPI's ``info`` lists; the image is an SD card image, compressed or not.
@@ -41,7 +62,7 @@ STEMCELL_FORMATS = ("bakery-raw",)
 API_VERSIONS = (2, 3)
 CHUNK = 1024 * 1024
 _DECOMPRESSORS = {"xz": ["xz", "-dc"], "gz": ["pigz", "-dc"]}
-_TYPE_RE = re.compile(rb"Type: (\w+)")
+_STAT_RE = re.compile(rb"Type: (\w+)\s+Mode:\s+(\d+).*?User:\s+(\d+)\s+Group:\s+(\d+)", re.DOTALL)
 
 
 class StemcellError(ValueError):
@@ -49,12 +70,15 @@ class StemcellError(ValueError):
 
 
 def agent_config(settings_path: str = SETTINGS_PATH) -> dict[str, Any]:
-    """The bosh-agent's ``agent.json`` for a netbooted Pi (bosh-cpi.md §3.2, §3.3).
+    """The bosh-agent's ``agent.json`` for a netbooted Pi (bosh-cpi.md §3.2, §3.3,
+    bosh-agent.md).
 
-    Settings come from the file Bakery writes into the root (no metadata service needed);
-    disks are found by the virtio resolver globbing ``/dev/disk/by-id/*<cid>``, which the
-    disk agent links. The root is NFS, so there is no root device to carve an ephemeral
-    partition from: the CPI always gives an ephemeral disk instead.
+    Settings come from the file Bakery writes into the root (no metadata service needed).
+    Disks are found by the virtio resolver globbing ``/dev/disk/by-id/*<cid>``, which the
+    disk agent links. The root is NFS: there is no root device to grow or carve an
+    ephemeral partition from, so the agent's disk setup is skipped (``SkipDiskSetup``, as
+    on the warden stemcell) and ``/var/vcap/data`` is what the Pi has there. monit and the
+    agent are systemd services, as on current stemcells and on Raspberry Pi OS.
     """
     return {
         "Platform": {
@@ -65,7 +89,8 @@ def agent_config(settings_path: str = SETTINGS_PATH) -> dict[str, Any]:
                 "CreatePartitionIfNoEphemeralDisk": False,
                 "UsePreformattedPersistentDisk": False,
                 "BindMountPersistentDisk": False,
-                "SkipDiskSetup": False,
+                "SkipDiskSetup": True,
+                "UseDefaultTmpDir": True,
             }
         },
         "Infrastructure": {
@@ -78,12 +103,18 @@ def agent_config(settings_path: str = SETTINGS_PATH) -> dict[str, Any]:
 
 
 def stemcell_entries(agent_binary: bytes) -> list[RootEntry]:
-    """Everything a stemcell adds to the image's root."""
+    """What a stemcell adds to the image's root but its accounts and monit's executable
+    (which is compiled once all of this is in: a refusal comes before a long build)."""
     config = json.dumps(agent_config(), indent=2, sort_keys=True) + "\n"
     return [
         RootFile(AGENT_BINARY, agent_binary, mode=0o755),
         RootFile(AGENT_CONFIG, config.encode()),
+        *(RootFile(f"{BOSH_DIR}/bin/{name}", packaged_file(name), 0o755) for name in AGENT_SCRIPTS),
         *unit_entries("bosh-agent.service", "multi-user.target"),
+        RootFile(MONIT_CONFIG, packaged_file("monitrc"), mode=0o700),  # monit insists
+        RootFile(f"{MONIT_DIR}/empty.monitrc", b""),
+        # not enabled: the agent starts monit once it has set the VM up
+        RootFile(f"{UNIT_DIR}/monit.service", packaged_file("monit.service")),
         *disk_agent_entries(),
     ]
 
@@ -114,24 +145,35 @@ def build_stemcell(
     agent_binary: Path,
     out: Path,
     *,
+    monit_source: Path,
     name: str,
     version: str,
     api_version: int = 3,
     operating_system: str = "raspios",
 ) -> str:
-    """Write the stemcell tarball `out` from the SD card `image` (raw, .xz or .gz) and the
-    bosh-agent executable `agent_binary`; returns the manifest written.
+    """Write the stemcell tarball `out` from the SD card `image` (raw, .xz or .gz), the
+    bosh-agent executable `agent_binary` and monit's source tarball `monit_source`;
+    returns the manifest written.
 
-    `out` appears complete or not at all. Raises StemcellError for bad arguments, an image
-    Bakery would not import, or a root the files cannot be added to.
+    `out` appears complete or not at all. Raises StemcellError for bad arguments, an agent
+    for another architecture than the image's, an image Bakery would not import, a root
+    the files cannot be added to, or monit failing to build. Everything that can be
+    checked is checked before monit is compiled.
     """
     _check_arguments(name, version, api_version, operating_system)
-    entries = stemcell_entries(agent_binary.read_bytes())
+    agent = agent_binary.read_bytes()
+    architecture = _agent_architecture(agent_binary, agent)
     with _workdir(out.parent) as work:
         raw = work / "raw.img"
         _decompress(image, raw)
-        root = _root_partition(raw)
-        _inject(raw, root, entries, work)
+        root = _ImageRoot(raw, _root_partition(raw), work)
+        _check_image_architecture(root, architecture)
+        root.write([*stemcell_entries(agent), *_account_entries(root)])
+        try:
+            monit_binary = monit.build_monit(monit_source, architecture, work)
+        except monit.MonitBuildError as exc:
+            raise StemcellError(str(exc)) from None
+        root.write([RootFile(monit.BINARY, monit_binary, mode=0o755)])
         packed = work / "image"
         _gzip(raw, packed)
         text = manifest(
@@ -156,6 +198,55 @@ def _check_arguments(name: str, version: str, api_version: int, operating_system
         raise StemcellError(str(exc)) from None
     if api_version not in API_VERSIONS:
         raise StemcellError(f"api_version must be one of {API_VERSIONS}, not {api_version}")
+
+
+def _agent_architecture(path: Path, agent: bytes) -> Architecture:
+    architecture = elf_architecture(agent[:64])
+    if architecture is None:
+        raise StemcellError(
+            f"{path} is not a bosh-agent executable for Linux on amd64, arm64 or armhf"
+        )
+    return architecture
+
+
+def _check_image_architecture(root: _ImageRoot, agent: Architecture) -> None:
+    """The agent (and the monit built for it) must run on the image's CPU."""
+    found = root.inodes(list(IMAGE_PROGRAMS))
+    program = next((p for p in IMAGE_PROGRAMS if found.get(p, _NONE).kind == "regular"), None)
+    if program is None:
+        raise StemcellError("cannot tell what CPU the image is for: it has no /usr/bin/ls")
+    architecture = elf_architecture(root.read([program])[program][:64])
+    if architecture != agent:
+        image = architecture.name if architecture else "an unknown CPU"
+        raise StemcellError(f"the image is for {image} but the bosh-agent for {agent.name}")
+
+
+def _account_entries(root: _ImageRoot) -> list[RootEntry]:
+    """The account files with vcap and the agent's groups added, each keeping its mode and
+    owner (``/etc/shadow`` is root:shadow 0640 on Debian), and the sudoers rule."""
+    found = root.inodes(list(accounts.FILES))
+    missing = [f"/{path}" for path in accounts.FILES if found.get(path, _NONE).kind != "regular"]
+    if missing:
+        raise StemcellError(f"the image's root has no {', '.join(missing)}: not a Debian root")
+    texts = {
+        path: data.decode(errors="replace")
+        for path, data in root.read(list(accounts.FILES)).items()
+    }
+    try:
+        edited = accounts.add_bosh_accounts(
+            accounts.Accounts(*(texts[path] for path in accounts.FILES)),
+            days_since_epoch=int(time.time() // 86400),
+        )
+    except accounts.AccountsError as exc:
+        raise StemcellError(f"the image's accounts: {exc}") from None
+    new_texts = (edited.passwd, edited.group, edited.shadow, edited.gshadow)
+    return [
+        *(
+            RootFile(path, text.encode(), found[path].mode, found[path].uid, found[path].gid)
+            for path, text in zip(accounts.FILES, new_texts, strict=True)
+        ),
+        RootFile(accounts.SUDOERS_PATH, accounts.SUDOERS, mode=0o440),
+    ]
 
 
 @contextmanager
@@ -188,28 +279,79 @@ def _root_partition(raw: Path) -> Partition:
         raise StemcellError(f"not a Raspberry Pi OS image: {exc}") from None
 
 
-# -- writing into the ext4 root with debugfs -------------------------------------------------
+# -- reading and writing the ext4 root with debugfs ------------------------------------------
 
 
-def _inject(raw: Path, root: Partition, entries: list[RootEntry], work: Path) -> None:
-    """Add `entries` to the ext4 filesystem at `root` inside `raw`.
+@dataclass(frozen=True)
+class _Inode:
+    """What debugfs ``stat`` says of an entry: its type ("regular", "directory",
+    "symlink"...), permission bits and owner."""
 
-    debugfs reports a failed command on stderr but still exits 0, and ``mkdir`` or
-    ``write`` fail on existing entries: so what exists is asked first, the commands are
-    planned to succeed, and any error output fails the build.
-    """
-    device = f"{raw.name}?offset={root.offset}"
-    kinds = _kinds(device, work, _paths_involved(entries))
-    commands: list[str] = []
-    for number, entry in enumerate(entries):
-        commands += _make_parents(entry.path, kinds)
-        commands += _replace_existing(entry.path, kinds)
-        if isinstance(entry, RootFile):
-            (work / f"file{number}").write_bytes(entry.data)
-            commands += _write_file(entry, f"file{number}")
-        else:
-            commands.append(f"symlink /{entry.path} {entry.target}")
-    _debugfs(device, work, commands, write=True)
+    kind: str
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+
+
+_NONE = _Inode("absent")
+
+
+class _ImageRoot:
+    """The ext4 root partition inside a raw image file, read and written in place."""
+
+    def __init__(self, raw: Path, partition: Partition, work: Path) -> None:
+        self.device = f"{raw.name}?offset={partition.offset}"
+        self.work = work  # where debugfs runs: its paths are relative to it
+
+    def inodes(self, paths: list[str]) -> dict[str, _Inode]:
+        """``{path: inode}`` of those of `paths` that exist; with ``-f`` debugfs echoes
+        each command, so the output splits per path."""
+        output = self._debugfs([f"stat /{path}" for path in paths], missing_is_fine=True)
+        found = {}
+        for section in output.split(b"debugfs: stat /")[1:]:
+            path, _, details = section.partition(b"\n")
+            if match := _STAT_RE.search(details):
+                kind, mode, uid, gid = match.groups()
+                found[path.decode()] = _Inode(kind.decode(), int(mode, 8), int(uid), int(gid))
+        return found
+
+    def read(self, paths: list[str]) -> dict[str, bytes]:
+        """The contents of the regular files `paths`."""
+        names = {path: f"read{number}" for number, path in enumerate(paths)}
+        self._debugfs([f"dump /{path} {name}" for path, name in names.items()])
+        return {path: (self.work / name).read_bytes() for path, name in names.items()}
+
+    def write(self, entries: list[RootEntry]) -> None:
+        """Add `entries`, replacing what is at their paths.
+
+        debugfs reports a failed command on stderr but still exits 0, and ``mkdir`` or
+        ``write`` fail on existing entries: so what exists is asked first, the commands
+        are planned to succeed, and any error output fails the build.
+        """
+        kinds = {path: inode.kind for path, inode in self.inodes(_paths_involved(entries)).items()}
+        commands: list[str] = []
+        for number, entry in enumerate(entries):
+            commands += _make_parents(entry.path, kinds)
+            commands += _replace_existing(entry.path, kinds)
+            if isinstance(entry, RootFile):
+                (self.work / f"file{number}").write_bytes(entry.data)
+                commands += _write_file(entry, f"file{number}")
+            else:
+                commands.append(f"symlink /{entry.path} {entry.target}")
+        self._debugfs(commands, write=True)
+
+    def _debugfs(
+        self, commands: list[str], *, write: bool = False, missing_is_fine: bool = False
+    ) -> bytes:
+        """Run `commands` in one debugfs; any complaint is an error, unless the commands
+        only ask about paths that may not exist."""
+        try:
+            done = run_debugfs(self.device, self.work, commands, write=write)
+        except fsutil.CommandFailed as exc:
+            raise StemcellError(str(exc)) from None
+        if done.complaints and not missing_is_fine:
+            raise StemcellError(f"debugfs: {'; '.join(done.complaints)}")
+        return done.output
 
 
 def _paths_involved(entries: list[RootEntry]) -> list[str]:
@@ -222,24 +364,12 @@ def _paths_involved(entries: list[RootEntry]) -> list[str]:
     return list(paths)
 
 
-def _kinds(device: str, work: Path, paths: list[str]) -> dict[str, str]:
-    """``{path: debugfs type}`` ("directory", "regular", "symlink", ...) of those that
-    exist; with ``-f`` debugfs echoes each command, so the output splits per path."""
-    output = _debugfs(device, work, [f"stat /{path}" for path in paths], write=False)
-    kinds = {}
-    for section in output.split(b"debugfs: stat /")[1:]:
-        path, _, details = section.partition(b"\n")
-        if match := _TYPE_RE.search(details):
-            kinds[path.decode()] = match[1].decode()
-    return kinds
-
-
 def _make_parents(path: str, kinds: dict[str, str]) -> list[str]:
     commands = []
     for parent in map(str, reversed(PurePosixPath(path).parents[:-1])):
         kind = kinds.get(parent)
         if kind is None:
-            commands += [f"mkdir /{parent}", *_owned_by_root(parent, 0o40755)]
+            commands += [f"mkdir /{parent}", *_owned(parent, 0o40755, 0, 0)]
             kinds[parent] = "directory"
         elif kind != "directory":
             raise StemcellError(f"/{parent} in the image is a {kind}, not a directory")
@@ -254,23 +384,14 @@ def _replace_existing(path: str, kinds: dict[str, str]) -> list[str]:
 
 
 def _write_file(entry: RootFile, source: str) -> list[str]:
-    return [f"write {source} /{entry.path}", *_owned_by_root(entry.path, 0o100000 | entry.mode)]
+    return [
+        f"write {source} /{entry.path}",
+        *_owned(entry.path, 0o100000 | entry.mode, entry.uid, entry.gid),
+    ]
 
 
-def _owned_by_root(path: str, mode: int) -> list[str]:
-    return [f"sif /{path} mode 0{mode:o}", f"sif /{path} uid 0", f"sif /{path} gid 0"]
-
-
-def _debugfs(device: str, work: Path, commands: list[str], *, write: bool) -> bytes:
-    """Run `commands` in one debugfs; when writing, any complaint is an error (a read
-    asks about paths that may not exist). Paths are relative to `work`."""
-    try:
-        done = run_debugfs(device, work, commands, write=write)
-    except fsutil.CommandFailed as exc:
-        raise StemcellError(str(exc)) from None
-    if done.complaints and write:
-        raise StemcellError(f"debugfs: {'; '.join(done.complaints)}")
-    return done.output
+def _owned(path: str, mode: int, uid: int, gid: int) -> list[str]:
+    return [f"sif /{path} mode 0{mode:o}", f"sif /{path} uid {uid}", f"sif /{path} gid {gid}"]
 
 
 # -- packing ---------------------------------------------------------------------------------

@@ -27,11 +27,13 @@ def disk_device(disk_id: str) -> str:
 
 @dataclass(frozen=True)
 class RootFile:
-    """A regular file, owned by root, at `path` (relative to the root)."""
+    """A regular file at `path` (relative to the root), owned by root unless told."""
 
     path: str
     data: bytes
     mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,9 @@ def install_disk_agent(root: Path, disks_list: str = DEFAULT_DISKS_LIST) -> None
 def install_entries(root: Path, entries: list[RootEntry]) -> None:
     for entry in entries:
         if isinstance(entry, RootFile):
-            roots.write_in_root(root, entry.path, entry.data, mode=entry.mode)
+            roots.write_in_root(
+                root, entry.path, entry.data, mode=entry.mode, uid=entry.uid, gid=entry.gid
+            )
         else:
             roots.symlink_in_root(root, entry.path, entry.target)
 
