@@ -7,6 +7,11 @@ A disk may be formatted here, in user space, when it is made: the disk agent the
 it on the Pi as a local filesystem on a loop device. That is what containerd and k3s need,
 since overlayfs refuses an NFS directory as its upper layer. Formatting a sparse file
 with a lazily made journal writes a few MiB, whatever the disk's size.
+
+A disk for BOSH is made partitioned instead: an MBR with one Linux partition spanning the
+disk, as the bosh-agent partitions a persistent disk, left for the agent to format. The
+agent finds that layout in place and never repartitions, so the partition exists (and
+the disk agent has made its device node) before the agent looks for it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ DISK_FILE = "disk.img"
 #: The filesystems Bakery can make on a disk. ext4 is the one every Pi kernel mounts and
 #: the one containerd's overlayfs snapshotter is tested on.
 FILESYSTEMS = ("ext4",)
+#: The partition table of a disk made for BOSH, as sfdisk reads it: DOS (MBR), one Linux
+#: partition from 1 MiB to the end, the layout the bosh-agent makes with `,,L`.
+PARTITION_TABLE = "label: dos\nstart=2048, type=83\n"
+#: The largest disk an MBR partition spans whole (2^32 sectors of 512 bytes).
+MAX_PARTITIONED_MIB = 2 * 1024 * 1024
 
 
 def disks_dir(settings: Settings) -> Path:
@@ -33,10 +43,16 @@ def disk_dir(settings: Settings, disk_id: str) -> Path:
 
 
 def create_disk_image(
-    settings: Settings, disk_id: str, size_mib: int, filesystem: str | None = None
+    settings: Settings,
+    disk_id: str,
+    size_mib: int,
+    filesystem: str | None = None,
+    *,
+    partitioned: bool = False,
 ) -> Path:
     """Create ``disks/<id>/disk.img`` of ``size_mib`` MiB taking no space until written,
-    formatted with ``filesystem`` (one of FILESYSTEMS) if given."""
+    formatted with ``filesystem`` (one of FILESYSTEMS) if given, or given the partition
+    table of a BOSH disk if `partitioned`."""
     final = disk_dir(settings, disk_id)
     staging = disks_dir(settings) / fsutil.staging_name()
     staging.mkdir(parents=True)
@@ -45,6 +61,8 @@ def create_disk_image(
             image.truncate(size_mib * 1024 * 1024)
         if filesystem:
             format_disk_image(staging / DISK_FILE, disk_id, filesystem)
+        if partitioned:
+            partition_disk_image(staging / DISK_FILE)
         os.rename(staging, final)
     except BaseException:
         fsutil.remove(staging)
@@ -64,6 +82,14 @@ def format_disk_image(image: Path, disk_id: str, filesystem: str) -> None:
     uuid = "-".join((disk_id[:8], disk_id[8:12], disk_id[12:16], disk_id[16:20], disk_id[20:]))
     options = "root_owner=0:0,lazy_journal_init=1"
     fsutil.run(["mkfs.ext4", "-q", "-F", "-U", uuid, "-E", options, str(image)])
+
+
+def partition_disk_image(image: Path) -> None:
+    """Write ``PARTITION_TABLE`` into the image file (sfdisk on a file: no device, no root)."""
+    fsutil.run(
+        ["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(image)],
+        input=PARTITION_TABLE.encode(),
+    )
 
 
 def resize_disk_image(settings: Settings, disk_id: str, size_mib: int) -> None:

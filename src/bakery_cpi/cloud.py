@@ -256,10 +256,11 @@ class Cloud:
 
     def create_disk(self, size: int, cloud_properties: Any, vm_cid: str | None = None) -> str:
         """A detached disk, made on the host of ``vm_cid`` (BOSH's placement hint): a disk
-        is attached to bakes of the host that holds it."""
+        is attached to bakes of the host that holds it. It comes partitioned as the agent
+        partitions a persistent disk, which it then formats itself."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise CpiError(f"create_disk: size must be a whole number of MiB >= 1, got {size!r}")
-        request: dict[str, Any] = {"size_mib": size}
+        request: dict[str, Any] = {"size_mib": size, "partitioned": True}
         if vm_cid and is_object_id(vm_cid):
             request["near"] = vm_cid
         return cast(str, self.client.post("/disks", request)["id"])

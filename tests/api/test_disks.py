@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 
 import pytest
 
@@ -130,3 +132,33 @@ def test_a_malformed_near_is_refused_naming_it_and_makes_no_disk(client, near):
 def test_a_disk_near_a_bake_that_is_gone_is_made_here(client):
     made = client.post("/api/v1/disks", json={"size_mib": 8, "near": "f" * 32})
     assert made.status_code == 201 and made.json["bake_id"] is None
+
+
+def partitions(image) -> list[tuple[int, int, str]]:
+    """(start, size, type) of each partition in the image's MBR, in sectors."""
+    done = subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, check=True)
+    table = json.loads(done.stdout)["partitiontable"]
+    assert table["label"] == "dos"
+    return [(part["start"], part["size"], part["type"]) for part in table["partitions"]]
+
+
+@pytest.mark.tools("sfdisk", "blkid")
+def test_a_disk_for_bosh_is_made_with_one_linux_partition_left_unformatted(client, settings):
+    disk = client.post("/api/v1/disks", json={"size_mib": 64, "partitioned": True}).json
+    image = settings.path("disks", disk["id"], "disk.img")
+
+    assert partitions(image) == [(2048, 64 * 2048 - 2048, "83")]
+    # no filesystem in the partition, for the agent to make; only the table was written
+    probe = subprocess.run(["blkid", "-p", "-O", str(1024 * 1024), str(image)], check=False)
+    assert probe.returncode == 2
+    assert image.stat().st_blocks * 512 <= 64 * 1024
+
+
+def test_a_partitioned_disk_is_not_also_formatted(client, settings):
+    response = client.post(
+        "/api/v1/disks", json={"size_mib": 64, "partitioned": True, "filesystem": "ext4"}
+    )
+
+    assert_error(response, 422, "validation_error", "partitioned")
+    assert client.get("/api/v1/disks").json == []
+    assert not settings.path("disks").exists() or not os.listdir(settings.path("disks"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -42,7 +43,7 @@ def bakery(server, monkeypatch):
     return run
 
 
-def test_pi_lifecycle_in_tables_and_json(bakery, sd_image_file):
+def test_pi_lifecycle_in_tables_and_json(bakery, server, sd_image_file):
     bakery(
         "pi",
         "register",
@@ -74,6 +75,13 @@ def test_pi_lifecycle_in_tables_and_json(bakery, sd_image_file):
     assert disk["bake_id"] == made["id"]
     bakery("disk", "detach", disk["id"])
     bakery("disk", "delete", disk["id"])
+    for_bosh = json.loads(bakery("disk", "create", "64", "--partitioned", "--json").output)
+    table = subprocess.run(
+        ["sfdisk", "--dump", str(server.root / "disks" / for_bosh["id"] / "disk.img")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "start=        2048, size=      129024, type=83" in table
+    bakery("disk", "delete", for_bosh["id"])
 
     shown = bakery("pi", "show", "00c0ffee").output
     assert "root seasoned" in shown and "claimed for a bake" in shown

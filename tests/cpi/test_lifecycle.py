@@ -5,6 +5,8 @@ call left behind (the agent settings and disks list in the bake's root)."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +56,14 @@ def bakery_config(bakery_config, reflinks):
     return {**bakery_config, "root": str(reflinks[0])}
 
 
+def partitions(image: Path) -> list[tuple[int, int, str]]:
+    """(start, size, type) of each partition in the image's MBR, in sectors."""
+    done = subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, check=True)
+    table = json.loads(done.stdout)["partitiontable"]
+    assert table["label"] == "dos"
+    return [(part["start"], part["size"], part["type"]) for part in table["partitions"]]
+
+
 def settings_of(bakery, vm_cid: str) -> dict:
     return json.loads(root_file(bakery, vm_cid, SETTINGS_FILE).read_text())
 
@@ -86,6 +96,8 @@ def test_vm_and_disk_lifecycle(cpi, api, bakery, stemcell, reflinks):
 
     disk_cid = ok(cpi("create_disk", 1024, {}, vm_cid))
     assert ok(cpi("has_disk", disk_cid)) is True
+    # partitioned as the agent partitions it (one Linux partition), left for it to format
+    assert partitions(bakery.root / "disks" / disk_cid / "disk.img") == [(2048, 2095104, "83")]
     assert ok(cpi("get_disks", vm_cid)) == []  # created beside the VM, not attached yet
     hint = ok(cpi("attach_disk", vm_cid, disk_cid))
     assert hint == f"/dev/disk/by-id/bakery-{disk_cid}"

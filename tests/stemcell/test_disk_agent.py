@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from bakery.disks import partition_disk_image
 from bakery.stemcell.install import packaged_file
 
 AGENT_TOOLS = (
     *("losetup", "mount", "umount", "mkfs.ext4", "awk", "flock"),
-    *("blockdev", "resize2fs", "dumpe2fs", "readlink", "stat"),
+    *("blockdev", "resize2fs", "dumpe2fs", "readlink", "stat", "partx", "mknod", "sfdisk"),
 )
 DISK_A = "3f2a9c0d1e2f3a4b5c6d7e8f9a0b1ce1"
 DISK_B = "0123456789abcdef0123456789abcdef"
@@ -57,8 +58,16 @@ class Pi:
     def by_id(self) -> Path:
         return self.base / "dev/disk/by-id"
 
+    @property
+    def node_dir(self) -> Path:
+        return self.base / "dev/bakery"
+
     def link(self, disk_id: str) -> Path:
         return self.by_id / f"bakery-{disk_id}"
+
+    def loop(self, disk_id: str) -> str:
+        """The loop device the disk's link leads to, by the numbers of its node."""
+        return loop_of(os.stat(self.link(disk_id)).st_rdev)
 
     def make_disk(self, disk_id: str) -> Path:
         """A 16 MiB sparse ext4 disk.img in its own export dir, like Bakery's disks."""
@@ -67,6 +76,17 @@ class Pi:
         with image.open("wb") as sparse:
             sparse.truncate(16 * 1024 * 1024)
         run(["mkfs.ext4", "-q", "-F", "-L", disk_id[:16], str(image)])
+        return image
+
+    def make_raw_disk(self, disk_id: str, *, partitioned: bool = False) -> Path:
+        """A 64 MiB sparse disk.img with nothing on it, or with the partition table
+        Bakery gives a BOSH disk."""
+        image = self.exports / disk_id / "disk.img"
+        image.parent.mkdir(parents=True)
+        with image.open("wb") as sparse:
+            sparse.truncate(64 * 1024 * 1024)
+        if partitioned:
+            partition_disk_image(image)
         return image
 
     def list_disks(self, *lines: str) -> None:
@@ -87,6 +107,7 @@ class Pi:
             "BAKERY_DISKS_LIST": str(self.disks_list),
             "BAKERY_DISK_MOUNT_BASE": str(self.mount_base),
             "BAKERY_DISK_BY_ID_DIR": str(self.by_id),
+            "BAKERY_DISK_NODE_DIR": str(self.node_dir),
             "BAKERY_DISK_LOCK_FILE": str(self.base / "run/bakery-disk-agent.lock"),
             "BAKERY_DISK_MOUNT_CMD": str(self.base / "bind-mount"),
             "BAKERY_DISK_STATE_DIR": str(self.base / "run/bakery/mounted"),
@@ -97,12 +118,17 @@ class Pi:
 
     def state(self) -> tuple[list[str], list[str], dict[str, str]]:
         """What the agent leaves on the machine: loop devices on our disks, mounts below
-        the temp dir, and the by-id links with their targets."""
+        the temp dir, and the by-id links with their targets and the device nodes
+        (``node:<name>``) with their numbers."""
         all_loops = run(["losetup", "--list", "--noheadings"]).splitlines()
         loops = [line for line in all_loops if str(self.base) in line]
         links = {}
         if self.by_id.exists():
-            links = {path.name: os.readlink(path) for path in self.by_id.iterdir()}
+            links = {path.name: os.readlink(path) for path in sorted(self.by_id.iterdir())}
+        if self.node_dir.exists():
+            for node in sorted(self.node_dir.iterdir()):
+                rdev = node.stat().st_rdev
+                links[f"node:{node.name}"] = f"{os.major(rdev)}:{os.minor(rdev)}"
         return loops, mounts_below(self.base), links
 
 
@@ -114,6 +140,13 @@ def mounts_below(base: Path) -> list[str]:
     with open("/proc/self/mounts") as mounts:
         points = [line.split()[1] for line in mounts]
     return [point for point in points if point.startswith(f"{base}/")]
+
+
+def loop_of(rdev: int) -> str:
+    """The name the kernel gives the block device numbered `rdev` (``/dev/loop3``)."""
+    return "/dev/" + os.path.basename(
+        os.readlink(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    )
 
 
 def backing_file(loop: str) -> str:
@@ -146,7 +179,8 @@ def test_attach_links_a_loop_device_backed_by_the_disk_image(pi: Pi):
     result = pi.run_agent()
 
     assert result.returncode == 0, result.stderr
-    loop = os.readlink(pi.link(DISK_A))
+    assert os.readlink(pi.link(DISK_A)) == str(pi.node_dir / DISK_A)
+    loop = pi.loop(DISK_A)
     assert loop.startswith("/dev/loop")
     assert backing_file(loop) == str(pi.mount_base / DISK_A / "disk.img")
     assert str(pi.mount_base / DISK_A) in mounts_below(pi.base)
@@ -192,7 +226,7 @@ def test_a_second_run_changes_nothing(pi: Pi):
     assert again.returncode == 0, again.stderr
     assert pi.state() == before
     assert again.stderr == ""
-    assert len(before[0]) == 2 and len(before[2]) == 2
+    assert len(before[0]) == 2 and len(before[2]) == 4  # two links, two nodes
 
 
 def test_only_the_disk_gone_from_the_list_is_detached(pi: Pi):
@@ -200,13 +234,14 @@ def test_only_the_disk_gone_from_the_list_is_detached(pi: Pi):
     pi.make_disk(DISK_B)
     pi.list_disks(pi.line(DISK_A), pi.line(DISK_B))
     assert pi.run_agent().returncode == 0
-    kept_loop = os.readlink(pi.link(DISK_B))
+    kept_loop = pi.loop(DISK_B)
+    kept_node = pi.state()[2][f"node:{DISK_B}"]
 
     pi.list_disks(pi.line(DISK_B))
     assert pi.run_agent().returncode == 0
 
     loops, mounts, links = pi.state()
-    assert links == {f"bakery-{DISK_B}": kept_loop}
+    assert links == {f"bakery-{DISK_B}": str(pi.node_dir / DISK_B), f"node:{DISK_B}": kept_node}
     assert mounts == [str(pi.mount_base / DISK_B)]
     assert len(loops) == 1 and kept_loop in loops[0]
 
@@ -238,7 +273,7 @@ def test_a_corrupt_line_is_logged_and_skipped_while_the_others_are_attached(pi: 
     assert "line 1 is not" in result.stderr
     assert result.returncode == 1
     _loops, _mounts, links = pi.state()
-    assert list(links) == [f"bakery-{DISK_B}"]
+    assert list(links) == [f"bakery-{DISK_B}", f"node:{DISK_B}"]
 
 
 def test_blank_lines_and_comments_are_not_errors(pi: Pi):
@@ -292,7 +327,7 @@ def test_overlapping_runs_attach_each_disk_once(pi: Pi):
 
     assert [r.returncode for r in results] == [0, 0, 0, 0]
     loops, mounts, links = pi.state()
-    assert len(loops) == 2 and len(mounts) == 2 and len(links) == 2
+    assert len(loops) == 2 and len(mounts) == 2 and len(links) == 4
 
 
 def device_on(point: Path) -> str | None:
@@ -311,7 +346,7 @@ def test_a_disk_with_a_mount_point_is_mounted_there_on_its_loop_device(pi: Pi):
     (containerd / "written-on-the-pi").write_text("kept on the disk\n")
 
     assert result.returncode == 0, result.stderr
-    loop = os.readlink(pi.link(DISK_A))
+    loop = pi.loop(DISK_A)
     assert device_on(containerd) == loop
     assert backing_file(loop) == str(pi.mount_base / DISK_A / "disk.img")
     pi.list_disks()
@@ -343,8 +378,8 @@ def test_disks_mounted_inside_one_another_mount_in_list_order(pi: Pi):
     result = pi.run_agent()
 
     assert result.returncode == 0, result.stderr
-    assert device_on(rancher) == os.readlink(pi.link(DISK_A))
-    assert device_on(rancher / "k3s") == os.readlink(pi.link(DISK_B))
+    assert device_on(rancher) == pi.loop(DISK_A)
+    assert device_on(rancher / "k3s") == pi.loop(DISK_B)
 
 
 def test_a_busy_mounted_disk_stays_until_its_last_user_leaves(pi: Pi):
@@ -379,7 +414,7 @@ def test_a_new_mount_point_moves_the_mounted_disk(pi: Pi):
 
     assert result.returncode == 0, result.stderr
     assert device_on(old) is None
-    assert device_on(new) == os.readlink(pi.link(DISK_A))
+    assert device_on(new) == pi.loop(DISK_A)
 
 
 def test_another_filesystem_on_the_mount_point_is_left_alone(pi: Pi):
@@ -424,7 +459,7 @@ def test_a_mounted_disk_grown_on_the_server_grows_and_keeps_its_files(pi: Pi):
     pi.list_disks(pi.line(DISK_A, rancher))
     assert pi.run_agent().returncode == 0
     (rancher / "kept").write_text("state\n")
-    loop = os.readlink(pi.link(DISK_A))
+    loop = pi.loop(DISK_A)
     assert filesystem_bytes(loop) == 16 << 20
 
     grow(image, 64)
@@ -441,7 +476,7 @@ def test_a_mounted_disk_grown_on_the_server_grows_and_keeps_its_files(pi: Pi):
         assert pi.run_agent().returncode == 0
         pi.list_disks(pi.line(DISK_A, rancher))
         assert pi.run_agent().returncode == 0
-        loop = os.readlink(pi.link(DISK_A))
+        loop = pi.loop(DISK_A)
         assert filesystem_bytes(loop) == 64 << 20, "grown at the next mount"
     assert device_on(rancher) == loop and (rancher / "kept").read_text() == "state\n"
     again = pi.run_agent()
@@ -456,7 +491,7 @@ def test_a_disk_grown_while_detached_fills_its_device_when_next_mounted(pi: Pi):
     result = pi.run_agent()
 
     assert result.returncode == 0, result.stderr
-    assert filesystem_bytes(os.readlink(pi.link(DISK_A))) == 48 << 20
+    assert filesystem_bytes(pi.loop(DISK_A)) == 48 << 20
     assert "filesystem grown to the disk's" in result.stderr
 
 
@@ -508,3 +543,57 @@ def test_disks_mounted_inside_one_another_are_undone_in_one_run(pi: Pi):
 
     assert result.returncode == 0, result.stderr
     assert pi.state() == ([], [], {})
+
+
+def numbers(path: Path | str) -> str:
+    """major:minor of the block device node `path`, as sysfs writes them."""
+    rdev = os.stat(path).st_rdev
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def test_a_bosh_disk_s_partition_is_named_as_the_bosh_agent_names_it(pi: Pi, tmp_path: Path):
+    """The agent resolves the by-id link to the disk's node, formats and mounts
+    ``<node>1`` and later finds that name in the mount table."""
+    image = pi.make_raw_disk(DISK_A, partitioned=True)
+    pi.list_disks(pi.line(DISK_A))
+
+    assert pi.run_agent().returncode == 0
+    disk, partition = pi.node_dir / DISK_A, pi.node_dir / f"{DISK_A}1"
+    assert os.path.realpath(pi.link(DISK_A)) == str(disk)
+    loop = pi.loop(DISK_A).removeprefix("/dev/")
+    assert numbers(partition) == Path(f"/sys/block/{loop}/{loop}p1/dev").read_text().strip()
+    run(["mkfs.ext4", "-q", str(partition)])
+    data = tmp_path / "store"
+    data.mkdir()
+    run(["mount", str(partition), str(data)])
+    assert device_on(data) == str(partition)
+    (data / "hello").write_text("kept on the partition\n")
+
+    pi.list_disks()
+    refused = pi.run_agent()  # mounted by its node's name, still found in use
+    run(["umount", str(data)])
+    finished = pi.run_agent()
+
+    assert refused.returncode == 1 and "still in use" in refused.stderr
+    assert finished.returncode == 0, finished.stderr
+    assert pi.state() == ([], [], {})
+    kept = run(["debugfs", "-R", "cat /hello", f"{image}?offset={1024 * 1024}"])
+    assert kept == "kept on the partition\n"
+
+
+def test_partitions_made_or_removed_on_the_pi_get_or_lose_their_nodes(pi: Pi):
+    pi.make_raw_disk(DISK_A)
+    pi.list_disks(pi.line(DISK_A))
+    assert pi.run_agent().returncode == 0
+    assert sorted(pi.node_dir.iterdir()) == [pi.node_dir / DISK_A]
+
+    disk = str(pi.node_dir / DISK_A)
+    table = "label: dos\nstart=2048, size=20MiB, type=83\nstart=43008, type=82\n"
+    subprocess.run(["sfdisk", "--quiet", disk], input=table, text=True, check=True)
+    assert pi.run_agent().returncode == 0
+    names = [DISK_A, f"{DISK_A}1", f"{DISK_A}2"]
+    assert sorted(pi.node_dir.iterdir()) == [pi.node_dir / name for name in names]
+
+    subprocess.run(["sfdisk", "--quiet", "--delete", disk, "2"], check=True)
+    assert pi.run_agent().returncode == 0
+    assert sorted(pi.node_dir.iterdir()) == [pi.node_dir / name for name in names[:2]]

@@ -62,6 +62,13 @@ class DiskCreateSchema(Schema):
         metadata={"description": "made on the disk by Bakery at creation; none leaves it raw"},
     )
     mount_point = MountPoint(load_default=None, metadata={"description": MOUNT_POINT_HELP})
+    partitioned = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "made with one Linux partition spanning it (MBR), unformatted: "
+            "what the BOSH agent partitions a persistent disk into and then formats"
+        },
+    )
 
 
 class AttachSchema(Schema):

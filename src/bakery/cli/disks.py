@@ -25,12 +25,18 @@ MOUNT_POINT_OPTION = click.option(
 @click.option("--bake", "bake_id", help="Attach to this bake at once.")
 @click.option("--filesystem", help="Format it (ext4) now; without, the disk is left raw.")
 @MOUNT_POINT_OPTION
+@click.option(
+    "--partitioned",
+    is_flag=True,
+    help="Give it one Linux partition, unformatted: a persistent disk for the BOSH agent.",
+)
 def disk_create(
     ctx: Context,
     size_mib: int,
     bake_id: str | None,
     filesystem: str | None,
     mount_point: str | None,
+    partitioned: bool,
 ) -> None:
     """Create a disk of SIZE_MIB MiB."""
     body = {
@@ -38,6 +44,7 @@ def disk_create(
         "bake_id": bake_id,
         "filesystem": filesystem,
         "mount_point": mount_point,
+        "partitioned": partitioned or None,
     }
     emit(ctx, ctx.api.post("/disks", without_none(body)))
 

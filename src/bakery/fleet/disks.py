@@ -32,20 +32,25 @@ def create_disk(
     filesystem: str | None = None,
     mount_point: str | None = None,
     near: str | None = None,
+    partitioned: bool = False,
 ) -> Disk:
-    """A new sparse disk, formatted with ``filesystem`` if given, attached to ``bake_id``
-    at once if given. ``near`` names a bake it is meant for (BOSH's placement hint): it is
-    made on that bake's host (``fleet.forwarding``), where only that bake can use it."""
+    """A new sparse disk, formatted with ``filesystem`` or `partitioned` for BOSH if told,
+    attached to ``bake_id`` at once if given. ``near`` names a bake it is meant for (BOSH's
+    placement hint): it is made on that bake's host (``fleet.forwarding``), where only that
+    bake can use it."""
     if not 1 <= size_mib <= ctx.settings.max_disk_mib:
         raise InvalidInput(f"size_mib must be between 1 and {ctx.settings.max_disk_mib}")
     if filesystem is not None and filesystem not in disks.FILESYSTEMS:
         raise InvalidInput.of_field("filesystem", f"must be one of {', '.join(disks.FILESYSTEMS)}")
+    _check_partitioned(partitioned, size_mib, filesystem)
     _check_mount_point(ctx, mount_point, filesystem)
     bake = get_live_bake(bake_id) if bake_id else None
     disk_id = identifiers.new_id()
     try:
-        disks.create_disk_image(ctx.settings, disk_id, size_mib, filesystem)
-    except fsutil.CommandFailed as exc:  # mkfs, with what it said
+        disks.create_disk_image(
+            ctx.settings, disk_id, size_mib, filesystem, partitioned=partitioned
+        )
+    except fsutil.CommandFailed as exc:  # mkfs or sfdisk, with what it said
         raise StorageFailed(str(exc)) from None
     try:
         with writable_bake(ctx, bake.id) if bake else nullcontext(), database.atomic():
@@ -71,6 +76,19 @@ def create_disk(
     pi = bake.pi if bake else None
     events.record(pi, "disk", f"disk {disk_id} created", bake_id, size_mib=size_mib)
     return disk
+
+
+def _check_partitioned(partitioned: bool, size_mib: int, filesystem: str | None) -> None:
+    if not partitioned:
+        return
+    if filesystem is not None:
+        raise InvalidInput.of_field(
+            "partitioned", "a partitioned disk is formatted by its user: give no filesystem"
+        )
+    if size_mib > disks.MAX_PARTITIONED_MIB:
+        raise InvalidInput.of_field(
+            "partitioned", f"an MBR partition spans at most {disks.MAX_PARTITIONED_MIB} MiB"
+        )
 
 
 def delete_disk(ctx: FleetContext, disk_id: str) -> None:
