@@ -34,11 +34,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..stemcell.install import API_URL_FILE
 from ..stemcell.install import DEFAULT_SECRET_PATH as SECRET_FILE
-from . import dhcp_client, http_boot, nfs
+from . import dhcp_client, http_boot, nfs, userspace
 from .models import SimPi
 from .network import Link
 from .tftp_client import Download, run
@@ -176,7 +177,10 @@ class Bootloader:
         self.pi, self.link, self.report = pi, link, report
         self.power_off, self.cancelled, self.timeouts = power_off, power_off.is_set, timeouts
 
-    def boot(self) -> None:
+    def boot(self) -> str | None:
+        """Boot up to the kernel's NFS root; returns the root's path when its init is
+        to run next (a root with an init this machine can run, on a Pi with its own
+        network namespace), else None (the sim then reports userspace itself)."""
         self.console(f"RPi: BOOTLOADER release VERSION:sim DATE: 2026/12/01 board {self.pi.model}")
         self.console(
             f"boot: mode {'HTTP 7' if self.pi.http_boot else 'NETWORK 2'} serial {self.pi.serial}"
@@ -191,7 +195,7 @@ class Bootloader:
             cmdline = self.load(tftp).decode("latin-1")
         self.console("boot: kernel loaded; starting it with its cmdline.txt")
         nfs_server, root = parse_nfsroot(cmdline)
-        self.mount(nfs_server, root)
+        return self.mount(nfs_server, root)
 
     def console(self, line: str) -> None:
         """One line of the bootloader's log, sent as NETCONSOLE sends it: a UDP datagram
@@ -328,15 +332,19 @@ class Bootloader:
 
     # -- NFS root --------------------------------------------------------------------------
 
-    def mount(self, server: str, root: str) -> None:
+    def mount(self, server: str, root: str) -> str | None:
         if self.link.nfs_skipped:
             self.report("booted", "nfs", f"{server}:{root} skipped: {self.link.nfs_skipped}")
-            return
+            return None
         self.report("nfs", "nfs", f"mounting {server}:{root}")
         hostname = self.read_root(server, f"{root}/etc/hostname").decode(errors="replace")
         self.pi.hostname = hostname.strip()
         self.report("booted", "booted", f"root {server}:{root} read, hostname {self.pi.hostname}")
+        # The server is this machine: the export's path is the root's directory here.
+        if self.link.interface is not None and userspace.runnable_init(Path(root)):
+            return root
         self.report_userspace(server, root)
+        return None
 
     def report_userspace(self, server: str, root: str) -> None:
         """What the root's boot report does once userspace is up: POST to the API URL

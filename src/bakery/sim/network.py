@@ -82,6 +82,10 @@ class Network:
     def enter(self, pi: SimPi) -> None:
         """Move the calling thread onto ``pi``'s network."""
 
+    def namespace(self, pi: SimPi) -> str | None:
+        """The network namespace of ``pi``, where it has one of its own."""
+        return None
+
     def call(self, pi: SimPi, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` run from ``pi``'s network, in a thread of its own."""
         return call_in_thread(lambda: self.enter(pi), func, *args)
@@ -155,6 +159,9 @@ class NetnsNetwork(Network):
 
     def enter(self, pi: SimPi) -> None:
         enter_namespace(self.namespaces[pi.serial])
+
+    def namespace(self, pi: SimPi) -> str | None:
+        return self.namespaces[pi.serial]
 
     def close(self) -> None:
         for namespace in self.namespaces.values():

@@ -4,7 +4,8 @@ Powering a Pi on starts its bootloader in a thread on the Pi's network; powering
 off stops that boot wherever it is (the thread notices within a fraction of a
 second) and the Pi is ``off`` at once, as a relay cutting power would leave it. A
 boot that ends late can never overwrite the state of a newer power-on: every state
-change carries the power generation it belongs to.
+change carries the power generation it belongs to. A root whose init can run here is
+booted into its userspace (``userspace``), which a power-off kills.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from .bootloader import DEFAULT_TIMEOUTS, BootCancelled, BootFailure, Bootloader, Timeouts
 from .models import SimPi
 from .network import Network
+from .userspace import INIT, Userspace
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ class Simulator:
         self._lock = threading.Lock()
         self._power_off: dict[str, threading.Event] = {}
         self._threads: dict[str, threading.Thread] = {}
+        self._userspaces: dict[str, Userspace] = {}
 
     def get(self, serial: str) -> SimPi:
         try:
@@ -77,7 +81,8 @@ class Simulator:
             return pi.status()
 
     def power_off(self, serial: str) -> dict[str, Any]:
-        """Open the relay: whatever the boot was doing stops."""
+        """Open the relay: whatever the boot was doing stops, a running userspace with
+        every process in it."""
         pi = self.get(serial)
         with self._lock:
             if serial in self._power_off:
@@ -86,7 +91,16 @@ class Simulator:
                 pi.powered, pi.state, pi.reason, pi.hostname = False, "off", "", ""
                 pi.generation += 1
                 pi.note("power", "off")
-            return pi.status()
+            running = self._userspaces.pop(serial, None)
+            status = pi.status()
+        if running is not None:
+            running.power_off()
+        return status
+
+    def userspace(self, serial: str) -> Userspace | None:
+        """The running userspace of the Pi, if its root's init runs."""
+        with self._lock:
+            return self._userspaces.get(self.get(serial).serial)
 
     def booting(self, serial: str) -> bool:
         """Whether a boot thread of this Pi is still running (even one cut short by a
@@ -111,7 +125,9 @@ class Simulator:
 
         try:
             self.network.enter(pi)
-            Bootloader(pi, self.network.link(pi), report, power_off, self.timeouts).boot()
+            root = Bootloader(pi, self.network.link(pi), report, power_off, self.timeouts).boot()
+            if root is not None:
+                self._start_userspace(pi, generation, Path(root))
         except BootCancelled:
             return
         except BootFailure as exc:
@@ -119,6 +135,20 @@ class Simulator:
         except Exception as exc:  # a simulator bug must show as a failed Pi, not vanish
             log.exception("simulated Pi %s crashed", pi.serial)
             self._fail(pi, generation, f"simulator error: {type(exc).__name__}: {exc}")
+
+    def _start_userspace(self, pi: SimPi, generation: int, root: Path) -> None:
+        """Run the root's init as the Pi's; a power-off that came meanwhile ends it."""
+        namespace = self.network.namespace(pi)
+        assert namespace is not None  # the bootloader returns a root only with one
+        running = Userspace(root, namespace, f"{pi.serial}-{generation}")
+        running.start()
+        with self._lock:
+            current = pi.generation == generation
+            if current:
+                self._userspaces[pi.serial] = running
+                pi.note("userspace", f"init /{INIT} of {root} started as PID 1")
+        if not current:
+            running.power_off()
 
     def _fail(self, pi: SimPi, generation: int, reason: str) -> None:
         with self._lock:
