@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from bakery.sim.image import build_sd_image
 from bakery.sim.network import NETNS_TOOLS
-from bakery.sim.runner import SimulatedSite, SiteOptions
+from bakery.sim.runner import SimulatedSite
+from bakery.sim.userspace import Userspace
 from bakery.sim.wait import wait_until
 from bakery.stemcell import build_stemcell
 from tests.support import bosh_tools, debian
+from tests.support.sites import image_of_stemcell, no_progress, one_pi_site
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,10 +31,6 @@ pytestmark = [
 
 AGENT_ID = "agent-7a1c"
 MBUS_PASSWORD = "mbus-secret-1"
-
-
-def ignore(_sent: int) -> None:
-    """Upload progress, which the test does not show."""
 
 
 def certificates(work: Path, address: str) -> dict[str, str]:
@@ -113,8 +110,7 @@ def certificates(work: Path, address: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stemcell_image(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("stemcell")
-    root = debian.debian_root(work / "root")
-    image = build_sd_image(work / "debian.img", root_dir=root, root_mib=768)
+    image = debian.debian_image(work)
     assert bosh_tools.AGENT_AMD64 and bosh_tools.MONIT_SOURCE
     build_stemcell(
         image,
@@ -124,30 +120,59 @@ def stemcell_image(tmp_path_factory) -> Path:
         name="bosh-bakery-debian",
         version="1",
     )
-    with tarfile.open(work / "stemcell.tgz") as tar:
-        tar.extract("image", work / "unpacked", filter="data")
-    return work / "unpacked/image"
+    return image_of_stemcell(work / "stemcell.tgz", work / "unpacked")
 
 
 @pytest.fixture
 def site(tmp_path: Path):
-    options = SiteOptions(
-        root=tmp_path / "data", workdir=tmp_path / "site", pis=1, models=["4B"], mode="netns",
-        bakeform=None,
-    )  # fmt: skip
-    with SimulatedSite(options) as running:
+    with one_pi_site(tmp_path) as running:
         yield running
 
 
-def test_the_real_agent_runs_in_the_baked_pi_and_answers_its_mbus(
-    site: SimulatedSite, stemcell_image: Path, tmp_path: Path
-):
-    pi = site.pis[0]
-    certs = certificates(tmp_path, pi.address)
-    (tmp_path / "ca.pem").write_text(certs["ca"])
-    settings = {
+class Mbus:
+    """``bosh create-env``'s side of the agent's https mbus."""
+
+    def __init__(self, address: str, ca_file: Path, password: str = MBUS_PASSWORD) -> None:
+        self.url = f"https://{address}:6868/agent"
+        self.ca_file = ca_file
+        self.password = password
+
+    def post(self, method: str, *arguments: object) -> requests.Response:
+        return requests.post(
+            self.url,
+            json={"method": method, "arguments": list(arguments), "reply_to": "test"},
+            auth=("mbus", self.password),
+            verify=str(self.ca_file),
+            timeout=30,
+        )
+
+    def ping(self) -> dict | None:
+        try:
+            return self.post("ping").json()
+        except requests.ConnectionError:
+            return None
+
+    def task(self, method: str, *arguments: object, timeout: float = 120.0) -> Any:
+        """Call `method`; for a long one, wait on its task as the CLI does (get_task)."""
+        answer = self.post(method, *arguments).json()
+
+        def finished() -> bool:
+            nonlocal answer
+            value = answer.get("value")
+            if not (isinstance(value, dict) and value.get("state") == "running"):
+                return True
+            answer = self.post("get_task", value["agent_task_id"]).json()
+            return False
+
+        wait_until(finished, timeout, interval=0.5, what=f"the agent's {method}")
+        assert "exception" not in answer, answer
+        return answer["value"]
+
+
+def agent_settings(address: str, certs: dict[str, str]) -> dict:
+    return {
         "agent_id": AGENT_ID,
-        "mbus": f"https://mbus:{MBUS_PASSWORD}@{pi.address}:6868",
+        "mbus": f"https://mbus:{MBUS_PASSWORD}@{address}:6868",
         "env": {"bosh": {"mbus": {"cert": certs}}},
         "blobstore": {"provider": "local", "options": {"blobstore_path": "/var/vcap/data/blobs"}},
         "networks": {
@@ -157,57 +182,105 @@ def test_the_real_agent_runs_in_the_baked_pi_and_answers_its_mbus(
         "vm": {"name": "vm-1"},
         "ntp": [],
     }  # fmt: skip
-    site.api.upload("/bakeforms/stemcell", stemcell_image, replace=False, progress=ignore)
-    host_name = socket.gethostname()
 
-    bake = site.api.post("/bakes", {"bakeform": "stemcell", "agent_settings": settings})
 
+def boot_agent(site: SimulatedSite, stemcell_image: Path, tmp_path: Path) -> tuple[dict, Mbus]:
+    """Bake the stemcell onto the site's Pi with agent settings; its bake and mbus once
+    the agent answers."""
+    pi = site.pis[0]
+    certs = certificates(tmp_path, pi.address)
+    (tmp_path / "ca.pem").write_text(certs["ca"])
+    site.api.upload("/bakeforms/stemcell", stemcell_image, replace=False, progress=no_progress)
+    bake = site.api.post(
+        "/bakes", {"bakeform": "stemcell", "agent_settings": agent_settings(pi.address, certs)}
+    )
+    mbus = Mbus(pi.address, tmp_path / "ca.pem")
+    wait_for_agent(site, mbus)
+    return bake, mbus
+
+
+def wait_for_agent(site: SimulatedSite, mbus: Mbus) -> None:
+    pi = site.pis[0]
     assert site.simulator is not None
     wait_until(lambda: site.simulator.userspace(pi.serial) is not None, 120, what="userspace")
-    userspace = site.simulator.userspace(pi.serial)
-    assert userspace is not None
-
-    def ping() -> dict | None:
-        try:
-            answer = requests.post(
-                f"https://{pi.address}:6868/agent",
-                json={"method": "ping", "arguments": [], "reply_to": "test"},
-                auth=("mbus", MBUS_PASSWORD),
-                verify=str(tmp_path / "ca.pem"),
-                timeout=5,
-            )
-        except requests.ConnectionError:
-            return None
-        return answer.json()
-
     try:
-        wait_until(lambda: ping() is not None, 90, what="the agent's mbus")
+        wait_until(lambda: mbus.ping() is not None, 90, what="the agent's mbus")
     except TimeoutError:
-        print(userspace.run("journalctl", "--no-pager", "-n", "80").stdout)
+        userspace = site.simulator.userspace(pi.serial)
+        if userspace is not None:
+            print(userspace.run("systemctl", "status", "--no-pager", "-l", "bosh-agent").stdout)
+            print(userspace.run("journalctl", "--no-pager", "-n", "80", "-o", "cat").stdout)
         raise
-    assert ping() == {"value": "pong"}
-    state = requests.post(
-        f"https://{pi.address}:6868/agent",
-        json={"method": "get_state", "arguments": [], "reply_to": "test"},
-        auth=("mbus", MBUS_PASSWORD),
-        verify=str(tmp_path / "ca.pem"),
-        timeout=10,
-    ).json()
-    assert state["value"]["agent_id"] == AGENT_ID
-    wrong = requests.post(
-        f"https://{pi.address}:6868/agent",
-        json={"method": "ping", "arguments": [], "reply_to": "test"},
-        auth=("mbus", "not-the-password"),
-        verify=str(tmp_path / "ca.pem"),
-        timeout=10,
-    )
-    assert wrong.status_code == 401
+
+
+def test_the_real_agent_runs_in_the_baked_pi_and_answers_its_mbus(
+    site: SimulatedSite, stemcell_image: Path, tmp_path: Path
+):
+    pi = site.pis[0]
+    host_name = socket.gethostname()
+
+    bake, mbus = boot_agent(site, stemcell_image, tmp_path)
+
+    assert mbus.ping() == {"value": "pong"}
+    assert mbus.task("get_state")["agent_id"] == AGENT_ID
+    assert Mbus(pi.address, mbus.ca_file, "not-the-password").post("ping").status_code == 401
     # the agent named its VM after its id: on the Pi, never on the host
+    userspace = site.simulator.userspace(pi.serial)
     assert userspace.run("hostname").stdout.strip() == AGENT_ID
     assert socket.gethostname() == host_name
 
     site.api.post(f"/bakes/{bake['id']}/power", {"action": "off"})
 
     wait_until(lambda: site.simulator.userspace(pi.serial) is None, 30, what="power off")
-    assert ping() is None
+    assert mbus.ping() is None
     assert socket.gethostname() == host_name
+
+
+def mounted_on(userspace: Userspace, point: str) -> str:
+    done = userspace.run("findmnt", "--noheadings", "--output", "SOURCE", point)
+    return done.stdout.strip()
+
+
+def test_the_agent_formats_mounts_and_unmounts_a_persistent_disk_keeping_its_data(
+    site: SimulatedSite, stemcell_image: Path, tmp_path: Path
+):
+    """As create-env does it: attach (the CPI's part: Bakery lists the disk for the Pi),
+    add_persistent_disk and mount_disk (the agent writes the partition table again,
+    formats the partition and mounts it by the name it gives it), unmount_disk, a second
+    mount_disk with the data still there, and a detach the disk agent undoes."""
+    pi = site.pis[0]
+    loops_before = host_loops()
+    bake, mbus = boot_agent(site, stemcell_image, tmp_path)
+    # 1 GiB (sparse): the agent takes a disk under 100 MB for one whose partition must grow
+    disk = site.api.post("/disks", {"size_mib": 1024, "partitioned": True})["id"]
+    hint = site.api.post(f"/disks/{disk}/attach", {"bake_id": bake["id"]})["device"]
+    partition = f"/dev/bakery/{disk}1"
+    assert site.simulator is not None
+    userspace = site.simulator.userspace(pi.serial)
+    assert userspace is not None
+
+    # the disk agent (at boot, then every 5 s) has it on a loop device, with its nodes
+    wait_until(lambda: userspace.run("test", "-b", partition).returncode == 0, 60, what="disk")
+    mbus.task("add_persistent_disk", disk, {"id": disk, "path": hint})
+    mbus.task("mount_disk", disk)
+
+    assert mounted_on(userspace, "/var/vcap/store") == partition
+    assert mbus.task("list_disk") == [disk]
+    userspace.run("sh", "-c", "echo 'kept on the disk' > /var/vcap/store/data")
+    mbus.task("unmount_disk", disk)
+    assert mounted_on(userspace, "/var/vcap/store") == ""
+    mbus.task("mount_disk", disk)  # the table written again, the filesystem kept
+    assert userspace.run("cat", "/var/vcap/store/data").stdout == "kept on the disk\n"
+    mbus.task("unmount_disk", disk)
+
+    site.api.post(f"/disks/{disk}/detach")
+    wait_until(lambda: userspace.run("test", "-e", partition).returncode != 0, 60, what="detach")
+    site.api.delete(f"/bakes/{bake['id']}")
+    wait_until(lambda: site.simulator.userspace(pi.serial) is None, 30, what="power off")
+    assert host_loops() == loops_before
+
+
+def host_loops() -> str:
+    return subprocess.run(
+        ["losetup", "--list", "--noheadings"], capture_output=True, text=True
+    ).stdout

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bakery.sim.image import build_sd_image
 from bakery.sim.network import NETNS_TOOLS
-from bakery.sim.runner import SimulatedSite, SiteOptions
+from bakery.sim.runner import SimulatedSite
 from bakery.sim.wait import wait_until
 from tests.support import debian
+from tests.support.sites import no_progress, one_pi_site
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,10 +26,6 @@ pytestmark = [
 ]
 
 HOST_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/passwd", "/etc/fstab")
-
-
-def ignore(_sent: int) -> None:
-    """Upload progress, which the test does not show."""
 
 
 def host_view() -> dict[str, object]:
@@ -53,25 +49,19 @@ def host_view() -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def debian_image(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("debian")
-    root = debian.debian_root(work / "root")
-    return build_sd_image(work / "debian.img", root_dir=root, root_mib=768)
+    return debian.debian_image(tmp_path_factory.mktemp("debian"))
 
 
 @pytest.fixture
 def site(tmp_path: Path):
-    options = SiteOptions(
-        root=tmp_path / "data", workdir=tmp_path / "site", pis=1, models=["4B"], mode="netns",
-        bakeform=None,
-    )  # fmt: skip
-    with SimulatedSite(options) as running:
+    with one_pi_site(tmp_path) as running:
         yield running
 
 
 def test_a_pi_boots_its_roots_systemd_which_runs_the_boot_report_and_dies_with_power(
     site: SimulatedSite, debian_image: Path
 ):
-    site.api.upload("/bakeforms/debian", debian_image, replace=False, progress=ignore)
+    site.api.upload("/bakeforms/debian", debian_image, replace=False, progress=no_progress)
     before = host_view()
 
     bake = site.api.post("/bakes", {"bakeform": "debian", "hostname": "pi-in-a-box"})

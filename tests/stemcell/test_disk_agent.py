@@ -166,6 +166,10 @@ def pi(tmp_path: Path):
     finally:
         for point in reversed(mounts_below(tmp_path)):
             subprocess.run(["umount", "--lazy", point], check=False)
+        for anchor in world.node_dir.glob("*") if world.node_dir.exists() else []:
+            loops = run(["losetup", "--noheadings", "--output", "NAME", "-l", "-j", str(anchor)])
+            for loop in loops.split():
+                subprocess.run(["losetup", "--detach", loop], check=False)
         for image in tmp_path.glob("srv/*/disk.img"):
             loops = run(["losetup", "--noheadings", "--output", "NAME", "-l", "-j", str(image)])
             for loop in loops.split():
@@ -561,6 +565,11 @@ def test_a_bosh_disk_s_partition_is_named_as_the_bosh_agent_names_it(pi: Pi, tmp
     disk, partition = pi.node_dir / DISK_A, pi.node_dir / f"{DISK_A}1"
     assert os.path.realpath(pi.link(DISK_A)) == str(disk)
     loop = pi.loop(DISK_A).removeprefix("/dev/")
+    assert numbers(partition) == Path(f"/sys/block/{loop}/{loop}p1/dev").read_text().strip()
+    # the agent writes the same table again and asks for a re-read: the anchored
+    # partition stays, its node still right
+    rewrite = subprocess.run(["sfdisk", str(disk)], input=",,L\n", text=True, capture_output=True)
+    assert rewrite.returncode == 0 and "busy" in rewrite.stderr + rewrite.stdout
     assert numbers(partition) == Path(f"/sys/block/{loop}/{loop}p1/dev").read_text().strip()
     run(["mkfs.ext4", "-q", str(partition)])
     data = tmp_path / "store"

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from bakery.sim.image import REQUIRED_TOOLS
 from bakery.sim.network import NETNS_TOOLS
-from bakery.sim.runner import SimulatedSite, SiteOptions
+from bakery.sim.runner import SimulatedSite
 from bakery.sim.wait import wait_until
 from bakery.stemcell import build_stemcell
 from tests.stemcell.conftest import debian_image, needs_agent_and_monit
+from tests.support.sites import image_of_stemcell, no_progress, one_pi_site
 
 TOOLS = (*REQUIRED_TOOLS, "debugfs", "pigz")
 AGENT_SETTINGS = {"agent_id": "agent-1", "mbus": "nats://10.0.0.6:4222", "disks": {}}
@@ -28,35 +28,25 @@ pytestmark = [
 ]
 
 
-def ignore(_sent: int) -> None:
-    """Upload progress, which the test does not show."""
-
-
 @pytest.fixture
 def stemcell_image(tmp_path: Path, agent: Path, monit_source: Path) -> Path:
     """The ``image`` of a freshly built stemcell, as the director hands it to the CPI."""
     pi_os = debian_image(tmp_path / "raspios.img")
     out = tmp_path / "stemcell.tgz"
     build_stemcell(pi_os, agent, out, monit_source=monit_source, name="bosh-bakery", version="1")
-    with tarfile.open(tmp_path / "stemcell.tgz", "r:gz") as tar:
-        tar.extract("image", tmp_path / "unpacked")
-    return tmp_path / "unpacked/image"
+    return image_of_stemcell(out, tmp_path / "unpacked")
 
 
 @pytest.fixture
 def site(tmp_path: Path):
-    options = SiteOptions(
-        root=tmp_path / "data", workdir=tmp_path / "site", pis=1, models=["4B"], mode="netns",
-        bakeform=None,
-    )  # fmt: skip
-    with SimulatedSite(options) as running:
+    with one_pi_site(tmp_path) as running:
         yield running
 
 
 def test_the_stemcell_image_boots_a_pi_with_the_agents_in_its_root(
     site: SimulatedSite, stemcell_image: Path
 ):
-    site.api.upload("/bakeforms/bosh-bakery-1", stemcell_image, replace=False, progress=ignore)
+    site.api.upload("/bakeforms/bosh-bakery-1", stemcell_image, replace=False, progress=no_progress)
 
     bake = site.api.post(
         "/bakes",

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from bakery import fsutil
+from bakery.sim.image import build_sd_image
 
 SUITE = "bookworm"
 #: What the root runs and the bosh-agent and disk agent call: systemd as init, the
@@ -110,3 +111,8 @@ def _make(tarball: Path) -> None:
         os.replace(work / "root.tar", tarball)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def debian_image(work: Path) -> Path:
+    """An SD card image (``work/debian.img``) whose ext4 root is a fresh copy of the root."""
+    return build_sd_image(work / "debian.img", root_dir=debian_root(work / "root"), root_mib=768)

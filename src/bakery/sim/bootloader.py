@@ -177,10 +177,10 @@ class Bootloader:
         self.pi, self.link, self.report = pi, link, report
         self.power_off, self.cancelled, self.timeouts = power_off, power_off.is_set, timeouts
 
-    def boot(self) -> str | None:
-        """Boot up to the kernel's NFS root; returns the root's path when its init is
-        to run next (a root with an init this machine can run, on a Pi with its own
-        network namespace), else None (the sim then reports userspace itself)."""
+    def boot(self) -> tuple[str, str] | None:
+        """Boot up to the kernel's NFS root; returns its server and path when the root's
+        init is to run next (an init this machine can run, on a Pi with its own network
+        namespace), else None (the sim then reports userspace itself)."""
         self.console(f"RPi: BOOTLOADER release VERSION:sim DATE: 2026/12/01 board {self.pi.model}")
         self.console(
             f"boot: mode {'HTTP 7' if self.pi.http_boot else 'NETWORK 2'} serial {self.pi.serial}"
@@ -332,7 +332,7 @@ class Bootloader:
 
     # -- NFS root --------------------------------------------------------------------------
 
-    def mount(self, server: str, root: str) -> str | None:
+    def mount(self, server: str, root: str) -> tuple[str, str] | None:
         if self.link.nfs_skipped:
             self.report("booted", "nfs", f"{server}:{root} skipped: {self.link.nfs_skipped}")
             return None
@@ -342,7 +342,7 @@ class Bootloader:
         self.report("booted", "booted", f"root {server}:{root} read, hostname {self.pi.hostname}")
         # The server is this machine: the export's path is the root's directory here.
         if self.link.interface is not None and userspace.runnable_init(Path(root)):
-            return root
+            return server, root
         self.report_userspace(server, root)
         return None
 

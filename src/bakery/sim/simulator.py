@@ -125,9 +125,11 @@ class Simulator:
 
         try:
             self.network.enter(pi)
-            root = Bootloader(pi, self.network.link(pi), report, power_off, self.timeouts).boot()
-            if root is not None:
-                self._start_userspace(pi, generation, Path(root))
+            nfs_root = Bootloader(
+                pi, self.network.link(pi), report, power_off, self.timeouts
+            ).boot()
+            if nfs_root is not None:
+                self._start_userspace(pi, generation, *nfs_root)
         except BootCancelled:
             return
         except BootFailure as exc:
@@ -136,11 +138,12 @@ class Simulator:
             log.exception("simulated Pi %s crashed", pi.serial)
             self._fail(pi, generation, f"simulator error: {type(exc).__name__}: {exc}")
 
-    def _start_userspace(self, pi: SimPi, generation: int, root: Path) -> None:
+    def _start_userspace(self, pi: SimPi, generation: int, server: str, root: str) -> None:
         """Run the root's init as the Pi's; a power-off that came meanwhile ends it."""
         namespace = self.network.namespace(pi)
         assert namespace is not None  # the bootloader returns a root only with one
-        running = Userspace(root, namespace, f"{pi.serial}-{generation}")
+        name, port = f"{pi.serial}-{generation}", self.network.link(pi).nfs_port
+        running = Userspace(Path(root), namespace, name, server, port)
         running.start()
         with self._lock:
             current = pi.generation == generation

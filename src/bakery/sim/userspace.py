@@ -11,6 +11,13 @@ uevent or udev rule reaches the host), and tmpfs ``/run``, ``/tmp`` and ``/dev``
 only the device nodes a Pi's programs need (null, zero, random, a pts instance, the loop
 devices). There is no console; the gettys that would sit on one are masked at run time.
 
+Nor can this kernel mount NFS, which the disk agent does for each disk's export. The
+simulator stands in for the Pi kernel's NFS client there: the disk agent's mount command
+is, for this boot only (a drop-in in the Pi's ``/run``), a script that asks a process
+the Pi's PID 1 left outside the root; it checks with ``nfs-ls``, from the Pi's address,
+that the server exports the directory to this Pi, then bind-mounts that directory on
+the mount point inside the root (opened without following a link out of it).
+
 Powering the Pi off kills its init with SIGKILL, which ends every process of its PID
 namespace at once, as cutting power does; its mounts go with its mount namespace, and
 the loop devices its disk agent attached (the ones its ``/dev/bakery`` nodes name) are
@@ -25,12 +32,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+from ..roots import SeasoningError
+from ..roots.confined import open_in_root
 from ..stemcell.architecture import elf_architecture, host_architecture
+from . import nfs
 from .wait import wait_until
 
 #: Where a root's systemd is (Debian and Pi OS: /lib is a link to /usr/lib).
@@ -50,6 +62,8 @@ CHARACTER_DEVICES = (
     ("loop-control", 10, 237),
 )
 LOOP_MAJOR = 7
+#: A disk's node is /dev/bakery/<id>, its partitions' /dev/bakery/<id><N>.
+DISK_ID_LENGTH = 32
 #: Loop device nodes made in the Pi's /dev (the kernel adds loop devices on demand; a
 #: node must exist for losetup to use one).
 LOOP_NODES = 64
@@ -57,6 +71,24 @@ CGROUP_V1_SYSTEMD = Path("/sys/fs/cgroup/systemd")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 #: Joins the cgroup named by $1, then runs the rest: the Pi's processes start in it.
 _JOIN_CGROUP = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
+#: Inside the Pi: where the NFS stand-in takes requests, and the disk agent's drop-in.
+NFS_DIR = "run/bakery-sim/nfs"
+MOUNT_SCRIPT = "run/bakery-sim/mount-nfs"
+_REPLY_RE = re.compile(rf"/{NFS_DIR}/reply\.[0-9]+")
+DISK_AGENT_DROP_IN = "run/systemd/system/bakery-disk-agent.service.d/50-bakery-sim.conf"
+#: The disk agent's mount command on a simulated Pi: one request line (its answer FIFO,
+#: the export, the mount point) to the stand-in, one answer line back.
+MOUNT_NFS = f"""#!/bin/sh
+# mount "<server>:<dir>" on "<mount point>" as the simulated Pi's NFS client: the kernel
+# under this simulated Pi has none (see bakery.sim.userspace).
+set -eu
+reply=/{NFS_DIR}/reply.$$
+mkfifo -m 600 "$reply"
+trap 'rm -f "$reply"' EXIT
+printf '%s %s %s\n' "$reply" "$1" "$2" >/{NFS_DIR}/requests
+read -r answer <"$reply"
+[ "$answer" = ok ] || {{ echo "mount-nfs: $answer" >&2; exit 32; }}
+"""
 
 
 class UserspaceError(RuntimeError):
@@ -76,16 +108,18 @@ def runnable_init(root: Path) -> bool:
 class Userspace:
     """The running init of one simulated Pi, started by `start` and ended by `power_off`."""
 
-    def __init__(self, root: Path, netns: str, name: str) -> None:
+    def __init__(self, root: Path, netns: str, name: str, server: str, nfs_port: int) -> None:
         self.root = root
         self.netns = netns
+        self.server = server  # the NFS server the root came from
+        self.nfs_port = nfs_port
         self.cgroup = _cgroup_base() / "bakery-sim" / name
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the root's init in the Pi's namespaces; returns once it runs as PID 1."""
         self.cgroup.mkdir(parents=True, exist_ok=True)
-        inner = [sys.executable, "-m", __name__, str(self.root)]
+        inner = [sys.executable, "-m", __name__, str(self.root), self.server, str(self.nfs_port)]
         unshare = ["unshare", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--fork"]
         command = ["ip", "netns", "exec", self.netns, *unshare, "--propagation", "private"]
         self.process = subprocess.Popen(
@@ -134,18 +168,25 @@ class Userspace:
         _remove_cgroup(self.cgroup)
 
     def _own_loops(self) -> list[str]:
-        """The loop devices the Pi's disk agent attached: those its /dev/bakery nodes are."""
+        """The loop devices the Pi's disk agent attached, anchors first: the disks' are
+        those its /dev/bakery nodes are; the anchors, those on its partition nodes."""
         pid = self.init_pid()
         if pid is None:
             return []
-        nodes = Path(f"/proc/{pid}/root/dev/bakery")
-        loops = set()
+        disks: dict[str, str] = {}
         with contextlib.suppress(OSError):
-            for node in nodes.iterdir():
+            for node in Path(f"/proc/{pid}/root/dev/bakery").iterdir():
                 rdev = node.stat().st_rdev
                 if os.major(rdev) == LOOP_MAJOR:
-                    loops.add(f"/dev/loop{os.minor(rdev)}")
-        return sorted(loops)
+                    disks[node.name] = f"/dev/loop{os.minor(rdev)}"
+        listing = self.run("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE")
+        anchors = []
+        for line in listing.stdout.splitlines():
+            name, _, backing = line.partition(" ")
+            partition = backing.strip().removeprefix("/dev/bakery/")
+            if partition[:DISK_ID_LENGTH] in disks and partition[DISK_ID_LENGTH:].isdigit():
+                anchors.append(name)
+        return [*anchors, *sorted(set(disks.values()))]
 
 
 def _cgroup_base() -> Path:
@@ -245,9 +286,74 @@ def _make_dev(dev: Path) -> None:
         (dev / name).symlink_to(target)
 
 
-def main(root: Path) -> None:
-    """Become the Pi's init: lay out its mounts, enter its root, exec its systemd."""
+def _start_nfs_client(root: Path, server: str, nfs_port: int) -> None:
+    """Leave a process outside the root that mounts the exports the Pi asks for (the
+    Pi's PID 1 reaps it; it dies with the Pi's PID namespace)."""
+    (root / NFS_DIR).mkdir(parents=True)
+    os.mkfifo(root / NFS_DIR / "requests", 0o600)
+    (root / MOUNT_SCRIPT).write_text(MOUNT_NFS)
+    (root / MOUNT_SCRIPT).chmod(0o755)
+    drop_in = root / DISK_AGENT_DROP_IN
+    drop_in.parent.mkdir(parents=True)
+    drop_in.write_text(f"[Service]\nEnvironment=BAKERY_DISK_MOUNT_CMD=/{MOUNT_SCRIPT}\n")
+    if os.fork() == 0:
+        try:
+            _serve_mounts(root, server, nfs_port)
+        finally:
+            os._exit(0)
+
+
+def _serve_mounts(root: Path, server: str, nfs_port: int) -> None:
+    """Answer the Pi's mount requests. Everything in them is the Pi's to choose, and
+    this process sees the host: the answer goes only to a FIFO named as the script names
+    it, opened without following links; the export must be the Pi's server's."""
+    # Opened read-write, so that the FIFO never reads as ended between two writers.
+    with open(os.open(root / NFS_DIR / "requests", os.O_RDWR)) as requests:
+        for line in requests:
+            parts = line.split()
+            if len(parts) != 3 or not _REPLY_RE.fullmatch(parts[0]):
+                continue
+            answer = _mount_export(root, parts[1], parts[2], server, nfs_port)
+            _answer(root, parts[0].rsplit("/", 1)[1], answer)
+
+
+def _answer(root: Path, name: str, answer: str) -> None:
+    with contextlib.suppress(OSError, SeasoningError), open_in_root(root, NFS_DIR) as directory:
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=directory)
+        try:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                os.write(fd, answer.encode() + b"\n")
+        finally:
+            os.close(fd)
+
+
+def _mount_export(root: Path, export: str, target: str, server: str, nfs_port: int) -> str:
+    """Bind-mount the exported directory on `target` inside the root, if the Pi's server
+    exports it to this Pi; "ok" or what went wrong."""
+    named, _, directory = export.partition(":")
+    if named != server:
+        return f"{export}: only {server}'s exports are on this machine"
+    try:
+        nfs.check_export(server, directory, nfs_port)
+        with open_in_root(root, target) as fd:
+            done = subprocess.run(
+                ["mount", "--bind", directory, f"/proc/self/fd/{fd}"],
+                pass_fds=[fd],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+    except (nfs.NfsError, SeasoningError, OSError) as exc:
+        return f"{export}: {exc}"
+    return "ok" if done.returncode == 0 else f"{export}: {done.stderr.strip()}"
+
+
+def main(root: Path, server: str, nfs_port: int) -> None:
+    """Become the Pi's init: lay out its mounts, start its NFS stand-in, enter its root,
+    exec its systemd."""
     _lay_out(root)
+    _start_nfs_client(root, server, nfs_port)
     os.chroot(root)
     os.chdir("/")
     environment = {"container": CONTAINER, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -255,4 +361,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
