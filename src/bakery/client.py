@@ -66,12 +66,12 @@ class ApiClient:
             response = self.session.request(
                 method, f"{self.url}/api/v1{path}", headers=headers, timeout=self.timeout, **kwargs
             )
+        except requests.Timeout:  # a connect timeout is also a ConnectionError
+            raise ApiError(f"Bakery at {self.url} did not answer in {self.timeout:.0f} s") from None
         except requests.ConnectionError as exc:
             raise ApiError(
                 f"cannot reach Bakery at {self.url} (is it running?): {connection_failure(exc)}"
             ) from None
-        except requests.Timeout:
-            raise ApiError(f"Bakery at {self.url} did not answer in {self.timeout:.0f} s") from None
         if response.status_code == 204:
             return None
         try:

@@ -9,9 +9,10 @@ since overlayfs refuses an NFS directory as its upper layer. Formatting a sparse
 with a lazily made journal writes a few MiB, whatever the disk's size.
 
 A disk for BOSH is made partitioned instead: an MBR with one Linux partition spanning the
-disk, as the bosh-agent partitions a persistent disk, left for the agent to format. The
-agent finds that layout in place and never repartitions, so the partition exists (and
-the disk agent has made its device node) before the agent looks for it.
+disk, as the bosh-agent partitions a persistent disk, left for the agent to format. So
+the partition exists (and the disk agent has made its device node) before the agent
+first looks for it; the agent writes the same table again at each mount, which the
+disk agent's anchors make harmless (see bakery-disk-agent).
 """
 
 from __future__ import annotations

@@ -208,8 +208,8 @@ def wait_for_agent(site: SimulatedSite, mbus: Mbus) -> None:
     except TimeoutError:
         userspace = site.simulator.userspace(pi.serial)
         if userspace is not None:
+            print(userspace.boot_state())
             print(userspace.run("systemctl", "status", "--no-pager", "-l", "bosh-agent").stdout)
-            print(userspace.run("journalctl", "--no-pager", "-n", "80", "-o", "cat").stdout)
         raise
 
 

@@ -71,14 +71,18 @@ def test_a_pi_boots_its_roots_systemd_which_runs_the_boot_report_and_dies_with_p
     wait_until(lambda: site.simulator.userspace(pi.serial) is not None, 120, what="userspace")
     userspace = site.simulator.userspace(pi.serial)
     assert userspace is not None
-    wait_until(
-        lambda: (
-            userspace.run("systemctl", "is-system-running").stdout.strip()
-            in ("running", "degraded")
-        ),
-        60,
-        what="the Pi's systemd to finish booting",
-    )
+    try:
+        wait_until(
+            lambda: (
+                userspace.run("systemctl", "is-system-running").stdout.strip()
+                in ("running", "degraded")
+            ),
+            120,
+            what="the Pi's systemd to finish booting",
+        )
+    except TimeoutError:
+        print(userspace.boot_state())
+        raise
     assert userspace.run("systemctl", "--failed", "--no-legend").stdout == ""
     assert userspace.run("hostname").stdout.strip() == "pi-in-a-box"
     # PID 1 is the root's own init, in the Pi's own namespaces and its network

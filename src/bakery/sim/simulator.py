@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,9 @@ class Simulator:
         """Run the root's init as the Pi's; a power-off that came meanwhile ends it."""
         namespace = self.network.namespace(pi)
         assert namespace is not None  # the bootloader returns a root only with one
-        name, port = f"{pi.serial}-{generation}", self.network.link(pi).nfs_port
+        # A name of its own: a cgroup another boot left behind is never joined.
+        name = f"{pi.serial}-{generation}-{uuid.uuid4().hex[:8]}"
+        port = self.network.link(pi).nfs_port
         running = Userspace(Path(root), namespace, name, server, port)
         running.start()
         with self._lock:

@@ -6,17 +6,23 @@ disk agent, the boot report, the bosh-agent and monit of a stemcell. This machin
 kernel stands in for the Pi's, so the init gets what a kernel gives a container: its
 own PID, mount, UTS, IPC and cgroup namespaces inside the Pi's network namespace, the
 bake's root directory as ``/`` (the directory the NFS export serves: this kernel has no
-NFS client), ``/proc`` with ``/proc/sys`` read-only and a read-only ``/sys`` (no sysctl,
-uevent or udev rule reaches the host), and tmpfs ``/run``, ``/tmp`` and ``/dev`` holding
-only the device nodes a Pi's programs need (null, zero, random, a pts instance, the loop
-devices). There is no console; the gettys that would sit on one are masked at run time.
+NFS client), ``/proc`` with ``/proc/sys`` read-only and a read-only ``/sys`` (so the
+root's sysctl and udev units do not touch the host), and tmpfs ``/run``, ``/tmp`` and
+``/dev``, the last holding only the device nodes a Pi's programs need (null, zero,
+random, a pts instance, the loop devices). There is no console; the gettys that would
+sit on one are masked at run time.
 
 Nor can this kernel mount NFS, which the disk agent does for each disk's export. The
 simulator stands in for the Pi kernel's NFS client there: the disk agent's mount command
-is, for this boot only (a drop-in in the Pi's ``/run``), a script that asks a process
-the Pi's PID 1 left outside the root; it checks with ``nfs-ls``, from the Pi's address,
-that the server exports the directory to this Pi, then bind-mounts that directory on
-the mount point inside the root (opened without following a link out of it).
+is, for this boot only (a drop-in in the Pi's ``/run``), a script that asks the NFS
+stand-in, a process in the Pi's mount and network namespaces but not its PID namespace
+(nothing in the Pi can reach it). It checks with ``nfs-ls``, from the Pi's address, that
+the server exports the disk's directory to this Pi, then bind-mounts that directory on
+the mount point inside the root, both opened without following a link.
+
+The Pi's processes run as root with the host's capabilities: the namespaces keep a
+well-behaved root's doings (hostname, network, mounts) off the host, but this is a test
+bench for Bakery's own roots, not a sandbox for hostile ones.
 
 Powering the Pi off kills its init with SIGKILL, which ends every process of its PID
 namespace at once, as cutting power does; its mounts go with its mount namespace, and
@@ -62,6 +68,8 @@ CHARACTER_DEVICES = (
     ("loop-control", 10, 237),
 )
 LOOP_MAJOR = 7
+#: The file of a disk in its directory (bakery.disks.DISK_FILE).
+DISK_IMAGE = "disk.img"
 #: A disk's node is /dev/bakery/<id>, its partitions' /dev/bakery/<id><N>.
 DISK_ID_LENGTH = 32
 #: Loop device nodes made in the Pi's /dev (the kernel adds loop devices on demand; a
@@ -75,6 +83,9 @@ _JOIN_CGROUP = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
 NFS_DIR = "run/bakery-sim/nfs"
 MOUNT_SCRIPT = "run/bakery-sim/mount-nfs"
 _REPLY_RE = re.compile(rf"/{NFS_DIR}/reply\.[0-9]+")
+_DISK_ID_RE = re.compile("[0-9a-f]{32}")
+#: The longest request line the stand-in reads.
+REQUEST_LIMIT = 4096
 DISK_AGENT_DROP_IN = "run/systemd/system/bakery-disk-agent.service.d/50-bakery-sim.conf"
 #: The disk agent's mount command on a simulated Pi: one request line (its answer FIFO,
 #: the export, the mount point) to the stand-in, one answer line back.
@@ -85,8 +96,9 @@ set -eu
 reply=/{NFS_DIR}/reply.$$
 mkfifo -m 600 "$reply"
 trap 'rm -f "$reply"' EXIT
+exec 3<>"$reply"
 printf '%s %s %s\n' "$reply" "$1" "$2" >/{NFS_DIR}/requests
-read -r answer <"$reply"
+read -r answer <&3
 [ "$answer" = ok ] || {{ echo "mount-nfs: $answer" >&2; exit 32; }}
 """
 
@@ -113,21 +125,43 @@ class Userspace:
         self.netns = netns
         self.server = server  # the NFS server the root came from
         self.nfs_port = nfs_port
+        #: Bakery's layout, <data>/bakes/<id>/root: the disks its Pis may mount are
+        #: <data>/disks/<id>.
+        self.disks_dir = root.parents[2] / "disks"
         self.cgroup = _cgroup_base() / "bakery-sim" / name
         self.process: subprocess.Popen[bytes] | None = None
+        self.nfs_client: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start the root's init in the Pi's namespaces; returns once it runs as PID 1."""
-        self.cgroup.mkdir(parents=True, exist_ok=True)
-        inner = [sys.executable, "-m", __name__, str(self.root), self.server, str(self.nfs_port)]
+        """Start the root's init in the Pi's namespaces, and the NFS stand-in beside it;
+        returns once the init runs as PID 1. A failed start leaves nothing running."""
+        self.cgroup.mkdir(parents=True)
+        inner = [sys.executable, "-m", __name__, str(self.root)]
         unshare = ["unshare", "--pid", "--mount", "--uts", "--ipc", "--cgroup", "--fork"]
         command = ["ip", "netns", "exec", self.netns, *unshare, "--propagation", "private"]
-        self.process = subprocess.Popen(
-            ["sh", "-c", _JOIN_CGROUP, "sh", str(self.cgroup), *command, *inner],
+        try:
+            self.process = subprocess.Popen(
+                ["sh", "-c", _JOIN_CGROUP, "sh", str(self.cgroup), *command, *inner],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            pid = wait_until(self._init_runs, timeout, what=f"the init of {self.root}")
+            assert pid is not None  # wait_until returns what it waited for
+            self.nfs_client = self._start_nfs_client(pid)
+        except BaseException:
+            self.power_off()
+            raise
+
+    def _start_nfs_client(self, pid: int) -> subprocess.Popen[bytes]:
+        """The NFS stand-in: in the Pi's mount and network namespaces, but not in its PID
+        namespace, so that nothing in the Pi can reach it (or the host's root it has)."""
+        enter = ["nsenter", "-t", str(pid), "-m", "-n", "--"]
+        serve = [sys.executable, "-m", __name__, "--serve-mounts", str(self.root)]
+        return subprocess.Popen(
+            [*enter, *serve, str(self.disks_dir), self.server, str(self.nfs_port)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_until(self._init_runs, timeout, what=f"the init of {self.root}")
 
     def init_pid(self) -> int | None:
         """The host's pid of the Pi's PID 1, once it is the root's init."""
@@ -137,11 +171,21 @@ class Userspace:
                     return pid
         return None
 
-    def _init_runs(self) -> bool:
+    def _init_runs(self) -> int | None:
         assert self.process is not None
         if self.process.poll() is not None:
             raise UserspaceError(f"the Pi's init exited at once (status {self.process.returncode})")
-        return self.init_pid() is not None
+        return self.init_pid()
+
+    def boot_state(self) -> str:
+        """What the Pi's systemd says of its boot, and what it is still doing: for a test
+        that waited in vain."""
+        commands = [
+            ("systemctl", "is-system-running"),
+            ("systemctl", "list-jobs", "--no-pager"),
+            ("systemctl", "--failed", "--no-pager"),
+        ]
+        return "\n".join(self.run(*command).stdout for command in commands)
 
     def run(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run a command inside the Pi, as a shell on it would (tests look at the Pi so)."""
@@ -154,8 +198,14 @@ class Userspace:
         )
 
     def power_off(self, timeout: float = 30.0) -> None:
-        """Kill every process of the Pi at once and detach the loop devices it attached."""
+        """Kill every process of the Pi at once and detach the loop devices it attached.
+
+        What to detach is read on the host before the kill, from the Pi's nodes (never
+        followed) and each loop device's backing inode: nothing the Pi runs is asked."""
         loops = self._own_loops()
+        if self.nfs_client is not None:
+            self.nfs_client.kill()
+            self.nfs_client.wait()
         for pid in _cgroup_pids(self.cgroup):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -168,25 +218,48 @@ class Userspace:
         _remove_cgroup(self.cgroup)
 
     def _own_loops(self) -> list[str]:
-        """The loop devices the Pi's disk agent attached, anchors first: the disks' are
-        those its /dev/bakery nodes are; the anchors, those on its partition nodes."""
+        """The loop devices the Pi's disk agent attached, anchors first: those backed by
+        the disk image of a disk the Pi has a node for, and those backed by one of its
+        partition nodes."""
         pid = self.init_pid()
         if pid is None:
             return []
-        disks: dict[str, str] = {}
+        backing: dict[tuple[int, int], str] = {}
+        nodes = Path(f"/proc/{pid}/root/dev/bakery")
         with contextlib.suppress(OSError):
-            for node in Path(f"/proc/{pid}/root/dev/bakery").iterdir():
-                rdev = node.stat().st_rdev
-                if os.major(rdev) == LOOP_MAJOR:
-                    disks[node.name] = f"/dev/loop{os.minor(rdev)}"
-        listing = self.run("losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE")
-        anchors = []
+            for node in nodes.iterdir():
+                if len(node.name) == DISK_ID_LENGTH:
+                    image = self.disks_dir / node.name / DISK_IMAGE
+                    with contextlib.suppress(OSError):
+                        backing[_inode(image.stat())] = "disk"
+                elif node.name[DISK_ID_LENGTH:].isdigit():
+                    backing[_inode(node.lstat())] = "anchor"
+        listing = subprocess.run(
+            [
+                "losetup",
+                "--list",
+                "--noheadings",
+                "--raw",
+                "--output",
+                "NAME,BACK-INO,BACK-MAJ:MIN",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        found: dict[str, list[str]] = {"anchor": [], "disk": []}
         for line in listing.stdout.splitlines():
-            name, _, backing = line.partition(" ")
-            partition = backing.strip().removeprefix("/dev/bakery/")
-            if partition[:DISK_ID_LENGTH] in disks and partition[DISK_ID_LENGTH:].isdigit():
-                anchors.append(name)
-        return [*anchors, *sorted(set(disks.values()))]
+            name, inode, device = (line.split() + ["", "", ""])[:3]
+            major, _, minor = device.partition(":")
+            if inode.isdigit() and major.isdigit() and minor.isdigit():
+                kind = backing.get((int(inode), os.makedev(int(major), int(minor))))
+                if kind:
+                    found[kind].append(name)
+        return [*found["anchor"], *found["disk"]]
+
+
+def _inode(info: os.stat_result) -> tuple[int, int]:
+    return info.st_ino, info.st_dev
 
 
 def _cgroup_base() -> Path:
@@ -286,9 +359,9 @@ def _make_dev(dev: Path) -> None:
         (dev / name).symlink_to(target)
 
 
-def _start_nfs_client(root: Path, server: str, nfs_port: int) -> None:
-    """Leave a process outside the root that mounts the exports the Pi asks for (the
-    Pi's PID 1 reaps it; it dies with the Pi's PID namespace)."""
+def _prepare_nfs_client(root: Path) -> None:
+    """The FIFO the stand-in reads, the disk agent's mount command and its drop-in, all in
+    the Pi's /run: nothing of them is written into the root."""
     (root / NFS_DIR).mkdir(parents=True)
     os.mkfifo(root / NFS_DIR / "requests", 0o600)
     (root / MOUNT_SCRIPT).write_text(MOUNT_NFS)
@@ -296,50 +369,62 @@ def _start_nfs_client(root: Path, server: str, nfs_port: int) -> None:
     drop_in = root / DISK_AGENT_DROP_IN
     drop_in.parent.mkdir(parents=True)
     drop_in.write_text(f"[Service]\nEnvironment=BAKERY_DISK_MOUNT_CMD=/{MOUNT_SCRIPT}\n")
-    if os.fork() == 0:
-        try:
-            _serve_mounts(root, server, nfs_port)
-        finally:
-            os._exit(0)
 
 
-def _serve_mounts(root: Path, server: str, nfs_port: int) -> None:
-    """Answer the Pi's mount requests. Everything in them is the Pi's to choose, and
-    this process sees the host: the answer goes only to a FIFO named as the script names
-    it, opened without following links; the export must be the Pi's server's."""
+def serve_mounts(root: Path, disks_dir: Path, server: str, nfs_port: int) -> None:
+    """Answer the Pi's mount requests until killed.
+
+    Everything in a request is the Pi's to choose, and this process sees the host: every
+    path inside the root is opened without following a link, the answer goes only to a
+    FIFO named as the script names it, and only a disk's own directory may be mounted."""
+    with open_in_root(root, NFS_DIR) as directory:
+        fd = os.open("requests", os.O_RDWR | os.O_CLOEXEC, dir_fd=directory)
     # Opened read-write, so that the FIFO never reads as ended between two writers.
-    with open(os.open(root / NFS_DIR / "requests", os.O_RDWR)) as requests:
-        for line in requests:
-            parts = line.split()
-            if len(parts) != 3 or not _REPLY_RE.fullmatch(parts[0]):
+    with open(fd, "rb") as requests:
+        for raw in requests:
+            parts = raw.decode(errors="replace").split()
+            if len(raw) > REQUEST_LIMIT or len(parts) != 3 or not _REPLY_RE.fullmatch(parts[0]):
                 continue
-            answer = _mount_export(root, parts[1], parts[2], server, nfs_port)
+            answer = _mount_export(root, disks_dir, parts[1], parts[2], server, nfs_port)
             _answer(root, parts[0].rsplit("/", 1)[1], answer)
 
 
 def _answer(root: Path, name: str, answer: str) -> None:
     with contextlib.suppress(OSError, SeasoningError), open_in_root(root, NFS_DIR) as directory:
+        info = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        if not stat.S_ISFIFO(info.st_mode):
+            return
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         fd = os.open(name, flags, dir_fd=directory)
         try:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.write(fd, answer.encode() + b"\n")
+            os.write(fd, answer.encode() + b"\n")
         finally:
             os.close(fd)
 
 
-def _mount_export(root: Path, export: str, target: str, server: str, nfs_port: int) -> str:
-    """Bind-mount the exported directory on `target` inside the root, if the Pi's server
-    exports it to this Pi; "ok" or what went wrong."""
+def _mount_export(
+    root: Path, disks_dir: Path, export: str, target: str, server: str, nfs_port: int
+) -> str:
+    """Bind-mount a disk's directory on `target` inside the root, if it is one and the
+    Pi's server exports it to this Pi; "ok" or what went wrong."""
     named, _, directory = export.partition(":")
-    if named != server:
-        return f"{export}: only {server}'s exports are on this machine"
+    disk = directory.removeprefix(f"{disks_dir}/")
+    if named != server or not _DISK_ID_RE.fullmatch(disk):
+        return f"{export}: not a disk of {server}"
     try:
         nfs.check_export(server, directory, nfs_port)
-        with open_in_root(root, target) as fd:
+        with open_in_root(disks_dir, disk) as source, open_in_root(root, target) as mount_point:
             done = subprocess.run(
-                ["mount", "--bind", directory, f"/proc/self/fd/{fd}"],
-                pass_fds=[fd],
+                # --no-canonicalize: the kernel follows the descriptors, no path is
+                # looked up again between the checks and the mount
+                [
+                    "mount",
+                    "--no-canonicalize",
+                    "--bind",
+                    f"/proc/self/fd/{source}",
+                    f"/proc/self/fd/{mount_point}",
+                ],
+                pass_fds=[source, mount_point],
                 capture_output=True,
                 text=True,
                 check=False,
@@ -349,11 +434,11 @@ def _mount_export(root: Path, export: str, target: str, server: str, nfs_port: i
     return "ok" if done.returncode == 0 else f"{export}: {done.stderr.strip()}"
 
 
-def main(root: Path, server: str, nfs_port: int) -> None:
-    """Become the Pi's init: lay out its mounts, start its NFS stand-in, enter its root,
-    exec its systemd."""
+def main(root: Path) -> None:
+    """Become the Pi's init: lay out its mounts and its NFS stand-in's FIFO, enter its
+    root, exec its systemd."""
     _lay_out(root)
-    _start_nfs_client(root, server, nfs_port)
+    _prepare_nfs_client(root)
     os.chroot(root)
     os.chdir("/")
     environment = {"container": CONTAINER, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -361,4 +446,7 @@ def main(root: Path, server: str, nfs_port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    if sys.argv[1] == "--serve-mounts":
+        serve_mounts(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+    else:
+        main(Path(sys.argv[1]))

@@ -229,7 +229,7 @@ def _account_entries(root: _ImageRoot) -> list[RootEntry]:
     if missing:
         raise StemcellError(f"the image's root has no {', '.join(missing)}: not a Debian root")
     texts = {
-        path: data.decode(errors="replace")
+        path: data.decode(errors="surrogateescape")
         for path, data in root.read(list(accounts.FILES)).items()
     }
     try:
@@ -242,7 +242,13 @@ def _account_entries(root: _ImageRoot) -> list[RootEntry]:
     new_texts = (edited.passwd, edited.group, edited.shadow, edited.gshadow)
     return [
         *(
-            RootFile(path, text.encode(), found[path].mode, found[path].uid, found[path].gid)
+            RootFile(
+                path,
+                text.encode(errors="surrogateescape"),
+                found[path].mode,
+                found[path].uid,
+                found[path].gid,
+            )
             for path, text in zip(accounts.FILES, new_texts, strict=True)
         ),
         RootFile(accounts.SUDOERS_PATH, accounts.SUDOERS, mode=0o440),
