@@ -1,13 +1,16 @@
 """fleet.forwarding and fleet.jobs: two hosts on one PostgreSQL, in one process. Work a
 host's API takes for the other host's Pis, bakes or disks is done by that host (its job
-runners, woken by NOTIFY) and answered as if it were local, errors included; a host that
-is down or never takes the job fails the request with ``host_down`` and leaves nothing."""
+runners, woken by NOTIFY) and answered as if it were local, errors included. A host that
+is down gets no new job; one pending when its host went down waits for it to return, and
+a job no runner takes while its asker waits fails the request with ``host_down`` and
+leaves nothing."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +19,9 @@ import pytest
 from bakery.errors import BakeryError, NoPiAvailable
 from bakery.fleet import Fleet, forwarding, jobs
 from bakery.fleet.jobs import HostDown
-from bakery.models import Bake, Disk, Host, Job, Pi, PiState, utcnow
+from bakery.models import Bake, Disk, Event, Host, Job, Pi, PiState, database, utcnow
+from tests.conftest import install_ppi
+from tests.fleet.test_power import STATEFUL_PPI
 
 pytestmark = pytest.mark.parametrize(
     "db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
@@ -112,11 +117,49 @@ def test_a_disk_made_near_a_bake_is_on_the_bake_s_host_and_attaches_there(
     assert Disk.get_by_id(here.id).bake_id is None
 
 
+def stop_beating(host: Fleet) -> None:
+    """Make ``host`` down: its last heartbeat long past."""
+    Host.update(heartbeat_at=utcnow() - timedelta(minutes=5)).where(
+        Host.name == host.settings.host_id
+    ).execute()
+
+
+def down_once_its_job_is_written(monkeypatch, host: Fleet) -> None:
+    """``host`` stops beating as soon as a job for it is written: the job is pending when
+    its host goes down."""
+    send = jobs.send
+
+    def sent_then_down(*args, **kwargs):
+        job = send(*args, **kwargs)
+        stop_beating(host)
+        return job
+
+    monkeypatch.setattr(jobs, "send", sent_then_down)
+
+
+def asker_looks(monkeypatch) -> threading.Semaphore:
+    """Released each time a waiting asker has looked whether its pending job is overdue."""
+    looks = threading.Semaphore(0)
+    look = jobs._cancel_if_overdue
+
+    def looked(job):
+        cancelled = look(job)
+        looks.release()
+        return cancelled
+
+    monkeypatch.setattr(jobs, "_cancel_if_overdue", looked)
+    return looks
+
+
+def in_own_connection(call, *args, **kwargs):
+    """``call`` in a thread of its own, with its own database connection."""
+    with database.connection_context():
+        return call(*args, **kwargs)
+
+
 def test_a_host_that_is_down_gets_no_job(fleet, rack2, raspios):
     fleet.register_pi("00000001", ip="127.0.0.11")
-    Host.update(heartbeat_at=utcnow() - timedelta(minutes=5)).where(
-        Host.name == fleet.settings.host_id
-    ).execute()
+    stop_beating(fleet)
 
     with pytest.raises(HostDown, match="is down"):
         rack2.bake("raspios", serial="00000001")
@@ -127,15 +170,56 @@ def test_a_host_that_is_down_gets_no_job(fleet, rack2, raspios):
     assert Pi.get(Pi.serial == "00000001").state == "available"
 
 
-def test_a_job_its_live_host_never_takes_is_cancelled_and_never_done(
+def test_a_job_pending_when_its_host_goes_down_waits_and_is_done_when_it_returns(
     fleet, rack2, raspios, monkeypatch
+):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    fleet.register_pi("00000002", ip="127.0.0.12")
+    monkeypatch.setattr(jobs, "RECHECK_SECONDS", 0.1)
+    down_once_its_job_is_written(monkeypatch, fleet)
+    looks = asker_looks(monkeypatch)
+
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(
+            in_own_connection, rack2.bake, "raspios", serial="00000001", power_on=False
+        )
+        for _ in range(3):
+            assert looks.acquire(timeout=30)  # the asker looked at its job, rack-1 down
+        rack2.forget_ended_jobs()  # nor does a live host's clean-up cancel it
+        assert Job.get(Job.kind == "bake").state == "pending"
+        with pytest.raises(HostDown, match="is down"):  # but no new bake goes there
+            rack2.bake("raspios", serial="00000002")
+        assert not asked.done()
+
+        fleet.join_host()  # rack-1 starts again: its runners take what waited for it
+        fleet.recover()
+        returned = fleet.job_runners(1)
+        returned.start()
+        try:
+            bake = asked.result(timeout=60)
+        finally:
+            returned.stop()
+
+    assert (bake.pi.serial, bake.host_id) == ("00000001", fleet.settings.host_id)
+    assert fleet.bake_root(bake.id).is_dir()
+    (job,) = Job.select()
+    assert (job.state, job.result) == ("done", bake.id)
+
+
+@pytest.mark.parametrize("goes_down", [False, True], ids=["host-live", "host-down"])
+def test_a_job_no_runner_takes_while_its_asker_waits_is_cancelled_and_never_done(
+    fleet, rack2, raspios, monkeypatch, goes_down
 ):
     fleet.register_pi("00000001", ip="127.0.0.11")
     monkeypatch.setattr(jobs, "QUEUE_SECONDS", 1)
     monkeypatch.setattr(jobs, "RECHECK_SECONDS", 0.2)
+    if goes_down:
+        down_once_its_job_is_written(monkeypatch, fleet)
 
-    with pytest.raises(HostDown, match="did not take the bake"):
-        rack2.bake("raspios", serial="00000001")  # rack-1 is live, but runs no runner
+    with pytest.raises(HostDown, match="did not take the bake within 1 s") as refused:
+        rack2.bake("raspios", serial="00000001")  # rack-1 runs no runner (or is down)
+
+    assert (refused.value.status, refused.value.code) == (503, "host_down")
 
     assert jobs.take(fleet.context) is None  # nothing left to take when it does
     assert Job.get(Job.kind == "bake").state == "cancelled"
@@ -235,6 +319,64 @@ def test_ended_jobs_are_kept_a_day_then_forgotten(fleet, rack2):
 
     left = {(job.host, job.state) for job in Job.select()}
     assert left == {(me, "failed"), (me, "pending"), ("rack-2", "done")}
+
+
+def power_calls(monkeypatch, *hosts: Fleet) -> list[tuple[str, str]]:
+    """From now on, each power action the ``hosts`` run (still done) as (the host whose
+    power controller ran it, the action)."""
+    calls: list[tuple[str, str]] = []
+
+    def recording(host: Fleet):
+        run = host.power.run
+
+        def recorded(driver, target, action):
+            calls.append((host.settings.host_id, action))
+            return run(driver, target, action)
+
+        return recorded
+
+    for host in hosts:
+        monkeypatch.setattr(host.power, "run", recording(host))
+    return calls
+
+
+def test_power_asked_through_another_host_is_switched_by_the_pi_s_host(
+    fleet, rack2, raspios, runners, monkeypatch, tmp_path, ppi_dir
+):
+    relay = tmp_path / "relay"
+    fleet.register_pi(
+        "00000001",
+        ip="127.0.0.11",
+        power_driver="ppi",
+        power_settings={
+            "program": install_ppi(ppi_dir, "relay.py", STATEFUL_PPI),
+            "params": {"relay": str(relay)},
+        },
+    )
+    bake = fleet.bake("raspios", serial="00000001", power_on=False)
+    switched = power_calls(monkeypatch, fleet, rack2)
+
+    started = rack2.power_bake(bake.id, "on")
+    assert started.state == "on" and relay.read_text() == "on"
+    stopped = rack2.operator_power("00000001", "off")
+    assert stopped.state == "off" and relay.read_text() == "off"
+
+    assert fleet.power_bake(bake.id, "on") == started  # a local call's answer
+    assert fleet.operator_power("00000001", "off") == stopped
+    me = fleet.settings.host_id
+    assert switched == [(me, "on"), (me, "off"), (me, "on"), (me, "off")]
+    forwarded = Job.select().where(Job.kind.in_(["power_bake", "operator_power"]))
+    assert {(job.kind, job.host, job.state) for job in forwarded} == {
+        ("power_bake", me, "done"),
+        ("operator_power", me, "done"),
+    }
+    power_events = Event.select().where(Event.kind == "power", Event.pi == bake.pi)
+    assert [event.data["action"] for event in power_events.order_by(Event.id)] == [
+        "on",
+        "off",
+        "on",
+        "off",
+    ]
 
 
 def test_a_pi_s_new_address_set_through_another_host_moves_its_owner_s_exports(

@@ -9,13 +9,15 @@ work for the asker's token, and write the result or the error back. ``NOTIFY`` w
 runners when a job is written and the waiter when it ends: no polling delay. A lost
 notification (a dropped connection) costs at most ``RECHECK_SECONDS``.
 
-The asker waits as long as the work is alive. A pending job is cancelled (``NotTaken``:
-nothing was done, another host may be asked) when its host is down, or when no runner of
-it took the job within ``QUEUE_SECONDS``. A running job holds a lease its runner's
-process renews; when the lease runs out (the worker died, the host was killed), the
-asker is answered ``host_down`` and the host's recovery undoes what the job left. Every
-time is the database's clock, so hosts whose clocks differ agree. SQLite is one host's
-database: there, nothing goes through jobs.
+The asker waits as long as the work is alive. A pending job waits ``QUEUE_SECONDS`` for a
+runner of its host, whether the host is busy or down (then its runners take the job when
+it starts again); when nobody took it by then, it is cancelled (``NotTaken``: nothing was
+done, another host may be asked), so a host that returns later never does work nobody
+waits for. No new job is written for a host that is down (``fleet.forwarding``). A running
+job holds a lease its runner's process renews; when the lease runs out (the worker died,
+the host was killed), the asker is answered ``host_down`` and the host's recovery undoes
+what the job left. Every time is the database's clock, so hosts whose clocks differ
+agree. SQLite is one host's database: there, nothing goes through jobs.
 """
 
 from __future__ import annotations
@@ -34,11 +36,10 @@ from ..errors import BakeryError, Unavailable, error_class
 from ..models import Job, database, utcnow
 from .actors import Actor, acting_as, current_actor
 from .context import FleetContext
-from .hosts import get_host, is_live
 
 log = logging.getLogger(__name__)
 
-#: Seconds a pending job may wait for a runner of its (live, busy) host.
+#: Seconds a pending job may wait for a runner of its host (busy, or down until it returns).
 QUEUE_SECONDS = 300
 #: Seconds a running job's lease lasts; its runner's process renews it every third of that.
 LEASE_SECONDS = 30
@@ -79,7 +80,10 @@ def ask(host: str, kind: str, args: dict[str, Any]) -> Any:
     if ended.state == "done":
         return ended.result
     if ended.state == "cancelled":
-        raise NotTaken(f"host {host!r} did not take the {kind}: it is down or too busy")
+        raise NotTaken(
+            f"host {host!r} did not take the {kind} within {QUEUE_SECONDS} s "
+            "(it is down or too busy): nothing was done"
+        )
     raise remote_error(ended.error or {})
 
 
@@ -116,11 +120,9 @@ def _wait(hub: JobHub, job: Job) -> Job:
 
 
 def _cancel_if_overdue(job: Job) -> bool:
-    """Cancel a pending job whose host is down, or that waited ``QUEUE_SECONDS``."""
-    this = Job.id == job.id
-    if is_live(get_host(job.host)):
-        return _cancel(this, Job.start_by < NOW) > 0
-    return _cancel(this) > 0
+    """Cancel a pending job that waited ``QUEUE_SECONDS``; until then it waits, its host
+    down or not."""
+    return _cancel(Job.id == job.id, Job.start_by < NOW) > 0
 
 
 def _lease_lost(job: Job) -> bool:
