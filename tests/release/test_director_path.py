@@ -26,7 +26,7 @@ DEPLOYMENT = bosh_tools.DEPLOYMENT or Path("/nonexistent")
 pytestmark = [needs_ruby, bosh_tools.needs("cli", "deployment")]
 
 DIRECTOR_IP = "10.0.0.6"
-BAKERY_IP = "10.0.0.9"
+BAKERY_IP = "10.0.0.10"  # README step 3's example
 DIRECTOR_TOKEN = "bky_director-token-0123456789abcdefghij"
 VSPHERE = {
     "vcenter_cluster": "cluster",
@@ -54,7 +54,15 @@ def director(tmp_path_factory) -> tuple[dict, dict]:
     """The director's manifest with the Bakery CPI colocated, and the generated creds."""
     work = tmp_path_factory.mktemp("director")
     bakery_creds = work / "bakery-creds.yml"
-    bakery_creds.write_text(yaml.safe_dump({"bakery_tls": {"ca": "-----BEGIN CERTIFICATE-----"}}))
+    # what README step 2's vars store gives step 3's -l: the director's token and the CA
+    bakery_creds.write_text(
+        yaml.safe_dump(
+            {
+                "bakery_director_token": DIRECTOR_TOKEN,
+                "bakery_tls": {"ca": "-----BEGIN CERTIFICATE-----"},
+            }
+        )
+    )
     creds = work / "creds.yml"
     variables = {
         "director_name": "bosh",
@@ -64,7 +72,6 @@ def director(tmp_path_factory) -> tuple[dict, dict]:
         "network_name": "VM Network",
         "bakery_release": str(work / "bakery.tgz"),
         "bakery_ip": BAKERY_IP,
-        "bakery_director_token": DIRECTOR_TOKEN,
         **VSPHERE,
     }
     manifest = bosh_int(
@@ -153,7 +160,7 @@ def test_the_cpi_config_and_cloud_config_name_each_other_s_cpis_and_azs():
         "-v",
         f"bakery_ip={BAKERY_IP}",
         "-v",
-        "pi_dhcp_range=10.0.0.100-10.0.0.200",
+        "pi_dhcp_range=10.0.0.100-10.0.0.254",
     )
 
     cpis = {cpi["name"]: cpi["type"] for cpi in cpi_config["cpis"]}
