@@ -4,15 +4,22 @@ one-line errors with a non-zero exit."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from bakery.cli import main
 from bakery.sim.server import BakeryProcess as LiveServer
-from bakery.sim.server import free_port
+from bakery.sim.server import free_port, free_udp_port, udp_bound
+from bakery.sim.wait import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +30,7 @@ def server(tmp_path_factory):
         "power_on_gap": 0,
         "log_level": "WARNING",
         "http_boot_bind": f"127.0.0.1:{free_port()}",
+        "netconsole_bind": f"127.0.0.1:{free_udp_port()}",
     }
     live = LiveServer(config, tmp).start()
     yield live
@@ -284,3 +292,55 @@ def test_a_second_bakery_under_a_live_hosts_name_is_refused_in_one_line(server, 
     assert "another Bakery serves as host" in result.output
     assert result.output.count("\n") == 1
     assert server.session().get(f"{server.url}/api/v1/health").ok
+
+
+def test_pi_watch_follows_new_events_live_until_stopped(bakery, server):
+    bakery("pi", "register", "00c1d005")
+    env = {**os.environ, "BAKERY_URL": server.url, "BAKERY_TOKEN": server.token}
+    command = [str(Path(sys.executable).with_name("bakery")), "pi", "watch", "00c1d005"]
+    watch = subprocess.Popen(
+        [*command, "--interval", "0.1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(watch.stdout or ()), daemon=True)
+    reader.start()
+    power = re.compile(r"^ +\+0\.\d\d s  power +power cycle via manual \(attempt 1/\d\): ok")
+    try:
+        wait_until(lambda: any("registered" in line for line in printed), 30, what="its backlog")
+        assert not any(power.match(line) for line in printed)
+
+        bakery("pi", "power", "00c1d005", "cycle")
+
+        wait_until(lambda: any(power.match(line) for line in printed), 30, what="the power line")
+        assert watch.poll() is None, "it follows until stopped"
+    finally:
+        watch.send_signal(signal.SIGINT)  # Ctrl-C
+        watch.wait(timeout=30)
+        reader.join(timeout=30)
+    assert len([line for line in printed if power.match(line)]) == 1, printed
+    bakery("pi", "delete", "00c1d005")
+
+
+def test_pi_console_prints_the_pis_bootloader_log(bakery, server):
+    bakery("pi", "register", "00c1d006", "--ip", "127.0.0.46")
+    bakery("pi", "register", "00c1d007", "--ip", "127.0.0.47")
+    sent = ["RPi: BOOTLOADER release VERSION:8ba17717", "Read start4.elf bytes  2228800"]
+    port = int(json.loads(server.config_file.read_text())["netconsole_bind"].rsplit(":", 1)[1])
+    wait_until(lambda: udp_bound(port), 30, what="the bootloader log listener")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as bootloader:
+        bootloader.bind(("127.0.0.46", 0))  # it sends from the address its Pi boots from
+        bootloader.sendto("".join(f"{line}\r\n" for line in sent).encode(), ("127.0.0.1", port))
+    api = server.session()
+    wait_until(
+        lambda: api.get(f"{server.url}/api/v1/pis/00c1d006/console").json(), 30, what="its log"
+    )
+
+    printed = bakery("pi", "console", "00c1d006").output.splitlines()
+    other = bakery("pi", "console", "00c1d007").output
+
+    assert all(re.match(r"^\d\d:\d\d:\d\d\.\d{3}  ", line) for line in printed), printed
+    assert [line.split("  ", 1)[1] for line in printed] == sent
+    assert other.startswith("(no bootloader log: set NETCONSOLE in its EEPROM")
+    for serial in ("00c1d006", "00c1d007"):
+        bakery("pi", "delete", serial)

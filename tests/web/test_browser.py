@@ -7,6 +7,7 @@ page goes to ``test-artifacts/screenshots`` (``BAKERY_TEST_ARTIFACTS`` moves it)
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,15 +159,41 @@ def test_an_operator_bakes_a_pi_watches_it_boot_live_and_unbakes_it(site, browse
     assert site.api.get(f"/pis/{pi.serial}")["state"] == "available"
 
 
+#: Keeps each status the upload form shows, with its progress bar's value then, in the
+#: tab's sessionStorage: the page reloads when the upload is done, and what it showed on
+#: the way is read after.
+RECORD_UPLOAD_STATUS = """
+const progress = document.getElementById("upload-progress");
+const status = document.getElementById("upload-status");
+sessionStorage.setItem("upload-shown", "[]");
+new MutationObserver((changes) => {
+  const shown = JSON.parse(sessionStorage.getItem("upload-shown"));
+  for (const change of changes) {
+    for (const node of change.addedNodes) {
+      shown.push([progress.value, node.textContent]);
+    }
+  }
+  sessionStorage.setItem("upload-shown", JSON.stringify(shown));
+}).observe(status, {childList: true});
+"""
+
+
 def test_a_bakeform_uploads_with_its_progress_and_a_disk_is_made(site, browser, tmp_path):
     image = build_sd_image(tmp_path / "uploaded.img", boot=fleet_boot_files())
     sign_in(browser, site.server.url, site.server.token)
     wait_for(browser, "header nav a", text="Bakeforms").click()
     wait_for(browser, "#upload-name").send_keys("uploaded")
     browser.find_element(By.ID, "upload-file").send_keys(str(image))
+    browser.execute_script(RECORD_UPLOAD_STATUS)
     browser.find_element(By.ID, "upload-button").click()
 
-    wait_for(browser, 'tr[data-name="uploaded"]', 60)
+    wait_for(browser, 'tr[data-name="uploaded"]', 60)  # the page reloads once it is ready
+    shown = browser.execute_script("return JSON.parse(sessionStorage.getItem('upload-shown'))")
+    assert [100, "uploaded; extracting on the server…"] in shown, shown
+    assert shown[-1] == [100, "bakeform uploaded is ready"], shown
+    uploading = [text for _, text in shown if text.startswith("uploading")]
+    assert all(re.fullmatch(r"uploading \d{1,3} %", text) for text in uploading), shown
+    assert [value for value, _ in shown] == sorted(value for value, _ in shown), shown
     assert [form["name"] for form in site.api.get("/bakeforms")] == ["demo", "uploaded"]
     screenshot(browser, "bakeforms")
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from datetime import timedelta
 
 import pytest
 
 from bakery import auth, models
-from bakery.models import Bake, Event, Pi
+from bakery.fleet.netboot import FleetBootSource
+from bakery.models import Bake, Event, Pi, utcnow
 from bakery.web import stream
 
 from .conftest import Browser, make_token
@@ -115,6 +117,8 @@ def test_signing_out_ends_the_session(admin):
 def test_the_fleet_grid_shows_each_pi_with_its_state_power_and_bake(admin, bake_pi, fleet):
     bake = bake_pi(model="4B")
     fleet.register_pi("00000002", model="5")
+    five_minutes_ago = utcnow() - timedelta(minutes=5, seconds=10)
+    Pi.update(power_state="on", last_seen=five_minutes_ago).where(Pi.serial == "00000001").execute()
 
     html = page(admin.get("/"))
 
@@ -122,7 +126,61 @@ def test_the_fleet_grid_shows_each_pi_with_its_state_power_and_bake(admin, bake_
     assert '<li class="pi state-available" data-serial="00000002">' in html
     assert "raspios" in html and "Pi 4B" in html and "Pi 5" in html
     assert "1 available" in html and "1 baked" in html
-    assert bake.id not in html.split('data-serial="00000002"')[1]
+    baked, free = tile(html, "00000001"), tile(html, "00000002")
+    assert '<span class="power">power on</span>' in baked
+    assert '<span class="seen">seen 5 min ago</span>' in baked
+    assert '<span class="power">power unknown</span>' in free
+    assert '<span class="seen">seen never</span>' in free
+    assert bake.id not in free
+
+
+def tile(html: str, serial: str) -> str:
+    """The fleet grid's tile of one Pi."""
+    return html.split(f'data-serial="{serial}">', 1)[1].split("</li>", 1)[0]
+
+
+def test_a_pis_page_shows_its_bootloader_log_as_text(admin, fleet):
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    fleet.register_pi("00000002", ip="127.0.0.12")
+    netconsole = FleetBootSource(fleet.context)  # what the netconsole listener files with
+    assert netconsole.record_console(
+        "127.0.0.11",
+        [
+            "RPi: BOOTLOADER release VERSION:8ba17717 DATE: 2023/01/11",
+            '<script>alert("log")</script>',
+            "Read start4.elf bytes  2228800 hnd 0x00000000",
+        ],
+    )
+    assert netconsole.record_console("127.0.0.12", ["another Pi's line"])
+    netconsole.close()
+
+    html = page(admin.get("/pis/00000001"))
+
+    log = html.split('<pre class="console" id="console">', 1)[1].split("</pre>", 1)[0]
+    lines = [line.split(" ", 1)[1] for line in log.splitlines()]
+    assert lines == [
+        "RPi: BOOTLOADER release VERSION:8ba17717 DATE: 2023/01/11",
+        "&lt;script&gt;alert(&#34;log&#34;)&lt;/script&gt;",
+        "Read start4.elf bytes  2228800 hnd 0x00000000",
+    ]
+    assert '<script>alert("log")' not in html
+    assert html.index('id="timeline"') < html.index('id="console"')
+
+
+def test_a_power_button_on_a_pis_page_powers_it_and_puts_it_on_its_timeline(admin, fleet):
+    fleet.register_pi("00000001")
+    admin.get("/pis/00000001")
+
+    html = flashed(
+        admin, admin.post("/pis/00000001/power", {"action": "cycle", "back": "/pis/00000001"})
+    )
+
+    assert '<p class="flash ok" role="status">power cycle: unknown switch Pi 00000001' in html
+    (event,) = Event.select().where(Event.kind == "power")
+    assert event.pi.serial == "00000001"
+    assert event.data["action"] == "cycle" and event.data["outcome"] == "ok"
+    assert event.actor == "test-admin"
+    assert "<td>power cycle via manual (attempt 1/3): ok" in html  # on its timeline
 
 
 def test_an_admin_bakes_and_unbakes_a_pi_from_its_page(admin, fleet, raspios):
