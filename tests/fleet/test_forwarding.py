@@ -142,8 +142,8 @@ def asker_looks(monkeypatch) -> threading.Semaphore:
     looks = threading.Semaphore(0)
     look = jobs._cancel_if_overdue
 
-    def looked(job):
-        cancelled = look(job)
+    def looked(job, elsewhere):
+        cancelled = look(job, elsewhere)
         looks.release()
         return cancelled
 
@@ -251,6 +251,34 @@ def test_a_bake_goes_on_to_the_next_host_when_the_first_has_no_free_pi_left(
     assert (refused.state, refused.error["code"]) == ("failed", "no_pi_available")
 
 
+def test_a_bake_naming_no_pi_does_not_wait_for_a_host_gone_down_but_goes_on_to_the_next(
+    fleet, rack2, monkeypatch, settings, tmp_path, sd_image_file
+):
+    rack3 = Fleet(dataclasses.replace(settings, host_id="rack-3", root=tmp_path / "rack3"))
+    rack3.settings.root.mkdir()
+    rack3.join_host()
+    rack3.register_pi("00000003", ip="127.0.0.13")
+    with open(sd_image_file, "rb") as image:
+        rack3.import_bakeform("raspios", image)
+    more = rack3.job_runners(1)
+    more.start()
+    fleet.register_pi("00000001", ip="127.0.0.11")
+    monkeypatch.setattr(
+        forwarding, "hosts_with_free_pis", lambda ctx: [fleet.settings.host_id, "rack-3"]
+    )
+    down_once_its_job_is_written(monkeypatch, fleet)  # rack-1 goes down, its job pending
+    started = time.monotonic()
+    try:
+        bake = rack2.bake("raspios", power_on=False)
+    finally:
+        more.stop()
+
+    assert (bake.host_id, bake.pi.serial) == ("rack-3", "00000003")
+    assert time.monotonic() - started < jobs.QUEUE_SECONDS / 10  # not left to wait it out
+    waited = Job.get(Job.host == fleet.settings.host_id)
+    assert waited.state == "cancelled"  # nothing for rack-1 to do when it returns
+
+
 def test_an_asker_whose_job_lost_its_lease_is_told_the_host_stopped(fleet, rack2):
     job = Job.create(
         host=fleet.settings.host_id,
@@ -261,7 +289,7 @@ def test_an_asker_whose_job_lost_its_lease_is_told_the_host_stopped(fleet, rack2
     )
 
     with pytest.raises(HostDown, match="stopped during the unbake"):
-        jobs._wait(jobs.JobHub.shared(), job)
+        jobs._wait(jobs.JobHub.shared(), job, False)
 
 
 def test_concurrent_runners_never_take_the_same_job(fleet, rack2):

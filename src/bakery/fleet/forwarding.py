@@ -60,10 +60,10 @@ def call(ctx: FleetContext, run: Callable[..., Any], *args: Any, **kwargs: Any) 
     hosts = work.hosts(ctx, **arguments)
     for host in hosts[:-1]:
         try:
-            return _call_on(ctx, host, work, arguments)
+            return _call_on(ctx, host, work, arguments, elsewhere=True)
         except (NoPiAvailable, jobs.NotTaken):  # nothing done there: the next may do it
             continue
-    return _call_on(ctx, hosts[-1], work, arguments)
+    return _call_on(ctx, hosts[-1], work, arguments, elsewhere=False)
 
 
 def _keywords(run: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -79,12 +79,16 @@ def _keywords(run: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, A
     return keywords
 
 
-def _call_on(ctx: FleetContext, host: str, work: Work, arguments: dict[str, Any]) -> Any:
+def _call_on(
+    ctx: FleetContext, host: str, work: Work, arguments: dict[str, Any], *, elsewhere: bool
+) -> Any:
+    """``work`` on ``host``; ``elsewhere``: a next host may do it if this one cannot."""
     if host == ctx.settings.host_id:
         return work.run(ctx, **arguments)
     if not is_live(get_host(host)):
         raise jobs.NotTaken(f"host {host!r} is down: what it holds waits for it to return")
-    return work.result.decode(jobs.ask(host, work.run.__name__, arguments))
+    answer = jobs.ask(host, work.run.__name__, arguments, elsewhere=elsewhere)
+    return work.result.decode(answer)
 
 
 def do_job(ctx: FleetContext, job: Job) -> None:

@@ -13,11 +13,13 @@ The asker waits as long as the work is alive. A pending job waits ``QUEUE_SECOND
 runner of its host, whether the host is busy or down (then its runners take the job when
 it starts again); when nobody took it by then, it is cancelled (``NotTaken``: nothing was
 done, another host may be asked), so a host that returns later never does work nobody
-waits for. No new job is written for a host that is down (``fleet.forwarding``). A running
-job holds a lease its runner's process renews; when the lease runs out (the worker died,
-the host was killed), the asker is answered ``host_down`` and the host's recovery undoes
-what the job left. Every time is the database's clock, so hosts whose clocks differ
-agree. SQLite is one host's database: there, nothing goes through jobs.
+waits for. Work another host could do as well (a bake that names no Pi) does not wait for
+a host that is down: it is cancelled at once and goes to the next host. No new job is
+written for a host that is down (``fleet.forwarding``). A running job holds a lease its
+runner's process renews; when the lease runs out (the worker died, the host was killed),
+the asker is answered ``host_down`` and the host's recovery undoes what the job left.
+Every time is the database's clock, so hosts whose clocks differ agree. SQLite is one
+host's database: there, nothing goes through jobs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..errors import BakeryError, Unavailable, error_class
 from ..models import Job, database, utcnow
 from .actors import Actor, acting_as, current_actor
 from .context import FleetContext
+from .hosts import get_host, is_live
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,13 @@ class NotTaken(HostDown):
 # -- the asking side ------------------------------------------------------------------------
 
 
-def ask(host: str, kind: str, args: dict[str, Any]) -> Any:
+def ask(host: str, kind: str, args: dict[str, Any], *, elsewhere: bool = False) -> Any:
     """Have ``host`` run ``kind`` with ``args`` for the current actor; its result (JSON) or
-    its error, raised here as the owning host raised it (same class, code and message)."""
+    its error, raised here as the owning host raised it (same class, code and message).
+    ``elsewhere``: another host could do it too (a bake that names no Pi), so the job is
+    not left waiting for ``host`` if it goes down."""
     hub = JobHub.shared()
-    ended = _wait(hub, send(host, kind, args))
+    ended = _wait(hub, send(host, kind, args), elsewhere)
     if ended.state == "done":
         return ended.result
     if ended.state == "cancelled":
@@ -102,13 +107,13 @@ def send(host: str, kind: str, args: dict[str, Any]) -> Job:
     return job
 
 
-def _wait(hub: JobHub, job: Job) -> Job:
+def _wait(hub: JobHub, job: Job, elsewhere: bool) -> Job:
     with hub.expecting(job.id) as ended:
         while True:
             job = Job.get_by_id(job.id)
             if job.state in ENDED:
                 return job
-            if job.state == "pending" and _cancel_if_overdue(job):
+            if job.state == "pending" and _cancel_if_overdue(job, elsewhere):
                 continue
             if _lease_lost(job):
                 raise HostDown(
@@ -119,10 +124,13 @@ def _wait(hub: JobHub, job: Job) -> Job:
             ended.clear()
 
 
-def _cancel_if_overdue(job: Job) -> bool:
+def _cancel_if_overdue(job: Job, elsewhere: bool) -> bool:
     """Cancel a pending job that waited ``QUEUE_SECONDS``; until then it waits, its host
-    down or not."""
-    return _cancel(Job.id == job.id, Job.start_by < NOW) > 0
+    down or not, unless another host could do it (``elsewhere``) and its host is down."""
+    this = Job.id == job.id
+    if elsewhere and not is_live(get_host(job.host)):
+        return _cancel(this) > 0
+    return _cancel(this, Job.start_by < NOW) > 0
 
 
 def _lease_lost(job: Job) -> bool:
