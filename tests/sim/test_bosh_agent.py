@@ -18,9 +18,14 @@ from bakery.sim.network import NETNS_TOOLS
 from bakery.sim.runner import SimulatedSite
 from bakery.sim.userspace import Userspace
 from bakery.sim.wait import wait_until
-from bakery.stemcell import build_stemcell
 from tests.support import bosh_tools, debian
-from tests.support.sites import image_of_stemcell, no_progress, one_pi_site
+from tests.support.sites import (
+    agent_stemcell,
+    host_loops,
+    image_of_stemcell,
+    no_progress,
+    one_pi_site,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -110,17 +115,7 @@ def certificates(work: Path, address: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def stemcell_image(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("stemcell")
-    image = debian.debian_image(work)
-    assert bosh_tools.AGENT_AMD64 and bosh_tools.MONIT_SOURCE
-    build_stemcell(
-        image,
-        bosh_tools.AGENT_AMD64,
-        work / "stemcell.tgz",
-        monit_source=bosh_tools.MONIT_SOURCE,
-        name="bosh-bakery-debian",
-        version="1",
-    )
-    return image_of_stemcell(work / "stemcell.tgz", work / "unpacked")
+    return image_of_stemcell(agent_stemcell(work), work / "unpacked")
 
 
 @pytest.fixture
@@ -280,7 +275,29 @@ def test_the_agent_formats_mounts_and_unmounts_a_persistent_disk_keeping_its_dat
     assert host_loops() == loops_before
 
 
-def host_loops() -> str:
-    return subprocess.run(
-        ["losetup", "--list", "--noheadings"], capture_output=True, text=True
-    ).stdout
+def test_powering_off_a_pi_with_a_mounted_disk_detaches_its_loop_devices(
+    site: SimulatedSite, stemcell_image: Path, tmp_path: Path
+):
+    """As ``bosh delete-env`` and ``--recreate`` do it: the VM is deleted with its disk
+    still attached (only unmounted by the agent, or not even that when the Pi hangs).
+    The power-off detaches the disk's loop device and its partitions' anchors on the
+    host; the disk itself stays, for the next VM."""
+    pi = site.pis[0]
+    loops_before = host_loops()
+    bake, mbus = boot_agent(site, stemcell_image, tmp_path)
+    disk = site.api.post("/disks", {"size_mib": 1024, "partitioned": True})["id"]
+    hint = site.api.post(f"/disks/{disk}/attach", {"bake_id": bake["id"]})["device"]
+    assert site.simulator is not None
+    userspace = site.simulator.userspace(pi.serial)
+    assert userspace is not None
+    partition = f"/dev/bakery/{disk}1"
+    wait_until(lambda: userspace.run("test", "-b", partition).returncode == 0, 60, what="disk")
+    mbus.task("add_persistent_disk", disk, {"id": disk, "path": hint})
+    mbus.task("mount_disk", disk)
+    assert host_loops() != loops_before
+
+    site.api.delete(f"/bakes/{bake['id']}")
+
+    wait_until(lambda: site.simulator.userspace(pi.serial) is None, 30, what="power off")
+    assert host_loops() == loops_before
+    assert site.api.get(f"/disks/{disk}")["bake_id"] is None

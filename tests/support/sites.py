@@ -1,11 +1,15 @@
-"""What the tests that boot one simulated Pi share: the site, and a stemcell's image."""
+"""What the tests that boot one simulated Pi share: the site, a stemcell for the real
+bosh-agent and its image, and the host's loop devices (which a Pi must leave as found)."""
 
 from __future__ import annotations
 
+import subprocess
 import tarfile
 from pathlib import Path
 
 from bakery.sim.runner import SimulatedSite, SiteOptions
+from bakery.stemcell import build_stemcell
+from tests.support import bosh_tools, debian
 
 
 def one_pi_site(tmp_path: Path) -> SimulatedSite:
@@ -26,3 +30,28 @@ def image_of_stemcell(tarball: Path, into: Path) -> Path:
     with tarfile.open(tarball, "r:gz") as tar:
         tar.extract("image", into, filter="data")
     return into / "image"
+
+
+def agent_stemcell(work: Path) -> Path:
+    """A stemcell tarball ``bakery stemcell build`` makes of the cached Debian root, with
+    the real amd64 bosh-agent and monit 5.2.5 (callers skip when either is missing)."""
+    assert bosh_tools.AGENT_AMD64 and bosh_tools.MONIT_SOURCE
+    tarball = work / "stemcell.tgz"
+    build_stemcell(
+        debian.debian_image(work),
+        bosh_tools.AGENT_AMD64,
+        tarball,
+        monit_source=bosh_tools.MONIT_SOURCE,
+        name="bosh-bakery-debian",
+        version="1",
+    )
+    return tarball
+
+
+def host_loops() -> str:
+    """The host's loop devices, as ``losetup --list`` shows them: a simulated Pi powered
+    off must leave them as it found them (its anchors are backed by nodes outside any
+    test's directory, so the whole list is compared)."""
+    return subprocess.run(
+        ["losetup", "--list", "--noheadings"], capture_output=True, text=True, check=True
+    ).stdout

@@ -37,6 +37,7 @@ lays out the mounts in the new namespaces and becomes the root's init.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -234,28 +235,32 @@ class Userspace:
                         backing[_inode(image.stat())] = "disk"
                 elif node.name[DISK_ID_LENGTH:].isdigit():
                     backing[_inode(node.lstat())] = "anchor"
-        listing = subprocess.run(
-            [
-                "losetup",
-                "--list",
-                "--noheadings",
-                "--raw",
-                "--output",
-                "NAME,BACK-INO,BACK-MAJ:MIN",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
         found: dict[str, list[str]] = {"anchor": [], "disk": []}
-        for line in listing.stdout.splitlines():
-            name, inode, device = (line.split() + ["", "", ""])[:3]
-            major, _, minor = device.partition(":")
-            if inode.isdigit() and major.isdigit() and minor.isdigit():
-                kind = backing.get((int(inode), os.makedev(int(major), int(minor))))
-                if kind:
-                    found[kind].append(name)
+        for name, inode, device in _loop_backings():
+            kind = backing.get((inode, device))
+            if kind:
+                found[kind].append(name)
         return [*found["anchor"], *found["disk"]]
+
+
+def _loop_backings() -> list[tuple[str, int, int]]:
+    """Every loop device on the host with its backing file's inode and device number.
+    Read as JSON: the table forms pad and escape the device column (``\\x20 0:45``)."""
+    listing = subprocess.run(
+        ["losetup", "--list", "--json", "--output", "NAME,BACK-INO,BACK-MAJ:MIN"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if listing.returncode != 0 or not listing.stdout.strip():
+        return []  # no loop device at all: losetup prints nothing
+    backings = []
+    for loop in json.loads(listing.stdout)["loopdevices"]:
+        major, _, minor = str(loop.get("back-maj:min") or "").strip().partition(":")
+        inode = loop.get("back-ino")
+        if isinstance(inode, int) and major.isdigit() and minor.isdigit():
+            backings.append((loop["name"], inode, os.makedev(int(major), int(minor))))
+    return backings
 
 
 def _inode(info: os.stat_result) -> tuple[int, int]:
