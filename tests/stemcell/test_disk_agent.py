@@ -218,6 +218,23 @@ def test_detach_removes_link_loop_and_mount(pi: Pi):
     assert not (pi.mount_base / DISK_A).exists()
 
 
+def test_a_disk_deleted_right_after_its_detach_still_has_its_loops_detached(pi: Pi):
+    """As BOSH does it: detach_disk, then delete_disk at once, before the agent's next run;
+    the partitioned disk's loop reads a deleted file by then."""
+    image = pi.make_raw_disk(DISK_A, partitioned=True)
+    pi.list_disks(pi.line(DISK_A))
+    assert pi.run_agent().returncode == 0
+    loop = pi.loop(DISK_A)
+
+    pi.list_disks()
+    image.unlink()
+    result = pi.run_agent()
+
+    assert result.returncode == 0, result.stderr
+    assert backing_file(loop) == ""  # found by its node, not by a path now gone
+    assert pi.state() == ([], [], {})
+
+
 def test_a_second_run_changes_nothing(pi: Pi):
     pi.make_disk(DISK_A)
     pi.make_disk(DISK_B)
