@@ -140,6 +140,77 @@ def release_blobs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return blobs
 
 
+def clean_export(destination: Path) -> Path:
+    """The checkout's files as a clone has them: tracked and new ones, nothing ignored
+    (no virtualenv, data dir, blobs or dev releases of this working tree)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=RELEASE,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (entry.decode() for entry in listed)):
+        source = RELEASE / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def cli_env(cli: str, home: Path) -> dict[str, str]:
+    """What the real bosh CLI runs with here, as an operator's shell would give it: a
+    bare PATH with the CLI on it (as ``bosh``, whatever its file is called), its own
+    HOME (its caches and installations), and the Python fetch-blobs builds wheels with."""
+    bin_dir = home / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "bosh"
+    if not link.is_symlink():
+        link.symlink_to(Path(cli).resolve())
+    return {"PATH": f"{bin_dir}:{BARE_PATH}", "HOME": str(home), "PYTHON": sys.executable}
+
+
+def run_tool(
+    env: dict[str, str], *command: str | Path, cwd: Path, timeout: float = 600, what: str = ""
+) -> str:
+    """Run `command` (bosh, fetch-blobs, a packaging script) to success; on failure, the
+    end of its output, under `what` it is (its program's name by default)."""
+    done = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    failed = f"{what or command[0]} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    assert done.returncode == 0, failed
+    return done.stdout
+
+
+def report_line(request: pytest.FixtureRequest, line: str) -> None:
+    """A line in the test run's own output, past pytest's capture: what a run of the
+    suite shows of a test that passed (compile and deploy times)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{line}", flush=True)
+
+
+def bakery_release(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cli: str
+) -> tuple[Path, dict[str, str]]:
+    """Bakery's release tarball as an operator builds it from a clone: a clean export,
+    ``scripts/fetch-blobs --offline`` from the pinned sources (cached), then
+    ``bosh create-release --force --tarball``. Returns it and the CLI's environment."""
+    cache = release_blobs(request, tmp_path_factory)
+    work = tmp_path_factory.mktemp("create-release")
+    export = clean_export(work / "bakery")
+    env = cli_env(cli, work)
+    run_tool(env, export / "scripts" / "fetch-blobs", "--offline", str(cache), cwd=export)
+    tarball = work / "bakery.tgz"
+    run_tool(env, "bosh", "create-release", "--force", f"--tarball={tarball}", cwd=export)
+    return tarball, env
+
+
 def compile_package(package: str, blobs_dir: Path, root: Path, timeout: float = 300) -> Path:
     """Compile ``package`` as the agent does on a compilation VM: staged in
     ``root/compile/<package>``, ``bash -x packaging`` there with the BOSH_* variables and a
@@ -159,15 +230,8 @@ def compile_package(package: str, blobs_dir: Path, root: Path, timeout: float = 
         "BOSH_PACKAGE_NAME": package,
         "BOSH_PACKAGE_VERSION": "0+dev.1",
     }
-    result = subprocess.run(
-        ["unshare", "--net", "bash", "-x", "packaging"],
-        cwd=compile_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert result.returncode == 0, f"packaging {package} failed:\n{result.stderr[-4000:]}"
+    command = ["unshare", "--net", "bash", "-x", "packaging"]
+    run_tool(env, *command, cwd=compile_dir, timeout=timeout, what=f"packaging {package}")
     return install_dir
 
 

@@ -7,9 +7,6 @@ What the tarball holds is compared with the job and package specs."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -18,71 +15,28 @@ import pytest
 from tests.support import bosh_tools
 
 from .bosh import (
-    BARE_PATH,
-    RELEASE,
+    bakery_release,
     job_spec,
     jobs,
     needs_ruby,
     package_spec,
     packages,
-    release_blobs,
+    run_tool,
 )
 
 BOSH = bosh_tools.CLI
 pytestmark = [pytest.mark.slow, needs_ruby, bosh_tools.needs("cli")]
 
 
-def clean_export(destination: Path) -> Path:
-    """The checkout's files as a clone has them: tracked and new ones, nothing ignored
-    (no virtualenv, data dir, blobs or dev releases of this working tree)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=RELEASE,
-        check=True,
-        capture_output=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (entry.decode() for entry in listed)):
-        source = RELEASE / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    return destination
-
-
 @pytest.fixture(scope="module")
 def built(request, tmp_path_factory) -> tuple[Path, dict]:
     """The release tarball, and what inspect-local-release says of it."""
     assert BOSH is not None  # the module is skipped otherwise
-    cache = release_blobs(request, tmp_path_factory)
-    work = tmp_path_factory.mktemp("create-release")
-    export = clean_export(work / "bakery")
-    env = {
-        "PATH": f"{Path(BOSH).parent}:{BARE_PATH}",
-        "HOME": str(work),
-        "PYTHON": sys.executable,
-    }
-    if Path(BOSH).name != "bosh":
-        (work / "bin").mkdir()
-        (work / "bin" / "bosh").symlink_to(BOSH)
-        env["PATH"] = f"{work / 'bin'}:{env['PATH']}"
-    run(env, export / "scripts" / "fetch-blobs", "--offline", str(cache), cwd=export)
-    tarball = work / "bakery.tgz"
-    run(env, BOSH, "create-release", "--force", f"--tarball={tarball}", cwd=export)
-    inspected = run(env, BOSH, "inspect-local-release", str(tarball), "--json", cwd=work)
-    return tarball, json.loads(inspected)
-
-
-def run(env: dict[str, str], *command: str | Path, cwd: Path) -> str:
-    done = subprocess.run(
-        [str(part) for part in command],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    tarball, env = bakery_release(request, tmp_path_factory, BOSH)
+    inspected = run_tool(
+        env, "bosh", "inspect-local-release", str(tarball), "--json", cwd=tarball.parent
     )
-    assert done.returncode == 0, f"{command[0]} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-    return done.stdout
+    return tarball, json.loads(inspected)
 
 
 def rows(inspected: dict, column: str) -> dict[str, dict]:

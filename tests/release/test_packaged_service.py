@@ -29,7 +29,15 @@ from bakery.sim.server import free_port
 from bakery.sim.tftp_client import PiClient
 from bakery.sim.wait import wait_until
 
-from .bosh import BARE_PATH, compile_package, load_yaml, needs_ruby, release_blobs, render_job
+from .bosh import (
+    BARE_PATH,
+    compile_package,
+    load_yaml,
+    needs_ruby,
+    release_blobs,
+    render_job,
+    report_line,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,13 +57,6 @@ TOKEN = "packaged-service-admin-token-0123456789"
 VCAP = "/var/vcap/"
 
 
-def report(request: pytest.FixtureRequest, line: str) -> None:
-    """A line in the test run's own output, past pytest's capture."""
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n{line}", flush=True)
-
-
 @pytest.fixture(scope="module")
 def vcap(request, tmp_path_factory) -> Path:
     """Every package compiled offline, as the agent compiles them, into ``packages/``."""
@@ -64,7 +65,8 @@ def vcap(request, tmp_path_factory) -> Path:
     for package in PACKAGES:
         started = time.monotonic()
         compile_package(package, blobs, root, timeout=COMPILE_TIMEOUT)
-        report(request, f"compiled package {package} offline in {time.monotonic() - started:.0f} s")
+        took = time.monotonic() - started
+        report_line(request, f"compiled package {package} offline in {took:.0f} s")
     return root
 
 
