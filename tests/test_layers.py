@@ -55,6 +55,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "bakery.errors",
             "bakery.redaction",
             "bakery.metrics",
+            "bakery.signals",
             "bakery",
         ),
     ),

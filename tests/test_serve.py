@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import time
+from functools import partial
 
 import pytest
 import requests
@@ -19,6 +20,7 @@ from bakery.sim.wait import wait_until
 from tests.conftest import install_gated_ppi, upload_raspios
 from tests.support.metrics import Page
 from tests.support.postgres import free_port
+from tests.support.processes import alive, flood_until_gone, gone
 
 
 def tftp_get(port: int, path: str) -> subprocess.CompletedProcess:
@@ -204,14 +206,66 @@ def test_gunicorns_own_errors_are_json_too(live_server, request_bytes, status, c
 @pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_after_the_master_is_killed_its_workers_go_and_a_restart_gets_the_port(live_server):
-    server = live_server(workers=2)
-    workers = [int(pid) for pid in worker_pids(server.process.pid)]
-    assert len(workers) == 2
+    server = live_server(workers=2)  # healthy once one worker answers
+    workers = wait_until(lambda: started_workers(server, 2), timeout=30, what="both workers")
     os.kill(server.process.pid, signal.SIGKILL)  # the master alone, not its group
     wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10, what="workers to die")
     server.process.wait(timeout=10)
     restarted = server.start(timeout=30)
     assert requests.get(f"{restarted.url}/api/v1/health", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_workers_stop_promptly_however_many_sigterms_they_get(live_server):
+    """At a stop a worker gets SIGTERM twice (the process group's, then the master's), and
+    an operator may press Ctrl-C twice: a signal landing while the last one's handler ran
+    once deadlocked the worker, holding the stop for gunicorn's whole graceful timeout.
+    Each round floods a worker until it exits; the master starts the next one."""
+    server = live_server(workers=1)  # healthy: its one worker has its signal handlers
+    flooded: list[int] = []
+    for _ in range(5):
+        [worker] = wait_until(lambda: fresh_worker(server, flooded), timeout=30, what="a worker")
+        flooded.append(worker)
+        flood_until_gone(worker, signal.SIGTERM, seconds=3)
+        wait_until(partial(gone, worker), timeout=10, what="the worker to exit")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_netboot_and_its_metrics_server_stop_promptly_however_many_sigterms_they_get(
+    live_server,
+):
+    """Serve's stop sends netboot a SIGTERM with its process group and another from the
+    master's exit hook; the same flood as the workers' must not deadlock either."""
+    metrics_address = ("127.0.0.1", free_port())
+    server = live_server(
+        tftp_enabled=True,
+        tftp_bind=f"127.0.0.1:{free_port()}",
+        metrics_bind="{}:{}".format(*metrics_address),
+    )
+    wait_until(lambda: accepts_connections(metrics_address), 30, what="the metrics server")
+    [netboot] = [int(pid) for pid in child_pids(server.process.pid, "bakery.cli netboot")]
+    [metrics] = [int(pid) for pid in child_pids(netboot, "bakery.cli metrics")]
+
+    flood_until_gone(metrics, signal.SIGTERM, seconds=3)
+    wait_until(partial(gone, metrics), timeout=10, what="the metrics server to exit")
+    flood_until_gone(netboot, signal.SIGTERM, seconds=3)
+    wait_until(partial(gone, netboot), timeout=20, what="netboot to exit")
+    assert not tftp_children(server)
+
+
+def fresh_worker(server, flooded: list[int]) -> list[int] | None:
+    """The one worker, once it is not one already flooded and it has answered."""
+    workers = started_workers(server, 1)
+    if workers is None or workers[0] in flooded:
+        return None
+    health = requests.get(f"{server.url}/api/v1/health", timeout=30)
+    return workers if health.status_code == 200 else None
+
+
+def started_workers(server, count: int) -> list[int] | None:
+    """The master's workers, once there are ``count`` of them."""
+    workers = [int(pid) for pid in worker_pids(server.process.pid)]
+    return workers if len(workers) == count else None
 
 
 def worker_pids(master: int) -> list[str]:
@@ -222,14 +276,6 @@ def child_pids(parent: int, command: str) -> list[str]:
     return subprocess.run(
         ["pgrep", "-P", str(parent), "-f", command], capture_output=True, text=True
     ).stdout.split()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_relays_that_hang_at_start_up_do_not_keep_the_api_from_listening(

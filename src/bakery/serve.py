@@ -39,6 +39,7 @@ from .config import Settings, dump_settings
 from .fleet import HEARTBEAT_SECONDS, Fleet, JobRunners
 from .models import shared_database, utcnow
 from .netboot.dnsmasq import render_config
+from .signals import SignalRelay
 from .supervisor import die_with
 from .web.stream import stop_streams
 
@@ -69,6 +70,7 @@ class BakeryWorker(ThreadWorker):
         self._heads: dict[TConn, float] = {}
         self._job_runners: JobRunners | None = None
         self._heads_lock = threading.Lock()
+        self._stop_relay = SignalRelay(self._stop_background_work)
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -81,13 +83,18 @@ class BakeryWorker(ThreadWorker):
             self._job_runners.start()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        """A graceful stop (SIGTERM): the dashboard's live timelines end now, or each
-        would hold the stop for up to a minute; no new job is taken (one still running
-        when the worker exits loses its lease, which its asker sees)."""
+        """A graceful stop (SIGTERM). A signal handler: what takes locks is done by
+        the relay's thread (see ``bakery.signals``)."""
+        self._stop_relay.notify()
+        super().handle_exit(sig, frame)
+
+    def _stop_background_work(self) -> None:
+        """The dashboard's live timelines end now, or each would hold the stop for up to
+        a minute; no new job is taken (one still running when the worker exits loses its
+        lease, which its asker sees)."""
         stop_streams()
         if self._job_runners is not None:
             self._job_runners.stop()
-        super().handle_exit(sig, frame)
 
     def handle(self, conn: TConn) -> Any:
         with self._heads_lock:

@@ -11,7 +11,6 @@ The format is Prometheus text unless the scraper asks for OpenMetrics (``Accept`
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from wsgiref.simple_server import WSGIServer
@@ -22,6 +21,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from ..signals import stop_event
 from .directory import current_directory
 from .family import DECLARED, IN_MEMORY
 
@@ -90,9 +90,7 @@ class MetricsServer:
 
 def run_metrics_server(address: tuple[str, int], collectors: Sequence[Collector] = ()) -> None:
     """Serve until SIGTERM or SIGINT."""
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
+    done = stop_event()
     server = MetricsServer(address, collectors).start()
     log.info("metrics on %s:%d", address[0], server.port)
     try:

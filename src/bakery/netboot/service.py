@@ -9,13 +9,13 @@ API running elsewhere on the same data dir and database."""
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 from typing import TextIO
 
 from .. import nfsserver
 from ..config import Settings, dump_settings
+from ..signals import stop_event
 from ..supervisor import ChildSupervisor
 from .bootfiles import SourceFactory
 from .dnsmasq import DnsmasqSupervisor, render_config
@@ -81,9 +81,7 @@ def run_netboot(
     """Run the netboot children until SIGTERM/SIGINT, or until ``parent`` (a pipe
     from the process that started us) reaches end of file."""
     children = netboot_children(settings, open_source)
-    done = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: done.set())
+    done = stop_event()
     if parent is not None:
 
         def watch_parent() -> None:

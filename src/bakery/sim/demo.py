@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any, cast
 
 import requests
 
+from ..signals import stop_event
 from .network import missing_tools
 from .runner import UNPRIVILEGED_TFTP_PORT, SimulatedSite, SiteOptions, default_mode
 
@@ -60,9 +59,7 @@ def run_demo(
         http_boot=http_boot,
         netconsole=netconsole,
     )
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_event()
     print(f"bakery sim: starting Bakery and {count} simulated Pis ({mode} mode)...", flush=True)
     with SimulatedSite(options) as site:
         print(_instructions(site, root), flush=True)
