@@ -14,6 +14,7 @@ import pytest
 from bakery.power import PowerController, PowerError
 from bakery.power.ppi import PpiDriver
 from tests.power.support import SERIAL, ppi_target, read_jsonl, wait_until
+from tests.support.processes import alive
 
 
 @pytest.fixture
@@ -136,14 +137,6 @@ def test_missing_executable_is_a_setting_error(settings, tmp_path):
     assert raised.value.type == "setting"
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie left for init counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def test_timeout_kills_the_ppi_and_its_children(settings, tmp_path):
     pids_file = tmp_path / "pids.json"
     quick = dataclasses.replace(settings, power_timeout=1.0, power_retries=1)
@@ -155,10 +148,10 @@ def test_timeout_kills_the_ppi_and_its_children(settings, tmp_path):
 
         assert raised.value.type == "timeout"
         pids = json.loads(pids_file.read_text())
-        assert wait_until(lambda: not any(_alive(pid) for pid in pids.values()), timeout=5)
+        assert wait_until(lambda: not any(alive(pid) for pid in pids.values()), timeout=5)
     finally:
         for pid in json.loads(pids_file.read_text()).values() if pids_file.exists() else []:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, 9)
 
 
@@ -209,7 +202,7 @@ def test_a_ppi_that_forks_a_child_holding_stdout_is_answered_when_it_exits(setti
     assert result.state == "on"
     assert time.monotonic() - started < 5  # not the 20 s timeout
     child = int(pids_file.read_text())
-    assert wait_until(lambda: not _alive(child), timeout=5)
+    assert wait_until(lambda: not alive(child), timeout=5)
 
 
 def test_device_key_is_the_config_and_board_id(settings, v1_config):

@@ -12,7 +12,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or the read
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # gone before, or during
         return False
 
 
